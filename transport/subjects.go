@@ -1,0 +1,25 @@
+package transport
+
+import "strconv"
+
+// DefaultPrefix is the subject prefix when none is configured.
+const DefaultPrefix = "ledger"
+
+// Subjects names every NATS subject under one prefix.
+type Subjects struct{ Prefix string }
+
+// Client-facing subjects (PROTOCOL.md).
+func (s Subjects) AccountsCreate() string  { return s.Prefix + ".v1.accounts.create" }
+func (s Subjects) TransfersCreate() string { return s.Prefix + ".v1.transfers.create" }
+func (s Subjects) AccountsLookup() string  { return s.Prefix + ".v1.accounts.lookup" }
+func (s Subjects) TransfersLookup() string { return s.Prefix + ".v1.transfers.lookup" }
+func (s Subjects) ClusterStatus() string   { return s.Prefix + ".v1.cluster.status" }
+
+// Shard is the internal subject served by the leader of shard id: router
+// commands and shard-to-shard saga messages.
+func (s Subjects) Shard(id uint32) string {
+	return s.Prefix + ".internal.shard." + strconv.FormatUint(uint64(id), 10)
+}
+
+// Meta is the internal subject served by the leader of the meta group.
+func (s Subjects) Meta() string { return s.Prefix + ".internal.meta" }

@@ -1,0 +1,390 @@
+package transport
+
+import (
+	"slices"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// fieldEncoder writes map fields and keeps the first error.
+type fieldEncoder struct {
+	enc *msgpack.Encoder
+	err error
+}
+
+func (e *fieldEncoder) mapLen(n int) {
+	if e.err == nil {
+		e.err = e.enc.EncodeMapLen(n)
+	}
+}
+
+func (e *fieldEncoder) str(key, v string) {
+	if e.err == nil {
+		e.err = e.enc.EncodeString(key)
+	}
+	if e.err == nil {
+		e.err = e.enc.EncodeString(v)
+	}
+}
+
+func (e *fieldEncoder) uint(key string, v uint64) {
+	if e.err == nil {
+		e.err = e.enc.EncodeString(key)
+	}
+	if e.err == nil {
+		e.err = e.enc.EncodeUint(v)
+	}
+}
+
+func (e *fieldEncoder) metadata(key string, m map[string]string) {
+	if e.err == nil {
+		e.err = e.enc.EncodeString(key)
+	}
+	if e.err == nil {
+		e.err = encodeMetadata(e.enc, m)
+	}
+}
+
+func (e *fieldEncoder) value(key string, v any) {
+	if e.err == nil {
+		e.err = e.enc.EncodeString(key)
+	}
+	if e.err == nil {
+		e.err = e.enc.Encode(v)
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (a *Account) EncodeMsgpack(enc *msgpack.Encoder) error {
+	e := fieldEncoder{enc: enc}
+	n := 9
+	if a.Metadata != nil {
+		n++
+	}
+	e.mapLen(n)
+	e.str("id", a.ID)
+	e.uint("ledger", uint64(a.Ledger))
+	e.uint("code", uint64(a.Code))
+	e.uint("flags", uint64(a.Flags))
+	if a.Metadata != nil {
+		e.metadata("metadata", a.Metadata)
+	}
+	e.uint("debits_pending", a.DebitsPending)
+	e.uint("debits_posted", a.DebitsPosted)
+	e.uint("credits_pending", a.CreditsPending)
+	e.uint("credits_posted", a.CreditsPosted)
+	e.uint("timestamp", a.Timestamp)
+	return e.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder with strict integer ranges.
+func (a *Account) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("account", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("account key", err)
+		}
+		switch string(key) {
+		case "id":
+			a.ID, err = decodeStr(dec)
+		case "ledger":
+			a.Ledger, err = decodeU32(dec)
+		case "code":
+			a.Code, err = decodeU16(dec)
+		case "flags":
+			a.Flags, err = decodeU32(dec)
+		case "metadata":
+			a.Metadata, err = decodeMetadata(dec)
+		case "debits_pending":
+			a.DebitsPending, err = decodeU64(dec)
+		case "debits_posted":
+			a.DebitsPosted, err = decodeU64(dec)
+		case "credits_pending":
+			a.CreditsPending, err = decodeU64(dec)
+		case "credits_posted":
+			a.CreditsPosted, err = decodeU64(dec)
+		case "timestamp":
+			a.Timestamp, err = decodeU64(dec)
+		default:
+			err = dec.Skip()
+		}
+		if err != nil {
+			return malformed("account."+string(key), err)
+		}
+	}
+	return nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (t *Transfer) EncodeMsgpack(enc *msgpack.Encoder) error {
+	e := fieldEncoder{enc: enc}
+	n := 8
+	if t.PendingID != "" {
+		n++
+	}
+	if t.Timeout != 0 {
+		n++
+	}
+	if t.Metadata != nil {
+		n++
+	}
+	if t.State != "" {
+		n++
+	}
+	e.mapLen(n)
+	e.str("id", t.ID)
+	e.str("debit_account_id", t.DebitAccountID)
+	e.str("credit_account_id", t.CreditAccountID)
+	e.uint("amount", t.Amount)
+	e.uint("ledger", uint64(t.Ledger))
+	e.uint("code", uint64(t.Code))
+	e.uint("flags", uint64(t.Flags))
+	if t.PendingID != "" {
+		e.str("pending_id", t.PendingID)
+	}
+	if t.Timeout != 0 {
+		e.uint("timeout", uint64(t.Timeout))
+	}
+	if t.Metadata != nil {
+		e.metadata("metadata", t.Metadata)
+	}
+	e.uint("timestamp", t.Timestamp)
+	if t.State != "" {
+		e.str("state", t.State)
+	}
+	return e.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder with strict integer ranges.
+func (t *Transfer) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("transfer", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("transfer key", err)
+		}
+		switch string(key) {
+		case "id":
+			t.ID, err = decodeStr(dec)
+		case "debit_account_id":
+			t.DebitAccountID, err = decodeStr(dec)
+		case "credit_account_id":
+			t.CreditAccountID, err = decodeStr(dec)
+		case "amount":
+			t.Amount, err = decodeU64(dec)
+		case "ledger":
+			t.Ledger, err = decodeU32(dec)
+		case "code":
+			t.Code, err = decodeU16(dec)
+		case "flags":
+			t.Flags, err = decodeU32(dec)
+		case "pending_id":
+			t.PendingID, err = decodeStr(dec)
+		case "timeout":
+			t.Timeout, err = decodeU32(dec)
+		case "metadata":
+			t.Metadata, err = decodeMetadata(dec)
+		case "timestamp":
+			t.Timestamp, err = decodeU64(dec)
+		case "state":
+			t.State, err = decodeStr(dec)
+		default:
+			err = dec.Skip()
+		}
+		if err != nil {
+			return malformed("transfer."+string(key), err)
+		}
+	}
+	return nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *Result) EncodeMsgpack(enc *msgpack.Encoder) error {
+	e := fieldEncoder{enc: enc}
+	e.mapLen(3)
+	e.uint("index", uint64(r.Index))
+	e.str("code", r.Code.String())
+	e.uint("timestamp", r.Timestamp)
+	return e.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *Result) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("result", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("result key", err)
+		}
+		switch string(key) {
+		case "index":
+			r.Index, err = decodeU32(dec)
+		case "code":
+			err = r.Code.DecodeMsgpack(dec)
+		case "timestamp":
+			r.Timestamp, err = decodeU64(dec)
+		default:
+			err = dec.Skip()
+		}
+		if err != nil {
+			return malformed("result."+string(key), err)
+		}
+	}
+	return nil
+}
+
+// decodeList decodes a map that holds one known array field (and possibly
+// an error), calling item for each element of the array.
+func decodeList(dec *msgpack.Decoder, field string, alloc func(n int), item func(i int) error, errp **Error) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("request", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("request key", err)
+		}
+		switch {
+		case string(key) == field:
+			m, err := decodeArrayLen(dec)
+			if err != nil {
+				return malformed(field, err)
+			}
+			alloc(m)
+			for i := range m {
+				if err := item(i); err != nil {
+					return malformed(field, err)
+				}
+			}
+		case string(key) == "error" && errp != nil:
+			var e Error
+			if err := dec.Decode(&e); err != nil {
+				return malformed("error", err)
+			}
+			*errp = &e
+		default:
+			if err := dec.Skip(); err != nil {
+				return malformed(string(key), err)
+			}
+		}
+	}
+	return nil
+}
+
+// encodeList writes {field: [n items]} or {error: ...}.
+func encodeList(enc *msgpack.Encoder, field string, n int, item func(i int) error, e *Error) error {
+	if e != nil {
+		if err := enc.EncodeMapLen(1); err != nil {
+			return err
+		}
+		if err := enc.EncodeString("error"); err != nil {
+			return err
+		}
+		return enc.Encode(e)
+	}
+	if err := enc.EncodeMapLen(1); err != nil {
+		return err
+	}
+	if err := enc.EncodeString(field); err != nil {
+		return err
+	}
+	if err := enc.EncodeArrayLen(n); err != nil {
+		return err
+	}
+	for i := range n {
+		if err := item(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *CreateAccountsRequest) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "accounts", len(r.Accounts), func(i int) error { return r.Accounts[i].EncodeMsgpack(enc) }, nil)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *CreateAccountsRequest) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "accounts", func(n int) { r.Accounts = make([]Account, n) },
+		func(i int) error { return r.Accounts[i].DecodeMsgpack(dec) }, nil)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *CreateTransfersRequest) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "transfers", len(r.Transfers), func(i int) error { return r.Transfers[i].EncodeMsgpack(enc) }, nil)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *CreateTransfersRequest) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "transfers", func(n int) { r.Transfers = make([]Transfer, n) },
+		func(i int) error { return r.Transfers[i].DecodeMsgpack(dec) }, nil)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *LookupRequest) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "ids", len(r.IDs), func(i int) error { return enc.EncodeString(r.IDs[i]) }, nil)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *LookupRequest) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "ids", func(n int) { r.IDs = make([]string, n) },
+		func(i int) (err error) { r.IDs[i], err = decodeStr(dec); return err }, nil)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *ResultsReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "results", len(r.Results), func(i int) error { return r.Results[i].EncodeMsgpack(enc) }, r.Error)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *ResultsReply) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "results", func(n int) { r.Results = make([]Result, n) },
+		func(i int) error { return r.Results[i].DecodeMsgpack(dec) }, &r.Error)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *AccountsReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "accounts", len(r.Accounts), func(i int) error { return r.Accounts[i].EncodeMsgpack(enc) }, r.Error)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *AccountsReply) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "accounts", func(n int) { r.Accounts = make([]Account, n) },
+		func(i int) error { return r.Accounts[i].DecodeMsgpack(dec) }, &r.Error)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *TransfersReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "transfers", len(r.Transfers), func(i int) error { return r.Transfers[i].EncodeMsgpack(enc) }, r.Error)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *TransfersReply) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "transfers", func(n int) { r.Transfers = make([]Transfer, n) },
+		func(i int) error { return r.Transfers[i].DecodeMsgpack(dec) }, &r.Error)
+}
