@@ -1,0 +1,99 @@
+// Command ledgerd runs a ledger cluster node. With no flags it is a whole
+// single-node cluster: embedded NATS on 127.0.0.1:4222, the router, the meta
+// group and the shards, data in ./data.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ledgerd/ledgerd/server"
+)
+
+func main() {
+	if err := command().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var cfg server.Config
+	var logLevel string
+	var shards uint32
+	cmd := &cobra.Command{
+		Use:           "ledgerd",
+		Short:         "Run a ledgerd node (by default a whole single-node cluster)",
+		Long:          "Every flag can also be set with an environment variable LEDGER_<NAME>, e.g. LEDGER_DATA_DIR.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return flagsFromEnv(cmd.Flags())
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return err
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.Shards = shards
+			err := run(cfg)
+			if err != nil {
+				cfg.Logger.Error("ledgerd failed", "err", err)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeID, "node-id", "node-1", "stable name of this node (its Raft server id)")
+	f.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the Raft logs and snapshots")
+	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", "use this external NATS instead of embedding one")
+	f.StringVar(&cfg.RaftListen, "raft-listen", "127.0.0.1:7400", "address of the Raft port (every group shares it)")
+	f.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the listen address)")
+	f.Uint32Var(&shards, "shards", server.DefaultShards, "number of shards when the cluster is created (fixed afterwards)")
+	f.StringVar(&cfg.Prefix, "prefix", "ledger", "NATS subject prefix")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// flagsFromEnv sets every flag not given on the command line from
+// LEDGER_<NAME> (dashes become underscores).
+func flagsFromEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		name := "LEDGER_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && !f.Changed && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", name, e)
+			}
+		}
+	})
+	return err
+}
+
+func run(cfg server.Config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	srv, err := server.Start(startCtx, cfg)
+	if err != nil {
+		return err
+	}
+	cfg.Logger.Info("ledgerd ready", "node", cfg.NodeID, "nats", srv.ClientURL(), "raft", cfg.RaftListen,
+		"data", cfg.DataDir, "startup", time.Since(start).Round(time.Millisecond))
+	<-ctx.Done()
+	cfg.Logger.Info("stopping")
+	return srv.Close()
+}

@@ -1,0 +1,231 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Dispatcher limits and periods.
+const (
+	// creditsPerMessageMax bounds the credits sent to a shard in one message.
+	creditsPerMessageMax = 4096
+	// sendsInFlightMax bounds the credit messages awaiting answers.
+	sendsInFlightMax = 16
+	// resendAfter is how long an unanswered credit waits before it is sent
+	// again (the credit shard answers duplicates from its inbox).
+	resendAfter = 2 * time.Second
+	// scanEvery is how often the whole outbox is rescanned, which resumes
+	// rows after a leader change or a lost message.
+	scanEvery = 500 * time.Millisecond
+	// abortAfter: a row older than this is sent as an abort instead of a
+	// credit. The credit shard decides (first writer wins), so a credit
+	// already applied still posts; nothing is voided on this node's clock.
+	abortAfter = time.Minute
+	// forgetEvery is how often the forget watermark is announced.
+	forgetEvery = time.Second
+)
+
+// dispatcher sends the outbox's credits while this node leads the shard,
+// and proposes the answers as resolves. It is the only sender, per term.
+type dispatcher struct {
+	s       *shardServer
+	queue   chan []shard.OutboxRow
+	sentAt  map[string]time.Time // transfer id -> last send, while unresolved
+	answers chan []shard.Answer
+	sem     chan struct{}
+	forgot  map[uint32]uint64 // watermark last acknowledged per credit shard
+}
+
+func newDispatcher(s *shardServer) *dispatcher {
+	return &dispatcher{
+		s:       s,
+		queue:   make(chan []shard.OutboxRow, 1024),
+		sentAt:  make(map[string]time.Time),
+		answers: make(chan []shard.Answer, sendsInFlightMax),
+		sem:     make(chan struct{}, sendsInFlightMax),
+		forgot:  make(map[uint32]uint64),
+	}
+}
+
+// enqueue hands newly reserved rows over without blocking; if the queue is
+// full they wait for the next scan.
+func (d *dispatcher) enqueue(rows []shard.OutboxRow) {
+	select {
+	case d.queue <- rows:
+	default:
+	}
+}
+
+func (d *dispatcher) run(ctx context.Context) {
+	scan := time.NewTicker(scanEvery)
+	defer scan.Stop()
+	go d.forgetLoop(ctx)
+	d.scan(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case rows := <-d.queue:
+			d.send(ctx, rows, time.Now())
+		case ans := <-d.answers:
+			d.resolve(ans)
+		case <-scan.C:
+			d.scan(ctx)
+		}
+	}
+}
+
+// scan resends every row not sent recently, and forgets rows resolved.
+func (d *dispatcher) scan(ctx context.Context) {
+	var rows []shard.OutboxRow
+	d.s.m.Read(func(st *shard.State, _ uint64) { rows = st.Outbox() })
+	now := time.Now()
+	live := make(map[string]bool, len(rows))
+	due := rows[:0]
+	for _, r := range rows {
+		live[r.Transfer.ID] = true
+		if at, ok := d.sentAt[r.Transfer.ID]; !ok || now.Sub(at) >= resendAfter {
+			due = append(due, r)
+		}
+	}
+	for id := range d.sentAt {
+		if !live[id] {
+			delete(d.sentAt, id)
+		}
+	}
+	d.send(ctx, due, now)
+}
+
+// send groups rows by credit shard and sends each group in messages of at
+// most creditsPerMessageMax credits.
+func (d *dispatcher) send(ctx context.Context, rows []shard.OutboxRow, now time.Time) {
+	byShard := map[uint32][]shard.Credit{}
+	aborts := map[uint32][]shard.Credit{}
+	for _, r := range rows {
+		d.sentAt[r.Transfer.ID] = now
+		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.s.id}
+		if now.Sub(time.Unix(0, int64(r.Transfer.Timestamp))) > abortAfter {
+			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
+		} else {
+			byShard[r.CreditShard] = append(byShard[r.CreditShard], c)
+		}
+	}
+	for kind, groups := range map[shard.Kind]map[uint32][]shard.Credit{shard.KindCredit: byShard, shard.KindAbort: aborts} {
+		for to, credits := range groups {
+			for len(credits) > 0 {
+				n := min(len(credits), creditsPerMessageMax)
+				d.sendOne(ctx, to, shard.Command{Kind: kind, Credits: credits[:n]})
+				credits = credits[n:]
+			}
+		}
+	}
+}
+
+// sendOne sends one credit message; the answers come back on d.answers.
+// Errors are dropped: the rows stay in the outbox and the scan resends.
+func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) {
+	select {
+	case d.sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	go func() {
+		defer func() { <-d.sem }()
+		var reply shard.Reply
+		if err := d.s.n.request(ctx, d.s.n.subjects.Shard(to), shard.OpCommand, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
+			return
+		}
+		ans := reply.Answers[:0]
+		for _, a := range reply.Answers {
+			if a.Outcome != shard.OutcomeStale {
+				ans = append(ans, a)
+			}
+		}
+		if len(ans) == 0 {
+			return
+		}
+		select {
+		case d.answers <- ans:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// resolve proposes the answers; the completer wakes the waiting replies.
+func (d *dispatcher) resolve(ans []shard.Answer) {
+	b, err := msgpack.Marshal(&shard.Command{Kind: shard.KindResolve, Answers: ans})
+	if err != nil {
+		d.s.log.Error("encode resolve", "err", err)
+		return
+	}
+	err = d.s.g.Propose(b, func(res any, err error) {
+		if err == nil {
+			d.s.resolved(res.(*shard.Output).Resolved)
+		}
+	})
+	if err != nil {
+		d.s.log.Warn("propose resolve", "err", err) // the scan resends
+	}
+}
+
+// forgetLoop announces the watermark every forgetEvery, apart from the
+// dispatcher's loop so that a shard that is away delays no credit.
+func (d *dispatcher) forgetLoop(ctx context.Context) {
+	t := time.NewTicker(forgetEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.announceForget(ctx)
+		}
+	}
+}
+
+// announceForget tells every other shard the watermark below which all of
+// this shard's attempts are resolved, so their inbox rows can go.
+func (d *dispatcher) announceForget(ctx context.Context) {
+	var below uint64
+	d.s.m.Read(func(st *shard.State, _ uint64) { below = st.ForgetBelow() })
+	for _, to := range d.s.n.shardIDs() {
+		if to == d.s.id || d.forgot[to] >= below {
+			continue
+		}
+		cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: d.s.id, Below: below}}
+		var reply shard.Reply
+		if err := d.s.n.request(ctx, d.s.n.subjects.Shard(to), shard.OpCommand, &cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
+			d.forgot[to] = below
+		}
+	}
+}
+
+// request sends one internal request and decodes the reply.
+func (n *Node) request(ctx context.Context, subject, op string, body any, reply any) error {
+	var data []byte
+	if body != nil {
+		b, err := msgpack.Marshal(body)
+		if err != nil {
+			return err
+		}
+		data = b
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{shard.OpHeader: []string{op}}}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := n.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return err
+	}
+	if reply == nil {
+		return nil
+	}
+	return msgpack.Unmarshal(resp.Data, reply)
+}
+
+// requestTimeout bounds one internal request.
+const requestTimeout = 5 * time.Second

@@ -1,0 +1,227 @@
+// Package node hosts a ledgerd process's Raft groups (the meta group and the
+// shards) and serves their NATS subjects while it leads them.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/raftfsm"
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/ledgerd/ledgerd/transport/raftmux"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// metaGroupID is the Raft group id of the meta group; shards are 1..N.
+const metaGroupID = 0
+
+// Config configures a node.
+type Config struct {
+	NodeID        string
+	DataDir       string
+	RaftListen    string // host:port for every group's Raft traffic
+	RaftAdvertise string // address peers dial; defaults to the listener's
+	Shards        uint32 // shard count when the cluster is created
+	Conn          *nats.Conn
+	Prefix        string
+	Logger        *slog.Logger
+}
+
+// Node is one ledgerd process's share of the cluster.
+type Node struct {
+	cfg      Config
+	nc       *nats.Conn
+	subjects transport.Subjects
+	log      *slog.Logger
+	mux      *raftmux.Mux
+
+	meta   *raftfsm.Group
+	metaM  *raftfsm.MetaMachine
+	mu     sync.Mutex
+	shards map[uint32]*shardServer
+	ids    []uint32
+}
+
+// Start opens the meta group, waits for the slot map, then opens every
+// shard in it. It returns once every group is open (not yet led).
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var adv net.Addr
+	if cfg.RaftAdvertise != "" {
+		adv = advertiseAddr(cfg.RaftAdvertise)
+	}
+	mux, err := raftmux.Listen(cfg.RaftListen, adv, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg: cfg, nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix},
+		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
+	}
+	n.meta, err = n.openGroup(metaGroupID, "meta", n.metaM, n.serveMeta)
+	if err != nil {
+		mux.Close()
+		return nil, err
+	}
+	slots, err := n.waitSlotMap(ctx)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	ids := slots.Shards()
+	if cfg.Shards != 0 && uint32(len(ids)) != cfg.Shards {
+		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(ids))
+	}
+	for _, id := range ids {
+		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id), log: n.log.With("shard", id)}
+		s.g, err = n.openGroup(id, "shard-"+strconv.FormatUint(uint64(id), 10), s.m, s.serve)
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		n.mu.Lock()
+		n.shards[id] = s
+		n.ids = append(n.ids, id)
+		n.mu.Unlock()
+	}
+	return n, nil
+}
+
+func (n *Node) openGroup(id uint32, dir string, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
+	layer, err := n.mux.Group(id)
+	if err != nil {
+		return nil, err
+	}
+	trans := raftmux.NewTransport(layer, n.log)
+	return raftfsm.Open(raftfsm.GroupConfig{
+		ID:        id,
+		Dir:       filepath.Join(n.cfg.DataDir, dir),
+		NodeID:    n.cfg.NodeID,
+		Transport: trans,
+		Servers:   []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeID), Address: trans.LocalAddr()}},
+		Machine:   m,
+		Logger:    n.log,
+		OnLeader:  onLeader,
+	})
+}
+
+// waitSlotMap waits until the meta group holds a slot map (the meta leader
+// proposes the initial one).
+func (n *Node) waitSlotMap(ctx context.Context) (raftfsm.SlotMap, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m := n.metaM.SlotMap(); len(m.Slots) > 0 {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return raftfsm.SlotMap{}, fmt.Errorf("waiting for the slot map: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// serveMeta runs while this node leads the meta group: it creates the slot
+// map if there is none and answers slot map requests.
+func (n *Node) serveMeta(ctx context.Context) {
+	if len(n.metaM.SlotMap().Slots) == 0 {
+		shards := max(n.cfg.Shards, 1)
+		b, _ := msgpack.Marshal(&raftfsm.MetaCommand{InitShards: shards})
+		if _, err := n.meta.ProposeWait(ctx, b); err != nil {
+			n.log.Error("create slot map", "err", err)
+			return
+		}
+		n.log.Debug("created slot map", "shards", shards)
+	}
+	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
+		m := n.metaM.SlotMap()
+		b, _ := msgpack.Marshal(&m)
+		_ = msg.Respond(b)
+	})
+	if err != nil {
+		n.log.Error("subscribe meta subject", "err", err)
+		return
+	}
+	<-ctx.Done()
+	_ = sub.Unsubscribe()
+}
+
+func (n *Node) shardIDs() []uint32 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ids
+}
+
+// shardStatus describes a shard as this node (its leader) sees it.
+func (n *Node) shardStatus(id uint32, g *raftfsm.Group, m *raftfsm.ShardMachine) transport.ShardStatus {
+	r := g.Raft()
+	_, leader := r.LeaderWithID()
+	st := transport.ShardStatus{
+		ID: id, Leader: string(leader), Term: r.CurrentTerm(), CommitIndex: r.CommitIndex(),
+	}
+	slots := n.metaM.SlotMap()
+	for s, owner := range slots.Slots {
+		if owner == id {
+			st.Slots = append(st.Slots, uint16(s))
+		}
+	}
+	m.Read(func(s *shard.State, applied uint64) {
+		a, t, o, i := s.Counts()
+		st.AppliedIndex = applied
+		st.Accounts, st.Transfers, st.OutboxDepth, st.InboxDepth = uint64(a), uint64(t), uint64(o), uint64(i)
+		st.Ledgers = s.Totals()
+		st.StateHash = fmt.Sprintf("%016x", s.Hash())
+	})
+	return st
+}
+
+// Ready reports whether every group has a leader.
+func (n *Node) Ready() bool {
+	if _, id := n.meta.Raft().LeaderWithID(); id == "" {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range n.shards {
+		if _, id := s.g.Raft().LeaderWithID(); id == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// Close stops every group; what was acknowledged is on disk already.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	shards := n.shards
+	n.shards = map[uint32]*shardServer{}
+	n.mu.Unlock()
+	var errs []error
+	for _, s := range shards {
+		errs = append(errs, s.g.Shutdown())
+	}
+	if n.meta != nil {
+		errs = append(errs, n.meta.Shutdown())
+	}
+	errs = append(errs, n.mux.Close())
+	return errors.Join(errs...)
+}
+
+// advertiseAddr is the address peers dial, as configured.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }

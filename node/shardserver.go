@@ -1,0 +1,241 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+
+	"github.com/ledgerd/ledgerd/raftfsm"
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// outboxRowsMax bounds the cross-shard transfers in flight per shard. Past
+// it new transfer commands are refused with Retry (backpressure): the
+// outbox must not grow without bound while a credit shard is away.
+const outboxRowsMax = 100_000
+
+// shardServer serves one shard's subject while this node leads the shard:
+// it proposes commands, holds replies for cross-shard transfers until they
+// resolve, and runs the outbox dispatcher.
+type shardServer struct {
+	n   *Node
+	id  uint32
+	g   *raftfsm.Group
+	m   *raftfsm.ShardMachine
+	log *slog.Logger
+
+	mu      sync.Mutex
+	waiters map[attemptKey][]waitRef
+	disp    *dispatcher
+}
+
+type attemptKey struct {
+	id      string
+	attempt uint64
+}
+
+// pendingReply is a create command whose reply waits for in-flight events.
+type pendingReply struct {
+	msg       *nats.Msg
+	reply     shard.Reply
+	remaining int
+}
+
+type waitRef struct {
+	p     *pendingReply
+	index int
+	retry bool
+}
+
+// serve runs for one term: it subscribes to the shard's subject and
+// dispatches the outbox until ctx ends.
+func (s *shardServer) serve(ctx context.Context) {
+	s.mu.Lock()
+	s.waiters = make(map[attemptKey][]waitRef)
+	s.disp = newDispatcher(s)
+	s.mu.Unlock()
+	sub, err := s.n.nc.QueueSubscribe(s.n.subjects.Shard(s.id), "shard", s.handle)
+	if err != nil {
+		s.log.Error("subscribe shard subject", "err", err)
+		return
+	}
+	_ = sub.SetPendingLimits(-1, 256<<20)
+	s.log.Debug("serving shard")
+	s.disp.run(ctx)
+	_ = sub.Unsubscribe()
+	s.mu.Lock()
+	s.waiters = nil // their requests time out at the router, which retries
+	s.mu.Unlock()
+}
+
+// handle runs on the subscription's goroutine: decode, enqueue, return.
+func (s *shardServer) handle(msg *nats.Msg) {
+	switch msg.Header.Get(shard.OpHeader) {
+	case shard.OpCommand:
+		s.handleCommand(msg)
+	case shard.OpLookupAccounts, shard.OpLookupTransfers:
+		s.handleLookup(msg)
+	case shard.OpStatus:
+		st := s.n.shardStatus(s.id, s.g, s.m)
+		respond(msg, &shard.Reply{Status: &st})
+	default:
+		respond(msg, &shard.Reply{Invalid: "unknown op"})
+	}
+}
+
+func (s *shardServer) handleCommand(msg *nats.Msg) {
+	var cmd shard.Command
+	if err := msgpack.Unmarshal(msg.Data, &cmd); err != nil {
+		respond(msg, &shard.Reply{Invalid: err.Error()})
+		return
+	}
+	if cmd.Kind == shard.KindCreateTransfers {
+		full := false
+		s.m.Read(func(st *shard.State, _ uint64) { full = st.OutboxLen() >= outboxRowsMax })
+		if full {
+			respond(msg, &shard.Reply{Retry: "outbox full"})
+			return
+		}
+	}
+	err := s.g.Propose(msg.Data, func(res any, err error) {
+		if err != nil {
+			respond(msg, &shard.Reply{Retry: err.Error()})
+			return
+		}
+		s.applied(msg, &cmd, res.(*shard.Output))
+	})
+	if err != nil {
+		respond(msg, &shard.Reply{Retry: err.Error()})
+	}
+}
+
+// applied runs on the group's completer goroutine, in log order.
+func (s *shardServer) applied(msg *nats.Msg, cmd *shard.Command, out *shard.Output) {
+	switch cmd.Kind {
+	case shard.KindCreateAccounts:
+		respond(msg, &shard.Reply{Results: results(out.Events[0])})
+	case shard.KindCreateTransfers:
+		s.transfersApplied(msg, cmd, out.Events[0])
+	case shard.KindCredit, shard.KindAbort:
+		respond(msg, &shard.Reply{Answers: out.Answers[0]})
+	case shard.KindResolve:
+		s.resolved(out.Resolved)
+		if msg != nil {
+			respond(msg, &shard.Reply{})
+		}
+	default:
+		respond(msg, &shard.Reply{})
+	}
+}
+
+func results(events []shard.EventResult) []transport.Result {
+	rs := make([]transport.Result, len(events))
+	for i, e := range events {
+		rs[i] = transport.Result{Index: uint32(i), Code: e.Code, Timestamp: e.Timestamp}
+	}
+	return rs
+}
+
+// transfersApplied replies at once unless some transfers are in flight to
+// other shards; those wait for their resolution. Waiters are registered here,
+// on the completer, before any later entry (a resolve) completes.
+func (s *shardServer) transfersApplied(msg *nats.Msg, cmd *shard.Command, events []shard.EventResult) {
+	p := &pendingReply{msg: msg, reply: shard.Reply{Results: results(events)}}
+	var reserved []shard.OutboxRow
+	s.mu.Lock()
+	for i, e := range events {
+		if !e.InFlight {
+			continue
+		}
+		if s.waiters == nil { // the term ended: the router retries elsewhere
+			s.mu.Unlock()
+			respond(msg, &shard.Reply{Retry: "leadership lost"})
+			return
+		}
+		key := attemptKey{cmd.Transfers[i].ID, e.Attempt}
+		s.waiters[key] = append(s.waiters[key], waitRef{p: p, index: i, retry: e.Retry})
+		p.remaining++
+		if !e.Retry {
+			row := shard.OutboxRow{Transfer: cmd.Transfers[i], CreditShard: cmd.CreditShards[i]}
+			row.Transfer.Timestamp = e.Attempt
+			reserved = append(reserved, row)
+		}
+	}
+	disp := s.disp
+	s.mu.Unlock()
+	if p.remaining == 0 {
+		respond(msg, &p.reply)
+		return
+	}
+	if len(reserved) > 0 && disp != nil {
+		disp.enqueue(reserved)
+	}
+}
+
+// resolved completes the replies waiting for these transfers.
+func (s *shardServer) resolved(rs []shard.Resolved) {
+	var done []*pendingReply
+	s.mu.Lock()
+	for _, r := range rs {
+		key := attemptKey{r.ID, r.Attempt}
+		for _, w := range s.waiters[key] {
+			res := &w.p.reply.Results[w.index]
+			switch {
+			case r.Aborted:
+				w.p.reply.Retry = "timeout"
+			case r.Code == transport.CodeOK && w.retry:
+				res.Code, res.Timestamp = transport.CodeExists, r.Timestamp
+			default:
+				res.Code, res.Timestamp = r.Code, r.Timestamp
+			}
+			if w.p.remaining--; w.p.remaining == 0 {
+				done = append(done, w.p)
+			}
+		}
+		delete(s.waiters, key)
+	}
+	s.mu.Unlock()
+	for _, p := range done {
+		if p.reply.Retry != "" {
+			p.reply.Results = nil
+		}
+		respond(p.msg, &p.reply)
+	}
+}
+
+func (s *shardServer) handleLookup(msg *nats.Msg) {
+	var req transport.LookupRequest
+	if err := transport.Unmarshal(msg.Data, &req); err != nil {
+		respond(msg, &shard.Reply{Invalid: err.Error()})
+		return
+	}
+	// Served by the leader after its term's barrier: every acknowledged
+	// write was applied here first.
+	if err := s.g.Raft().VerifyLeader().Error(); err != nil {
+		respond(msg, &shard.Reply{Retry: err.Error()})
+		return
+	}
+	var reply shard.Reply
+	s.m.Read(func(st *shard.State, _ uint64) {
+		if msg.Header.Get(shard.OpHeader) == shard.OpLookupAccounts {
+			reply.Accounts = st.LookupAccounts(req.IDs)
+		} else {
+			reply.Transfers = st.LookupTransfers(req.IDs)
+		}
+	})
+	respond(msg, &reply)
+}
+
+func respond(msg *nats.Msg, r *shard.Reply) {
+	if msg == nil || msg.Reply == "" {
+		return
+	}
+	b, err := msgpack.Marshal(r)
+	if err != nil {
+		b, _ = msgpack.Marshal(&shard.Reply{Invalid: err.Error()})
+	}
+	_ = msg.Respond(b)
+}

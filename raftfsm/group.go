@@ -1,0 +1,346 @@
+package raftfsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/ledgerd/ledgerd/transport/raftmux"
+	"go.etcd.io/bbolt"
+)
+
+// Limits of the leader's actor.
+const (
+	// mailboxProposalsMax bounds the commands queued for one group. A full
+	// mailbox refuses (ErrBusy) instead of blocking a NATS handler.
+	mailboxProposalsMax = 4096
+	// entryBytesMax bounds one Raft entry: the actor stops adding commands
+	// once an entry holds this much (a single larger command still goes).
+	entryBytesMax = 4 << 20
+	// entriesInFlightMax bounds the entries proposed but not yet applied.
+	entriesInFlightMax = 64
+	// snapshotsRetained is how many snapshots a group keeps on disk.
+	snapshotsRetained = 2
+)
+
+// ErrBusy is returned by Propose when the mailbox is full.
+var ErrBusy = errors.New("raft group mailbox full")
+
+// GroupConfig describes one Raft group on this node.
+type GroupConfig struct {
+	ID        uint32
+	Dir       string // holds raft.db and snapshots/
+	NodeID    string
+	Transport raft.Transport
+	// Servers is the initial configuration, used only when Dir holds no
+	// Raft state yet; every initial voter must pass the same list.
+	Servers []raft.Server
+	Machine Machine
+	Logger  *slog.Logger
+	// OnLeader runs in its own goroutine each time this node becomes the
+	// group's leader, after every earlier entry is applied (a barrier). Its
+	// ctx is cancelled when leadership ends; it should return then.
+	OnLeader func(ctx context.Context)
+}
+
+// Group is one Raft group hosted on this node.
+type Group struct {
+	id       uint32
+	raft     *raft.Raft
+	store    *raftboltdb.BoltStore
+	trans    raft.Transport
+	mailbox  chan *proposal
+	inflight chan entryInFlight
+	stop     chan struct{}
+	done     chan struct{} // closed when the actor, completer and watcher exit
+	log      *slog.Logger
+}
+
+type proposal struct {
+	cmd  []byte
+	done func(result any, err error)
+}
+
+type entryInFlight struct {
+	future    raft.ApplyFuture
+	proposals []*proposal
+}
+
+// Open opens (or creates and bootstraps) a group and starts its goroutines.
+func Open(cfg GroupConfig) (*Group, error) {
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	hlog := raftmux.HCLogger(cfg.Logger, "raft", cfg.ID)
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.Dir, "raft.db"),
+		BoltOptions: &bbolt.Options{NoFreelistSync: true, Timeout: 5 * time.Second},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("group %d: open bolt store: %w", cfg.ID, err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hlog)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("group %d: snapshot store: %w", cfg.ID, err)
+	}
+	logs, err := raft.NewLogCache(512, store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	rc := raftConfig(cfg.NodeID, hlog)
+	existing, err := raft.HasExistingState(logs, store, snaps)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if !existing {
+		if err := raft.BootstrapCluster(rc, logs, store, snaps, cfg.Transport, raft.Configuration{Servers: cfg.Servers}); err != nil {
+			store.Close()
+			return nil, fmt.Errorf("group %d: bootstrap: %w", cfg.ID, err)
+		}
+	}
+	r, err := raft.NewRaft(rc, &fsm{m: cfg.Machine}, logs, store, snaps, cfg.Transport)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("group %d: start raft: %w", cfg.ID, err)
+	}
+	g := &Group{
+		id:       cfg.ID,
+		raft:     r,
+		store:    store,
+		trans:    cfg.Transport,
+		mailbox:  make(chan *proposal, mailboxProposalsMax),
+		inflight: make(chan entryInFlight, entriesInFlightMax),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		log:      cfg.Logger.With("group", cfg.ID),
+	}
+	actorDone, completerDone, watcherDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() { defer close(actorDone); g.actor() }()
+	go func() { defer close(completerDone); g.completer() }()
+	go func() { defer close(watcherDone); g.watchLeadership(cfg.OnLeader) }()
+	go func() {
+		<-actorDone
+		<-completerDone
+		<-watcherDone
+		close(g.done)
+	}()
+	return g, nil
+}
+
+// raftConfig keeps the library's failover timeouts (DESIGN.md: measured
+// tighter timeouts lose leadership under load on 2 cores) and sizes the log
+// for large batched entries.
+func raftConfig(nodeID string, hlog hclog.Logger) *raft.Config {
+	c := raft.DefaultConfig()
+	c.LocalID = raft.ServerID(nodeID)
+	c.Logger = hlog
+	c.BatchApplyCh = true
+	// Entries carry up to entryBytesMax of commands, so keep fewer of them
+	// between snapshots than the defaults (8192 / 10240) would.
+	c.SnapshotThreshold = 4096
+	c.TrailingLogs = 2048
+	c.SnapshotInterval = 30 * time.Second
+	return c
+}
+
+// ID returns the group id.
+func (g *Group) ID() uint32 { return g.id }
+
+// Raft exposes the underlying Raft for status and membership.
+func (g *Group) Raft() *raft.Raft { return g.raft }
+
+// IsLeader reports whether this node currently leads the group.
+func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
+
+// Propose queues one command for the next entry without blocking. done is
+// called once, from the completer goroutine, with the command's result
+// after the entry is applied, or with an error: then the command may or may
+// not have been applied, and only an idempotent retry is safe.
+func (g *Group) Propose(cmd []byte, done func(result any, err error)) error {
+	select {
+	case <-g.stop:
+		return raft.ErrRaftShutdown
+	default:
+	}
+	select {
+	case g.mailbox <- &proposal{cmd: cmd, done: done}:
+		return nil
+	default:
+		return ErrBusy
+	}
+}
+
+// ProposeWait proposes and waits for the result or ctx.
+func (g *Group) ProposeWait(ctx context.Context, cmd []byte) (any, error) {
+	type reply struct {
+		res any
+		err error
+	}
+	ch := make(chan reply, 1)
+	if err := g.Propose(cmd, func(res any, err error) { ch <- reply{res, err} }); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		return r.res, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// actor batches whatever is queued into one entry: no timer, so a lone
+// command goes at once and a burst shares one entry (and one fsync).
+func (g *Group) actor() {
+	defer close(g.inflight)
+	for {
+		var first *proposal
+		select {
+		case first = <-g.mailbox:
+		case <-g.stop:
+			g.failQueued()
+			return
+		}
+		batch := []*proposal{first}
+		size := len(first.cmd)
+	drain:
+		for size < entryBytesMax {
+			select {
+			case p := <-g.mailbox:
+				batch = append(batch, p)
+				size += len(p.cmd)
+			default:
+				break drain
+			}
+		}
+		if g.raft.State() != raft.Leader {
+			failAll(batch, raft.ErrNotLeader)
+			continue
+		}
+		cmds := make([][]byte, len(batch))
+		for i, p := range batch {
+			cmds[i] = p.cmd
+		}
+		// The leader's clock enters the log here, and only here.
+		f := g.raft.Apply(encodeEntry(uint64(time.Now().UnixNano()), cmds), 0)
+		select {
+		case g.inflight <- entryInFlight{future: f, proposals: batch}:
+		case <-g.stop:
+			failAll(batch, raft.ErrRaftShutdown)
+			g.failQueued()
+			return
+		}
+	}
+}
+
+func (g *Group) failQueued() {
+	for {
+		select {
+		case p := <-g.mailbox:
+			p.done(nil, raft.ErrRaftShutdown)
+		default:
+			return
+		}
+	}
+}
+
+func failAll(batch []*proposal, err error) {
+	for _, p := range batch {
+		p.done(nil, err)
+	}
+}
+
+// completer hands each applied entry's results to its proposals, in order.
+func (g *Group) completer() {
+	for e := range g.inflight {
+		if err := e.future.Error(); err != nil {
+			failAll(e.proposals, err)
+			continue
+		}
+		results, _ := e.future.Response().([]any)
+		if len(results) != len(e.proposals) {
+			panic(fmt.Sprintf("group %d: entry applied %d commands, proposed %d", g.id, len(results), len(e.proposals)))
+		}
+		for i, p := range e.proposals {
+			p.done(results[i], nil)
+		}
+	}
+}
+
+// watchLeadership runs onLeader for each term this node leads. LeaderCh
+// may coalesce signals, so the state is also polled.
+func (g *Group) watchLeadership(onLeader func(context.Context)) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var term termContext
+	defer term.end()
+	for {
+		select {
+		case <-g.raft.LeaderCh():
+		case <-tick.C:
+		case <-g.stop:
+			return
+		}
+		leading := g.raft.State() == raft.Leader
+		if leading == term.active() {
+			continue
+		}
+		if !leading {
+			term.end()
+			g.log.Debug("lost leadership")
+			continue
+		}
+		ctx := term.begin()
+		g.log.Debug("became leader", "term", g.raft.CurrentTerm())
+		if onLeader != nil {
+			go func() {
+				// Apply everything committed by earlier terms before
+				// serving, so reads and the outbox see it.
+				if err := g.raft.Barrier(0).Error(); err != nil {
+					g.log.Warn("leader barrier failed", "err", err)
+					return
+				}
+				onLeader(ctx)
+			}()
+		}
+	}
+}
+
+// termContext is the context of the term this node leads, if any.
+type termContext struct{ cancel context.CancelFunc }
+
+func (t *termContext) active() bool { return t.cancel != nil }
+
+func (t *termContext) begin() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	return ctx
+}
+
+func (t *termContext) end() {
+	if t.cancel != nil {
+		t.cancel()
+		t.cancel = nil
+	}
+}
+
+// Shutdown stops the group: queued commands fail, Raft stops, stores close.
+func (g *Group) Shutdown() error {
+	close(g.stop)
+	err := g.raft.Shutdown().Error()
+	<-g.done
+	if c, ok := g.trans.(io.Closer); ok {
+		err = errors.Join(err, c.Close())
+	}
+	return errors.Join(err, g.store.Close())
+}

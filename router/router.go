@@ -1,0 +1,316 @@
+// Package router is the stateless front end: it serves the client subjects
+// of PROTOCOL.md as the NATS micro service "ledger" (any number of copies in
+// one queue group), hashes account ids to shards with the meta group's slot
+// map, forwards each shard its part of a batch, retries with the same
+// command while shards are unavailable, and answers every request.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Defaults and limits.
+const (
+	// DefaultRequestDeadline is how long a client request may take before
+	// the router answers timeout.
+	DefaultRequestDeadline = 5 * time.Second
+	// requestsInFlightMax bounds the requests one router works on at once;
+	// past it a request is answered unavailable at once (a NATS handler
+	// must never block).
+	requestsInFlightMax = 4096
+	// slotMapRefresh is how often the slot map is fetched again.
+	slotMapRefresh = 5 * time.Second
+	// Version is the micro service version.
+	Version = "0.1.0"
+)
+
+// Config configures a router.
+type Config struct {
+	Conn            *nats.Conn
+	Prefix          string
+	RequestDeadline time.Duration
+	Logger          *slog.Logger
+}
+
+// Router serves the client protocol.
+type Router struct {
+	nc       *nats.Conn
+	subjects transport.Subjects
+	deadline time.Duration
+	log      *slog.Logger
+	svc      micro.Service
+	sem      chan struct{}
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu    sync.RWMutex
+	slots slotMap
+}
+
+type slotMap struct {
+	Epoch uint64   `msgpack:"epoch"`
+	Slots []uint32 `msgpack:"slots"`
+}
+
+// Start registers the micro service and returns once it serves.
+func Start(cfg Config) (*Router, error) {
+	if cfg.RequestDeadline == 0 {
+		cfg.RequestDeadline = DefaultRequestDeadline
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = transport.DefaultPrefix
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Router{
+		nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix}, deadline: cfg.RequestDeadline,
+		log: cfg.Logger, sem: make(chan struct{}, requestsInFlightMax), ctx: ctx, cancel: cancel,
+	}
+	svc, err := micro.AddService(cfg.Conn, micro.Config{
+		Name:        "ledger",
+		Version:     Version,
+		Description: "ledgerd client API (PROTOCOL.md v1)",
+		QueueGroup:  "ledger-router",
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	r.svc = svc
+	endpoints := []struct {
+		name, subject string
+		h             func(context.Context, []byte) any
+	}{
+		{"accounts_create", r.subjects.AccountsCreate(), r.createAccounts},
+		{"transfers_create", r.subjects.TransfersCreate(), r.createTransfers},
+		{"accounts_lookup", r.subjects.AccountsLookup(), r.lookupAccounts},
+		{"transfers_lookup", r.subjects.TransfersLookup(), r.lookupTransfers},
+		{"cluster_status", r.subjects.ClusterStatus(), r.status},
+	}
+	for _, e := range endpoints {
+		if err := svc.AddEndpoint(e.name, r.async(e.h), micro.WithEndpointSubject(e.subject)); err != nil {
+			r.Stop()
+			return nil, err
+		}
+	}
+	go r.refreshSlots()
+	return r, nil
+}
+
+// Stop unregisters the service; requests being worked on still finish.
+func (r *Router) Stop() error {
+	r.cancel()
+	return r.svc.Stop()
+}
+
+// async hands a request to its own goroutine so the endpoint's subscription
+// keeps reading, and answers unavailable when too many are in flight.
+func (r *Router) async(h func(context.Context, []byte) any) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		select {
+		case r.sem <- struct{}{}:
+		default:
+			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: "router overloaded"}})
+			return
+		}
+		go func() {
+			defer func() { <-r.sem }()
+			ctx, cancel := context.WithTimeout(r.ctx, r.deadline)
+			defer cancel()
+			respond(req, h(ctx, req.Data()))
+		}()
+	})
+}
+
+func respond(req micro.Request, reply any) {
+	b, err := transport.Marshal(reply)
+	if err != nil {
+		b, _ = transport.Marshal(&transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}})
+	}
+	var opts []micro.RespondOpt
+	if e := replyError(reply); e != nil {
+		opts = append(opts, micro.WithHeaders(micro.Headers{
+			"Nats-Service-Error":      []string{e.Message},
+			"Nats-Service-Error-Code": []string{errorStatus(e.Code)},
+		}))
+	}
+	_ = req.Respond(b, opts...)
+}
+
+func replyError(reply any) *transport.Error {
+	switch r := reply.(type) {
+	case *transport.ResultsReply:
+		return r.Error
+	case *transport.AccountsReply:
+		return r.Error
+	case *transport.TransfersReply:
+		return r.Error
+	case *transport.StatusReply:
+		return r.Error
+	}
+	return nil
+}
+
+func errorStatus(code string) string {
+	switch code {
+	case transport.ErrMalformedCode, transport.ErrTooManyEventsCode:
+		return "400"
+	case transport.ErrUnauthorizedCode:
+		return "403"
+	case transport.ErrTimeoutCode:
+		return "504"
+	}
+	return "503"
+}
+
+// requestError maps a failure to the protocol's request-level error.
+func requestError(ctx context.Context, err error) *transport.Error {
+	switch {
+	case errors.Is(err, transport.ErrTooManyEvents):
+		return &transport.Error{Code: transport.ErrTooManyEventsCode, Message: err.Error()}
+	case errors.Is(err, transport.ErrMalformed):
+		return &transport.Error{Code: transport.ErrMalformedCode, Message: err.Error()}
+	case errors.Is(err, errShardTimeout) || ctx.Err() != nil:
+		return &transport.Error{Code: transport.ErrTimeoutCode, Message: "request deadline passed; retry with the same ids"}
+	}
+	return &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}
+}
+
+var errShardTimeout = errors.New("shard outcome unknown at the deadline")
+
+// refreshSlots keeps the slot map fresh.
+func (r *Router) refreshSlots() {
+	t := time.NewTicker(slotMapRefresh)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(r.ctx, time.Second)
+		_, _ = r.fetchSlots(ctx)
+		cancel()
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Router) fetchSlots(ctx context.Context) (slotMap, error) {
+	resp, err := r.nc.RequestWithContext(ctx, r.subjects.Meta(), nil)
+	if err != nil {
+		return slotMap{}, err
+	}
+	var m slotMap
+	if err := msgpack.Unmarshal(resp.Data, &m); err != nil {
+		return slotMap{}, err
+	}
+	if len(m.Slots) != transport.SlotCount {
+		return slotMap{}, fmt.Errorf("slot map has %d slots", len(m.Slots))
+	}
+	r.mu.Lock()
+	if m.Epoch >= r.slots.Epoch {
+		r.slots = m
+	}
+	r.mu.Unlock()
+	return m, nil
+}
+
+// slotMap returns the current map, fetching it if there is none yet.
+func (r *Router) slotMap(ctx context.Context) (slotMap, error) {
+	r.mu.RLock()
+	m := r.slots
+	r.mu.RUnlock()
+	for len(m.Slots) == 0 {
+		var err error
+		if m, err = r.fetchSlots(ctx); err == nil {
+			break
+		}
+		if !sleep(ctx, 50*time.Millisecond) {
+			return slotMap{}, fmt.Errorf("no slot map: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m slotMap) shardOf(accountID string) uint32 { return m.Slots[transport.Slot(accountID)] }
+
+func (m slotMap) shards() []uint32 {
+	var ids []uint32
+	seen := map[uint32]bool{}
+	for _, id := range m.Slots {
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// callShard sends one request to a shard's leader and retries it, with the
+// same body, while the shard is unavailable, until ctx ends. Every command
+// is idempotent, so a retry after an unknown outcome is safe.
+func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byte) (*shard.Reply, error) {
+	backoff := 5 * time.Millisecond
+	msg := &nats.Msg{Subject: r.subjects.Shard(id), Data: body, Header: nats.Header{shard.OpHeader: []string{op}}}
+	for {
+		resp, err := r.nc.RequestMsgWithContext(ctx, msg)
+		if err == nil {
+			var reply shard.Reply
+			if err := msgpack.Unmarshal(resp.Data, &reply); err != nil {
+				return nil, fmt.Errorf("shard %d: bad reply: %w", id, err)
+			}
+			if reply.Invalid != "" {
+				return nil, fmt.Errorf("shard %d refused the request: %s", id, reply.Invalid)
+			}
+			if reply.Retry == "" {
+				return &reply, nil
+			}
+		}
+		// No leader yet, queue full, leadership lost, or no answer in time.
+		if !sleep(ctx, backoff) {
+			return nil, errShardTimeout
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// scatter runs one call per shard in parallel and waits for all.
+func scatter[T any](shards map[uint32]T, call func(id uint32, part T) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(shards))
+	for id, part := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := call(id, part); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}

@@ -1,0 +1,167 @@
+// Package server assembles one ledgerd process: an embedded NATS server (or
+// a connection to an external one), the node hosting the Raft groups, and
+// the router. cmd/ledgerd parses flags into a Config; tests start the same
+// thing in-process.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/ledgerd/ledgerd/node"
+	"github.com/ledgerd/ledgerd/router"
+	"github.com/ledgerd/ledgerd/transport"
+)
+
+// DefaultShards is the shard count of a new cluster when none is given.
+// See docs/operations.md for the measurement behind it.
+const DefaultShards = 4
+
+// Config configures a process.
+type Config struct {
+	NodeID        string
+	DataDir       string
+	NATSListen    string // embedded NATS address; "" with NATSURL set embeds none
+	NATSURL       string // external NATS; overrides NATSListen
+	RaftListen    string
+	RaftAdvertise string
+	Shards        uint32
+	Prefix        string
+	Logger        *slog.Logger
+}
+
+// Server is a running process.
+type Server struct {
+	ns     *natsserver.Server
+	nodeNC *nats.Conn
+	rtNC   *nats.Conn
+	node   *node.Node
+	router *router.Router
+	log    *slog.Logger
+	url    string
+}
+
+// Start starts everything and returns once every group has a leader.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = transport.DefaultPrefix
+	}
+	s := &Server{log: cfg.Logger}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	var opts []nats.Option
+	if cfg.NATSURL != "" {
+		s.url = cfg.NATSURL
+	} else {
+		if s.ns, err = embedNATS(cfg.NATSListen); err != nil {
+			return nil, err
+		}
+		s.url = s.ns.ClientURL()
+		opts = append(opts, nats.InProcessServer(s.ns))
+	}
+	connect := func(name string) (*nats.Conn, error) {
+		o := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
+		return nats.Connect(s.url, o...)
+	}
+	// Two connections, so a burst of client traffic queued on the router's
+	// cannot delay the shards' saga messages.
+	if s.nodeNC, err = connect("ledgerd-node-" + cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	if s.rtNC, err = connect("ledgerd-router-" + cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	s.node, err = node.Start(ctx, node.Config{
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
+		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.router, err = router.Start(router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	for !s.node.Ready() {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for shard leaders: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return s, nil
+}
+
+// embedNATS starts a NATS server on addr with the protocol's max payload.
+func embedNATS(addr string) (*natsserver.Server, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("nats listen port %q: %w", portStr, err)
+	}
+	if port == 0 {
+		port = natsserver.RANDOM_PORT
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		ServerName: "ledgerd", Host: host, Port: port,
+		MaxPayload: transport.MessageBytesMax, MaxPending: 4 * transport.MessageBytesMax,
+		NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded NATS did not start")
+	}
+	return ns, nil
+}
+
+// ClientURL is the NATS URL clients connect to.
+func (s *Server) ClientURL() string { return s.url }
+
+// Node returns the node, for tests and status.
+func (s *Server) Node() *node.Node { return s.node }
+
+// Close stops in order: no new requests, drain NATS, stop Raft, stop NATS.
+func (s *Server) Close() error {
+	var errs []error
+	if s.router != nil {
+		errs = append(errs, s.router.Stop())
+	}
+	for _, nc := range []*nats.Conn{s.rtNC, s.nodeNC} {
+		if nc != nil {
+			_ = nc.Drain()
+		}
+	}
+	if s.node != nil {
+		errs = append(errs, s.node.Close())
+	}
+	for _, nc := range []*nats.Conn{s.rtNC, s.nodeNC} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+	return errors.Join(errs...)
+}

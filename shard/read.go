@@ -1,0 +1,260 @@
+package shard
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// LookupAccounts returns copies of the accounts that exist, in ids order.
+func (s *State) LookupAccounts(ids []string) []transport.Account {
+	out := make([]transport.Account, 0, len(ids))
+	for _, id := range ids {
+		if a, ok := s.accounts[id]; ok {
+			out = append(out, *a)
+		}
+	}
+	return out
+}
+
+// LookupTransfers returns the posted transfers debited on this shard, in ids
+// order. A transfer in flight is not visible until it is final.
+func (s *State) LookupTransfers(ids []string) []transport.Transfer {
+	out := make([]transport.Transfer, 0, len(ids))
+	for _, id := range ids {
+		if t, ok := s.transfers[id]; ok {
+			c := *t
+			c.State = transport.StatePosted
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Counts returns the sizes of the state's tables.
+func (s *State) Counts() (accounts, transfers, outbox, inbox int) {
+	return len(s.accounts), len(s.transfers), len(s.outbox), len(s.inbox)
+}
+
+// Totals sums balances per ledger, sorted by ledger.
+func (s *State) Totals() []transport.LedgerTotals {
+	by := map[uint32]*transport.LedgerTotals{}
+	for _, a := range s.accounts {
+		t := by[a.Ledger]
+		if t == nil {
+			t = &transport.LedgerTotals{Ledger: a.Ledger}
+			by[a.Ledger] = t
+		}
+		t.DebitsPosted += a.DebitsPosted
+		t.CreditsPosted += a.CreditsPosted
+		t.DebitsPending += a.DebitsPending
+		t.CreditsPending += a.CreditsPending
+	}
+	out := make([]transport.LedgerTotals, 0, len(by))
+	for _, l := range slices.Sorted(maps.Keys(by)) {
+		out = append(out, *by[l])
+	}
+	return out
+}
+
+// Outbox returns the in-flight transfers, oldest attempt first.
+func (s *State) Outbox() []OutboxRow {
+	rows := make([]OutboxRow, 0, len(s.outbox))
+	for _, r := range s.outbox {
+		rows = append(rows, *r)
+	}
+	slices.SortFunc(rows, func(a, b OutboxRow) int { return cmp.Compare(a.Transfer.Timestamp, b.Transfer.Timestamp) })
+	return rows
+}
+
+// OutboxLen returns the number of in-flight transfers.
+func (s *State) OutboxLen() int { return len(s.outbox) }
+
+// ForgetBelow is the watermark this shard may announce to credit shards:
+// every attempt below it is resolved, and no new attempt will be below it.
+func (s *State) ForgetBelow() uint64 {
+	below := s.last + 1
+	for _, r := range s.outbox {
+		below = min(below, r.Transfer.Timestamp)
+	}
+	return below
+}
+
+// Clone returns a copy that shares only immutable records with s, so it can
+// be encoded while s goes on applying. Stored transfers, outbox and inbox
+// rows are never modified in place; accounts are, so they are copied.
+func (s *State) Clone() *State {
+	c := &State{
+		id:         s.id,
+		last:       s.last,
+		accounts:   make(map[string]*transport.Account, len(s.accounts)),
+		transfers:  maps.Clone(s.transfers),
+		outbox:     maps.Clone(s.outbox),
+		inbox:      maps.Clone(s.inbox),
+		watermarks: maps.Clone(s.watermarks),
+	}
+	for id, a := range s.accounts {
+		cp := *a
+		c.accounts[id] = &cp
+	}
+	return c
+}
+
+// snapshotVersion is written first in every snapshot.
+const snapshotVersion = 1
+
+// WriteTo encodes the whole state deterministically (every table sorted by
+// key), so equal states encode to equal bytes.
+func (s *State) WriteTo(w io.Writer) (int64, error) {
+	cw := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(cw, 1<<16)
+	enc := msgpack.NewEncoder(bw)
+	fail := func(err error) (int64, error) { return cw.n, fmt.Errorf("encode shard %d: %w", s.id, err) }
+	if err := enc.EncodeMulti(uint8(snapshotVersion), s.id, s.last); err != nil {
+		return fail(err)
+	}
+	if err := enc.EncodeArrayLen(len(s.accounts)); err != nil {
+		return fail(err)
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.accounts)) {
+		if err := s.accounts[id].EncodeMsgpack(enc); err != nil {
+			return fail(err)
+		}
+	}
+	if err := enc.EncodeArrayLen(len(s.transfers)); err != nil {
+		return fail(err)
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.transfers)) {
+		if err := s.transfers[id].EncodeMsgpack(enc); err != nil {
+			return fail(err)
+		}
+	}
+	if err := encodeSorted(enc, s.outbox); err != nil {
+		return fail(err)
+	}
+	if err := encodeSorted(enc, s.inbox); err != nil {
+		return fail(err)
+	}
+	if err := enc.EncodeArrayLen(len(s.watermarks)); err != nil {
+		return fail(err)
+	}
+	for _, ds := range slices.Sorted(maps.Keys(s.watermarks)) {
+		if err := enc.EncodeMulti(ds, s.watermarks[ds]); err != nil {
+			return fail(err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(err)
+	}
+	return cw.n, nil
+}
+
+func encodeSorted[V any](enc *msgpack.Encoder, m map[string]*V) error {
+	if err := enc.EncodeArrayLen(len(m)); err != nil {
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if err := enc.Encode(m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Read decodes a state written by WriteTo.
+func Read(r io.Reader) (*State, error) {
+	dec := msgpack.NewDecoder(bufio.NewReaderSize(r, 1<<16))
+	var version uint8
+	var id uint32
+	var last uint64
+	if err := dec.DecodeMulti(&version, &id, &last); err != nil {
+		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
+	}
+	if version != snapshotVersion {
+		return nil, fmt.Errorf("shard snapshot version %d, want %d", version, snapshotVersion)
+	}
+	s := New(id)
+	s.last = last
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return nil, err
+	}
+	for range n {
+		a := new(transport.Account)
+		if err := a.DecodeMsgpack(dec); err != nil {
+			return nil, err
+		}
+		s.accounts[a.ID] = a
+	}
+	if n, err = dec.DecodeArrayLen(); err != nil {
+		return nil, err
+	}
+	for range n {
+		t := new(transport.Transfer)
+		if err := t.DecodeMsgpack(dec); err != nil {
+			return nil, err
+		}
+		s.transfers[t.ID] = t
+	}
+	if err := decodeRows(dec, s.outbox, func(r *OutboxRow) string { return r.Transfer.ID }); err != nil {
+		return nil, err
+	}
+	if err := decodeRows(dec, s.inbox, func(r *InboxRow) string { return r.ID }); err != nil {
+		return nil, err
+	}
+	if n, err = dec.DecodeArrayLen(); err != nil {
+		return nil, err
+	}
+	for range n {
+		var ds uint32
+		var below uint64
+		if err := dec.DecodeMulti(&ds, &below); err != nil {
+			return nil, err
+		}
+		s.watermarks[ds] = below
+	}
+	return s, nil
+}
+
+func decodeRows[V any](dec *msgpack.Decoder, m map[string]*V, key func(*V) string) error {
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	for range n {
+		v := new(V)
+		if err := dec.Decode(v); err != nil {
+			return err
+		}
+		m[key(v)] = v
+	}
+	return nil
+}
+
+// Hash is a digest of the whole state: replicas at the same applied index
+// have the same hash. It encodes everything, so it costs O(state).
+func (s *State) Hash() uint64 {
+	h := xxhash.New()
+	if _, err := s.WriteTo(h); err != nil {
+		panic(err) // the hash writer never fails
+	}
+	return h.Sum64()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,33 @@
+package shard
+
+import "github.com/ledgerd/ledgerd/transport"
+
+// The internal protocol on a shard's subject (transport.Subjects.Shard):
+// the request's OpHeader says what its body is.
+const (
+	OpHeader = "Ledger-Op"
+	// OpCommand: the body is one msgpack Command, proposed as is.
+	OpCommand = "command"
+	// OpLookupAccounts, OpLookupTransfers: the body is a transport.LookupRequest.
+	OpLookupAccounts  = "lookup_accounts"
+	OpLookupTransfers = "lookup_transfers"
+	// OpStatus: no body.
+	OpStatus = "status"
+)
+
+// Reply answers every request on a shard's subject.
+type Reply struct {
+	// Results of a create command, one per event, Index = position.
+	Results []transport.Result `msgpack:"r,omitempty"`
+	// Answers of a credit or abort command.
+	Answers   []Answer               `msgpack:"an,omitempty"`
+	Accounts  []transport.Account    `msgpack:"a,omitempty"`
+	Transfers []transport.Transfer   `msgpack:"t,omitempty"`
+	Status    *transport.ShardStatus `msgpack:"s,omitempty"`
+	// Retry is set when the request was not served: this node does not
+	// lead the shard, its queue is full, or the outcome is unknown
+	// (leadership lost mid-way). Resend the same command: it is idempotent.
+	Retry string `msgpack:"retry,omitempty"`
+	// Invalid is set when the request itself could not be decoded.
+	Invalid string `msgpack:"invalid,omitempty"`
+}
