@@ -9,6 +9,9 @@
 // `exists` instead of being applied twice. So a caller should treat `exists`
 // on a retried batch as applied.
 //
+// A create returns one result per event, in order (ok included, unlike
+// TigerBeetle, which reports only failures).
+//
 // Batches longer than transport.BatchEventsMax, or whose encoding would not
 // fit in transport.MessageBytesMax, are split into several requests sent one
 // after the other, in order. Result indexes are rebased: Result.Index always

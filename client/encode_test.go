@@ -18,7 +18,6 @@ func transfers(n int) []transport.Transfer {
 	return ts
 }
 
-
 func linkedTransfer(t *transport.Transfer) bool { return t.Flags&transport.TransferLinked != 0 }
 
 func encodeTransfers(t *testing.T, ts []transport.Transfer) *encoded {

@@ -18,12 +18,14 @@ import (
 
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/router"
+	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
 // DefaultShards is the shard count of a new cluster when none is given.
-// See docs/operations.md for the measurement behind it.
-const DefaultShards = 4
+// On one node every shard is another fsync stream on the same disk, so more
+// shards mean fewer transfers per fsync; docs/design.md has the measurement.
+const DefaultShards = 2
 
 // Config configures a process.
 type Config struct {
@@ -36,6 +38,8 @@ type Config struct {
 	Shards        uint32
 	Prefix        string
 	Logger        *slog.Logger
+	// SagaFault injects faults into saga messages (tests only).
+	SagaFault func(to uint32, kind shard.Kind) node.Fault
 }
 
 // Server is a running process.
@@ -87,7 +91,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.node, err = node.Start(ctx, node.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
-		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger,
+		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
 	})
 	if err != nil {
 		return nil, err

@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,7 +29,7 @@ func main() {
 
 func command() *cobra.Command {
 	var cfg server.Config
-	var logLevel string
+	var logLevel, httpListen string
 	var shards uint32
 	cmd := &cobra.Command{
 		Use:           "ledgerd",
@@ -46,7 +48,7 @@ func command() *cobra.Command {
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.Shards = shards
-			err := run(cfg)
+			err := run(cfg, httpListen)
 			if err != nil {
 				cfg.Logger.Error("ledgerd failed", "err", err)
 			}
@@ -63,6 +65,7 @@ func command() *cobra.Command {
 	f.Uint32Var(&shards, "shards", server.DefaultShards, "number of shards when the cluster is created (fixed afterwards)")
 	f.StringVar(&cfg.Prefix, "prefix", "ledger", "NATS subject prefix")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&httpListen, "http-listen", "", "serve /healthz, /readyz and /debug/pprof on this address (off when empty)")
 	return cmd
 }
 
@@ -81,7 +84,7 @@ func flagsFromEnv(fs *pflag.FlagSet) error {
 	return err
 }
 
-func run(cfg server.Config) error {
+func run(cfg server.Config, httpListen string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -91,9 +94,32 @@ func run(cfg server.Config) error {
 	if err != nil {
 		return err
 	}
+	if httpListen != "" {
+		go serveHTTP(httpListen, srv, cfg.Logger)
+	}
 	cfg.Logger.Info("ledgerd ready", "node", cfg.NodeID, "nats", srv.ClientURL(), "raft", cfg.RaftListen,
 		"data", cfg.DataDir, "startup", time.Since(start).Round(time.Millisecond))
 	<-ctx.Done()
 	cfg.Logger.Info("stopping")
 	return srv.Close()
+}
+
+// serveHTTP serves the operator endpoints: liveness, readiness (every group
+// has a leader) and the Go profiler.
+func serveHTTP(addr string, srv *server.Server, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !srv.Node().Ready() {
+			http.Error(w, "a group has no leader", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Error("http endpoint", "err", err)
+	}
 }

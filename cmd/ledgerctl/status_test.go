@@ -1,0 +1,87 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/ledgerd/ledgerd/transport"
+)
+
+func twoShards() *transport.StatusReply {
+	return &transport.StatusReply{
+		Nodes: []transport.NodeStatus{{ID: "node-0", Version: "v1"}, {ID: "node-1", Version: "v1"}},
+		Shards: []transport.ShardStatus{
+			{ID: 0, Leader: "node-0", Term: 2, CommitIndex: 10, AppliedIndex: 9, Slots: []uint16{0, 1, 2}, Accounts: 4, Transfers: 7,
+				Ledgers: []transport.LedgerTotals{{Ledger: 2, DebitsPosted: 5}, {Ledger: 1, DebitsPosted: 10, CreditsPosted: 3}}},
+			{ID: 1, Leader: "node-1", Term: 3, CommitIndex: 20, AppliedIndex: 20, Slots: []uint16{3}, Accounts: 2, Transfers: 1, InboxDepth: 1,
+				Ledgers: []transport.LedgerTotals{{Ledger: 1, CreditsPosted: 7}, {Ledger: 2, CreditsPosted: 5}}},
+		},
+	}
+}
+
+func TestConservationComparesPostedSumsOnlyWithEmptyOutboxes(t *testing.T) {
+	st := twoShards()
+	got := conservation(st)
+	if len(got) != 2 || got[0].Ledger != 1 || got[0].DebitsPosted != 10 || got[0].CreditsPosted != 10 || got[0].Conservation != balanced {
+		t.Fatalf("conservation %+v, want ledger 1 balanced at 10 first", got)
+	}
+
+	st.Shards[1].Ledgers[0].CreditsPosted = 6
+	if got := conservation(st); got[0].Conservation != unbalanced || got[1].Conservation != balanced {
+		t.Fatalf("conservation %+v, want ledger 1 UNBALANCED, ledger 2 balanced", got)
+	}
+
+	st.Shards[0].OutboxDepth = 1
+	st.Shards[0].Ledgers[1].DebitsPending = 1
+	if got := conservation(st); got[0].Conservation != inFlight || got[0].DebitsPending != 1 {
+		t.Fatalf("conservation %+v, want in flight", got)
+	}
+
+	st.Shards[1].Error = "no leader"
+	if got := conservation(st); got[0].Conservation != unknown {
+		t.Fatalf("conservation %+v, want unknown", got)
+	}
+}
+
+func TestStatusTableShowsShardsNodesAndLedgers(t *testing.T) {
+	st := twoShards()
+	st.Shards[1].Error = "no leader"
+	a, out := testApp("table")
+	v := statusView{StatusReply: st, Ledgers: conservation(st)}
+	if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
+		t.Fatal(err)
+	}
+	want := `SHARD  LEADER  TERM  COMMIT  APPLIED  SLOTS  ACCOUNTS  TRANSFERS  OUTBOX  INBOX
+0      node-0  2     10      9        3      4         7          0       0
+1      node-1  3     20      20       1      2         1          0       1
+shard 1: no leader
+
+NODE    VERSION
+node-0  v1
+node-1  v1
+
+LEDGER  DEBITS_POSTED  CREDITS_POSTED  DEBITS_PENDING  CREDITS_PENDING  CONSERVATION
+1       10             10              0               0                unknown
+2       5              5               0               0                unknown
+`
+	if got := out.String(); got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestStatusJSONAddsConservationToTheReply(t *testing.T) {
+	st := twoShards()
+	a, out := testApp("json")
+	if err := a.print(statusView{StatusReply: st, Ledgers: conservation(st)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"shards": [`, `"commit_index": 10`, `"outbox_depth": 0`, `"conservation": "balanced"`, `"nodes": [`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("JSON lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out.String(), `"error"`) {
+		t.Errorf("JSON shows an empty error:\n%s", out)
+	}
+}
