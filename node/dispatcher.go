@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/ledgerd/ledgerd/shard"
@@ -136,7 +137,7 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 	go func() {
 		defer func() { <-d.sem }()
 		var reply shard.Reply
-		if err := d.s.n.request(ctx, d.s.n.subjects.Shard(to), shard.OpCommand, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
+		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
 			return
 		}
 		ans := reply.Answers[:0]
@@ -198,9 +199,48 @@ func (d *dispatcher) announceForget(ctx context.Context) {
 		}
 		cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: d.s.id, Below: below}}
 		var reply shard.Reply
-		if err := d.s.n.request(ctx, d.s.n.subjects.Shard(to), shard.OpCommand, &cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
+		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
 			d.forgot[to] = below
 		}
+	}
+}
+
+// errInjected is the error of a message a test's SagaFault dropped.
+var errInjected = errors.New("saga message lost (injected fault)")
+
+// sagaRequest sends a saga message to another shard, through the test's
+// fault hook when one is set.
+func (n *Node) sagaRequest(ctx context.Context, to uint32, cmd *shard.Command, reply *shard.Reply) error {
+	var f Fault
+	if n.cfg.SagaFault != nil {
+		f = n.cfg.SagaFault(to, cmd.Kind)
+	}
+	if f.Delay > 0 && !sleepCtx(ctx, f.Delay) {
+		return ctx.Err()
+	}
+	if f.Drop {
+		return errInjected
+	}
+	subject := n.subjects.Shard(to)
+	if f.Duplicate {
+		_ = n.request(ctx, subject, shard.OpCommand, cmd, nil)
+	}
+	err := n.request(ctx, subject, shard.OpCommand, cmd, reply)
+	if err == nil && f.LoseReply {
+		*reply = shard.Reply{}
+		return errInjected
+	}
+	return err
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -35,6 +35,17 @@ type Config struct {
 	Conn          *nats.Conn
 	Prefix        string
 	Logger        *slog.Logger
+	// SagaFault, for fault-injection tests only, is asked about every saga
+	// message (credit, abort, forget) this node sends; nil in production.
+	SagaFault func(to uint32, kind shard.Kind) Fault
+}
+
+// Fault is what happens to one saga message in a fault-injection test.
+type Fault struct {
+	Drop      bool          // never sent
+	Duplicate bool          // sent twice
+	Delay     time.Duration // sent late
+	LoseReply bool          // sent and applied, but the answer is lost
 }
 
 // Node is one ledgerd process's share of the cluster.

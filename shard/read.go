@@ -206,7 +206,7 @@ func Read(r io.Reader) (*State, error) {
 	if err := decodeRows(dec, s.outbox, func(r *OutboxRow) string { return r.Transfer.ID }); err != nil {
 		return nil, err
 	}
-	if err := decodeRows(dec, s.inbox, func(r *InboxRow) string { return r.ID }); err != nil {
+	if err := decodeRows(dec, s.inbox, func(r *InboxRow) string { return inboxKey(r.DebitShard, r.ID) }); err != nil {
 		return nil, err
 	}
 	if n, err = dec.DecodeArrayLen(); err != nil {

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"math/bits"
@@ -17,7 +18,7 @@ type State struct {
 	accounts  map[string]*transport.Account
 	transfers map[string]*transport.Transfer // posted transfers debited here
 	outbox    map[string]*OutboxRow          // reserved here, waiting for the credit shard
-	inbox     map[string]*InboxRow           // credit-side decisions, until forgotten
+	inbox     map[string]*InboxRow           // credit-side decisions by inboxKey, until forgotten
 	// watermarks: per debit shard, attempts below it are resolved and gone.
 	watermarks map[uint32]uint64
 }
@@ -325,18 +326,18 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 		ans.Outcome = OutcomeStale
 		return ans
 	}
-	if row, ok := s.inbox[t.ID]; ok {
+	key := inboxKey(c.DebitShard, t.ID)
+	if row, ok := s.inbox[key]; ok {
 		switch {
-		case row.DebitShard == c.DebitShard && row.Attempt == t.Timestamp:
+		case row.Attempt == t.Timestamp:
 			return row.answer()
-		case row.DebitShard == c.DebitShard && row.Attempt > t.Timestamp:
+		case row.Attempt > t.Timestamp:
 			// An older attempt than the one recorded: it was resolved
 			// before the newer one began. A late duplicate.
 			ans.Outcome = OutcomeStale
 			return ans
-		case row.DebitShard != c.DebitShard || row.Outcome == OutcomeCredited:
-			// The id is taken: credited for an earlier attempt, or used by a
-			// transfer debited on another shard.
+		case row.Outcome == OutcomeCredited:
+			// The id is taken: credited for an earlier attempt.
 			ans.Outcome, ans.Code = OutcomeRefused, transport.CodeExistsWithDifferentFields
 			return ans
 		}
@@ -354,8 +355,19 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 			row.Timestamp = s.tick(now)
 		}
 	}
-	s.inbox[t.ID] = row
+	s.inbox[key] = row
 	return row.answer()
+}
+
+// inboxKey keys the inbox by debit shard and transfer id, so every decision
+// is recorded under the attempt's own debit shard. Keyed by id alone, a
+// credit whose id another debit shard had used was refused without a record;
+// once that shard's row was forgotten, a late copy was decided afresh and
+// credited although its own debit shard had voided it (money created).
+func inboxKey(debitShard uint32, id string) string {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], debitShard)
+	return string(b[:]) + id
 }
 
 func (s *State) checkCreditSide(t *transport.Transfer) transport.Code {

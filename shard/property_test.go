@@ -1,0 +1,580 @@
+package shard
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/ledgerd/ledgerd/transport"
+)
+
+// A seeded simulation of three shards and the network between them: random
+// accounts and transfers, saga messages lost, duplicated and reordered,
+// aborts racing credits, watermarks announced late. After every step it
+// audits every account exactly, by transfer id; at the end it drains the
+// network and checks the quiescent audit of DESIGN.md.
+
+const simShards = 3
+
+type simKey struct {
+	shard uint32
+	id    string
+}
+
+type simMsg struct {
+	to  uint32
+	cmd Command
+}
+
+type simTransfer struct {
+	x           transport.Transfer
+	debitShard  uint32
+	creditShard uint32
+}
+
+type sim struct {
+	t    testing.TB
+	seed uint64
+	rng  *rand.Rand
+	step int
+
+	shards  [simShards + 1]*State // by id, 1..simShards
+	clocks  [simShards + 1]uint64
+	entries [simShards + 1][]*Entry // every entry applied, for the replay
+
+	accountShard map[string]uint32 // the router's placement, for created and unborn accounts
+	accountIDs   []string
+	created      [simShards + 1][]string // accounts created ok, by shard
+	accountSent  []transport.Account     // every account event sent, for re-submits
+	transfers    []simTransfer           // every transfer event sent, for re-submits
+	nextID       int
+	reuseIDs     bool // reuse transfer ids for other transfers (a misbehaving client)
+
+	net []simMsg
+
+	okTimestamp map[simKey]uint64 // (debit shard, transfer id) applied ok, with its timestamp
+}
+
+func newSim(t testing.TB, seed uint64) *sim {
+	m := &sim{
+		t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5eed)),
+		accountShard: map[string]uint32{},
+		okTimestamp:  map[simKey]uint64{},
+		reuseIDs:     seed%2 == 1,
+	}
+	for i := uint32(1); i <= simShards; i++ {
+		m.shards[i] = New(i)
+		m.clocks[i] = 1_000_000
+	}
+	return m
+}
+
+func (m *sim) fatalf(format string, args ...any) {
+	m.t.Helper()
+	m.t.Fatalf("seed %d step %d: %s", m.seed, m.step, fmt.Sprintf(format, args...))
+}
+
+// apply applies cmds to shard id as one entry, checking that timestamps only
+// grow.
+func (m *sim) apply(id uint32, cmds ...Command) *Output {
+	m.t.Helper()
+	c := &m.clocks[id]
+	if m.rng.IntN(20) == 0 {
+		*c -= min(*c-1, uint64(m.rng.IntN(5000))) // a new leader with a slower clock
+	} else {
+		*c += uint64(m.rng.IntN(2000))
+	}
+	e := &Entry{Timestamp: *c, Commands: cmds}
+	s := m.shards[id]
+	last := s.last
+	out := s.Apply(e)
+	m.entries[id] = append(m.entries[id], e)
+	if s.last < last {
+		m.fatalf("shard %d: last timestamp went from %d back to %d", id, last, s.last)
+	}
+	prev := last
+	for _, evs := range out.Events {
+		for _, ev := range evs {
+			ts := ev.Timestamp
+			if ev.InFlight {
+				if ev.Retry {
+					continue
+				}
+				ts = ev.Attempt
+			} else if ev.Code != transport.CodeOK {
+				continue
+			}
+			if ts <= prev || ts > s.last {
+				m.fatalf("shard %d: event timestamp %d after %d (last %d)", id, ts, prev, s.last)
+			}
+			prev = ts
+		}
+	}
+	return out
+}
+
+func (m *sim) newAccountID() string {
+	m.nextID++
+	id := fmt.Sprintf("acc-%d", m.nextID)
+	m.accountShard[id] = uint32(m.rng.IntN(simShards)) + 1
+	m.accountIDs = append(m.accountIDs, id)
+	return id
+}
+
+// randomAccountID is mostly an account that exists; sometimes one that
+// does not exist yet (*_account_not_found, then a retry succeeds once it
+// does).
+func (m *sim) randomAccountID(shard uint32) string {
+	if shard == 0 {
+		shard = uint32(m.rng.IntN(simShards)) + 1
+	}
+	if ids := m.created[shard]; len(ids) > 0 && m.rng.IntN(8) != 0 {
+		return ids[m.rng.IntN(len(ids))]
+	}
+	if m.rng.IntN(2) == 0 {
+		for range 10 {
+			if id := m.accountIDs[m.rng.IntN(len(m.accountIDs))]; m.accountShard[id] == shard {
+				return id
+			}
+		}
+	}
+	id := m.newAccountID()
+	m.accountShard[id] = shard
+	return id
+}
+
+var simAccountFlags = []uint32{
+	0, 0, 0,
+	transport.AccountDebitsMustNotExceedCredits, transport.AccountDebitsMustNotExceedCredits,
+	transport.AccountCreditsMustNotExceedDebits,
+	transport.AccountClosed,
+	transport.AccountHistory,
+	transport.AccountDebitsMustNotExceedCredits | transport.AccountCreditsMustNotExceedDebits, // flags_invalid
+	transport.AccountLinked, // flags_invalid
+}
+
+func (m *sim) createAccounts() {
+	shard := uint32(m.rng.IntN(simShards)) + 1
+	id := m.newAccountID()
+	if m.rng.IntN(3) == 0 {
+		id = m.randomAccountID(shard) // perhaps one a transfer was refused for
+	}
+	m.accountShard[id] = shard
+	n := 1 + m.rng.IntN(3)
+	batch := make([]transport.Account, 0, n)
+	for i := range n {
+		if i > 0 { // the rest of a batch goes to the same shard
+			id = m.newAccountID()
+			m.accountShard[id] = shard
+		}
+		var a transport.Account
+		if len(m.accountSent) > 0 && m.rng.IntN(6) == 0 {
+			a = m.accountSent[m.rng.IntN(len(m.accountSent))] // a retry
+			if m.accountShard[a.ID] != shard {
+				continue
+			}
+			if m.rng.IntN(3) == 0 {
+				a.Code++ // exists_with_different_fields
+			}
+		} else {
+			a = transport.Account{ID: id, Ledger: 1 + uint32(m.rng.IntN(2)), Code: 1, Flags: simAccountFlags[m.rng.IntN(len(simAccountFlags))]}
+		}
+		batch = append(batch, a)
+		m.accountSent = append(m.accountSent, a)
+	}
+	before := m.shards[shard].Hash()
+	res := m.apply(shard, Command{Kind: KindCreateAccounts, Accounts: batch}).Events[0]
+	changed := false
+	for i, r := range res {
+		switch r.Code {
+		case transport.CodeOK:
+			changed = true
+			m.created[shard] = append(m.created[shard], batch[i].ID)
+		case transport.CodeExists:
+			if got := m.shards[shard].accounts[batch[i].ID]; got == nil || got.Timestamp != r.Timestamp {
+				m.fatalf("account %q exists with timestamp %d", batch[i].ID, r.Timestamp)
+			}
+		}
+	}
+	if !changed && m.shards[shard].Hash() != before {
+		m.fatalf("shard %d: account batch without ok changed the state: %+v", shard, res)
+	}
+}
+
+func (m *sim) ledgerOf(id string) uint32 {
+	if a := m.shards[m.accountShard[id]].accounts[id]; a != nil {
+		return a.Ledger
+	}
+	return 0
+}
+
+func (m *sim) randomAmount() uint64 {
+	switch m.rng.IntN(40) {
+	case 0:
+		return maxU64 - uint64(m.rng.IntN(100)) // overflow territory
+	case 1:
+		return 0 // amount_invalid
+	}
+	return 1 + uint64(m.rng.IntN(100))
+}
+
+func (m *sim) newTransfer(debitShard uint32) simTransfer {
+	debit := m.randomAccountID(debitShard)
+	var credit string
+	for range 3 { // mostly one on the debit account's ledger
+		credit = m.randomAccountID(0)
+		if m.ledgerOf(credit) == m.ledgerOf(debit) {
+			break
+		}
+	}
+	m.nextID++
+	id := fmt.Sprintf("t-%d", m.nextID)
+	if m.reuseIDs && len(m.transfers) > 0 && m.rng.IntN(3) == 0 {
+		id = m.transfers[m.rng.IntN(len(m.transfers))].x.ID // another transfer under a used id
+	}
+	x := transport.Transfer{ID: id, DebitAccountID: debit, CreditAccountID: credit, Amount: m.randomAmount(), Ledger: 1, Code: 1}
+	if a := m.shards[debitShard].accounts[debit]; a != nil {
+		x.Ledger = a.Ledger
+	}
+	if m.rng.IntN(10) == 0 {
+		x.Ledger = 1 + uint32(m.rng.IntN(2))
+	}
+	return simTransfer{x: x, debitShard: debitShard, creditShard: m.accountShard[credit]}
+}
+
+func (m *sim) createTransfers() {
+	shard := uint32(m.rng.IntN(simShards)) + 1
+	var batch []simTransfer
+	for range 1 + m.rng.IntN(4) {
+		if len(m.transfers) > 0 && m.rng.IntN(5) == 0 {
+			if old := m.transfers[m.rng.IntN(len(m.transfers))]; old.debitShard == shard {
+				batch = append(batch, old) // a client retry, or a re-submit of a finished one
+				continue
+			}
+		}
+		st := m.newTransfer(shard)
+		batch = append(batch, st)
+		m.transfers = append(m.transfers, st)
+	}
+	if len(batch) == 0 {
+		return
+	}
+	cmd := Command{Kind: KindCreateTransfers}
+	for _, st := range batch {
+		cmd.Transfers = append(cmd.Transfers, st.x)
+		cmd.CreditShards = append(cmd.CreditShards, st.creditShard)
+	}
+	s := m.shards[shard]
+	before := s.Hash()
+	res := m.apply(shard, cmd).Events[0]
+	changed := false
+	for i, r := range res {
+		key := simKey{shard, batch[i].x.ID}
+		switch {
+		case r.InFlight && r.Retry:
+			if row := s.outbox[batch[i].x.ID]; row == nil || row.Transfer.Timestamp != r.Attempt {
+				m.fatalf("retry of %q names attempt %d that is not in flight", key.id, r.Attempt)
+			}
+		case r.InFlight:
+			changed = true
+		case r.Code == transport.CodeOK:
+			changed = true
+			m.ok(key, r.Timestamp)
+		case r.Code == transport.CodeExists:
+			if ts, ok := m.okTimestamp[key]; !ok || ts != r.Timestamp {
+				m.fatalf("%q: exists with timestamp %d, applied ok: %v at %d", key.id, r.Timestamp, ok, ts)
+			}
+		}
+	}
+	if !changed && s.Hash() != before {
+		m.fatalf("shard %d: transfer batch without ok changed the state: %+v", shard, res)
+	}
+}
+
+// ok records that (debit shard, id) was applied: never twice.
+func (m *sim) ok(key simKey, ts uint64) {
+	if _, dup := m.okTimestamp[key]; dup {
+		m.fatalf("transfer %q applied ok twice on shard %d", key.id, key.shard)
+	}
+	m.okTimestamp[key] = ts
+}
+
+// send puts a message in the network; a dispatcher calls it for outbox
+// rows, credit shards for answers, debit shards for watermarks.
+func (m *sim) send(to uint32, cmd Command) {
+	m.net = append(m.net, simMsg{to: to, cmd: cmd})
+}
+
+// dispatch is one pass of a debit shard's dispatcher: Credit (or, giving
+// up, Abort) for some of its outbox rows.
+func (m *sim) dispatch(shard uint32, all bool) {
+	for _, row := range m.shards[shard].Outbox() {
+		if !all && m.rng.IntN(2) == 0 {
+			continue
+		}
+		kind := KindCredit
+		if !all && m.rng.IntN(10) == 0 {
+			kind = KindAbort
+		}
+		m.send(row.CreditShard, Command{Kind: kind, Credits: []Credit{{Transfer: row.Transfer, DebitShard: shard}}})
+	}
+}
+
+func (m *sim) announce(shard uint32) {
+	below := m.shards[shard].ForgetBelow()
+	for to := uint32(1); to <= simShards; to++ {
+		if to != shard {
+			m.send(to, Command{Kind: KindForget, Forget: &Forget{DebitShard: shard, Below: below}})
+		}
+	}
+}
+
+// deliver takes message i out of the network (or leaves a copy, a
+// duplicate) and applies it with its answer sent back.
+func (m *sim) deliver(i int, keep bool) {
+	msg := m.net[i]
+	if !keep {
+		m.net = append(m.net[:i], m.net[i+1:]...)
+	}
+	out := m.apply(msg.to, msg.cmd)
+	switch msg.cmd.Kind {
+	case KindCredit, KindAbort:
+		from := msg.cmd.Credits[0].DebitShard
+		m.send(from, Command{Kind: KindResolve, Answers: out.Answers[0]})
+	case KindResolve:
+		for _, r := range out.Resolved {
+			if r.Code == transport.CodeOK && !r.Aborted {
+				m.ok(simKey{msg.to, r.ID}, r.Timestamp)
+			}
+		}
+	}
+}
+
+func (m *sim) randomStep() {
+	switch n := m.rng.IntN(100); {
+	case n < 12:
+		m.createAccounts()
+	case n < 35:
+		m.createTransfers()
+	case n < 50:
+		m.dispatch(uint32(m.rng.IntN(simShards))+1, false)
+	case n < 55:
+		m.announce(uint32(m.rng.IntN(simShards)) + 1)
+	case n < 62 && len(m.net) > 0:
+		i := m.rng.IntN(len(m.net)) // lost
+		m.net = append(m.net[:i], m.net[i+1:]...)
+	case len(m.net) > 0:
+		m.deliver(m.rng.IntN(len(m.net)), m.rng.IntN(5) == 0)
+	}
+}
+
+// audit checks every account against the transfers that explain it, by id:
+// debits_posted is what posted transfers took, debits_pending what the
+// outbox reserves, credits_posted what posted transfers gave plus what
+// credit shards credited for attempts still in flight. It also checks the
+// limits the accounts' flags set, and the per-ledger sums.
+func (m *sim) audit() {
+	credited := map[simKey]uint64{} // (debit shard, id) → attempt credited on its credit shard
+	for _, s := range m.shards[1:] {
+		for _, row := range s.inbox {
+			if row.Outcome == OutcomeCredited {
+				k := simKey{row.DebitShard, row.ID}
+				if _, dup := credited[k]; dup {
+					m.fatalf("%q of shard %d credited on two shards", row.ID, row.DebitShard)
+				}
+				credited[k] = row.Attempt
+			}
+		}
+	}
+	type bal struct{ dPending, dPosted, cPosted uint64 }
+	want := make(map[string]bal, len(m.accountIDs))
+	add := func(id string, dPending, dPosted, cPosted uint64) {
+		b := want[id]
+		b.dPending += dPending
+		b.dPosted += dPosted
+		b.cPosted += cPosted
+		want[id] = b
+	}
+	inFlightCredited := map[uint32]uint64{}
+	for _, s := range m.shards[1:] {
+		for _, x := range s.transfers {
+			add(x.DebitAccountID, 0, x.Amount, 0)
+			add(x.CreditAccountID, 0, 0, x.Amount)
+		}
+		for id, row := range s.outbox {
+			x := &row.Transfer
+			add(x.DebitAccountID, x.Amount, 0, 0)
+			if at, ok := credited[simKey{s.id, id}]; ok && at == x.Timestamp {
+				add(x.CreditAccountID, 0, 0, x.Amount)
+				inFlightCredited[x.Ledger] += x.Amount
+			}
+		}
+	}
+	sums := map[uint32][2]uint64{}
+	for _, s := range m.shards[1:] {
+		for id, a := range s.accounts {
+			w := want[id]
+			if a.DebitsPending != w.dPending || a.DebitsPosted != w.dPosted || a.CreditsPosted != w.cPosted || a.CreditsPending != 0 {
+				m.fatalf("shard %d account %s: pending/posted debits %d/%d, credits %d/%d; transfers explain %d/%d, 0/%d",
+					s.id, id, a.DebitsPending, a.DebitsPosted, a.CreditsPending, a.CreditsPosted, w.dPending, w.dPosted, w.cPosted)
+			}
+			delete(want, id)
+			if a.Flags&transport.AccountDebitsMustNotExceedCredits != 0 && a.DebitsPending+a.DebitsPosted > a.CreditsPosted {
+				m.fatalf("account %s breaks debits_must_not_exceed_credits: %+v", id, *a)
+			}
+			if a.Flags&transport.AccountCreditsMustNotExceedDebits != 0 && a.CreditsPending+a.CreditsPosted > a.DebitsPosted {
+				m.fatalf("account %s breaks credits_must_not_exceed_debits: %+v", id, *a)
+			}
+			v := sums[a.Ledger]
+			v[0] += a.DebitsPosted
+			v[1] += a.CreditsPosted
+			sums[a.Ledger] = v
+		}
+	}
+	for id, w := range want {
+		if w != (bal{}) {
+			m.fatalf("transfers move %+v on account %s that no shard holds", w, id)
+		}
+	}
+	for ledger, v := range sums {
+		if v[1] != v[0]+inFlightCredited[ledger] {
+			m.fatalf("ledger %d: credits_posted %d != debits_posted %d + credited in flight %d", ledger, v[1], v[0], inFlightCredited[ledger])
+		}
+	}
+}
+
+// drain delivers everything, with dispatchers re-sending until every outbox
+// is empty, then announces every watermark.
+func (m *sim) drain() {
+	for round := 0; ; round++ {
+		if round > 100 {
+			m.fatalf("no quiescence after %d rounds: %d messages, outboxes %d/%d/%d", round, len(m.net),
+				m.shards[1].OutboxLen(), m.shards[2].OutboxLen(), m.shards[3].OutboxLen())
+		}
+		for len(m.net) > 0 {
+			m.deliver(0, false)
+			m.audit()
+		}
+		busy := false
+		for id := uint32(1); id <= simShards; id++ {
+			if m.shards[id].OutboxLen() > 0 {
+				busy = true
+				m.dispatch(id, true)
+			}
+		}
+		if !busy {
+			break
+		}
+	}
+	for id := uint32(1); id <= simShards; id++ {
+		m.announce(id)
+	}
+	for len(m.net) > 0 {
+		m.deliver(0, false)
+	}
+	m.audit()
+}
+
+func (m *sim) checkQuiescent() {
+	for _, s := range m.shards[1:] {
+		_, _, outbox, inbox := s.Counts()
+		if outbox != 0 || inbox != 0 {
+			m.fatalf("shard %d at quiescence: outbox %d, inbox %d", s.id, outbox, inbox)
+		}
+	}
+	for ledger, v := range ledgerSums(m.shards[1:]...) {
+		if v[0] != v[1] {
+			m.fatalf("ledger %d at quiescence: debits_posted %d != credits_posted %d", ledger, v[0], v[1])
+		}
+	}
+	// Every transfer applied ok is posted exactly once, on its debit shard,
+	// and nothing else is posted.
+	posted := 0
+	for _, s := range m.shards[1:] {
+		posted += len(s.transfers)
+		for id, x := range s.transfers {
+			if ts, ok := m.okTimestamp[simKey{s.id, id}]; !ok || ts != x.Timestamp {
+				m.fatalf("shard %d posts %q (ts %d) that was never answered ok (%v, %d)", s.id, id, x.Timestamp, ok, ts)
+			}
+		}
+	}
+	if posted != len(m.okTimestamp) {
+		m.fatalf("%d transfers posted, %d answered ok", posted, len(m.okTimestamp))
+	}
+	if !m.reuseIDs {
+		ids := map[string]bool{}
+		for k := range m.okTimestamp {
+			if ids[k.id] {
+				m.fatalf("transfer id %q applied ok on two shards", k.id)
+			}
+			ids[k.id] = true
+		}
+	}
+	// Re-submitting every transfer applied ok has no effect: exists.
+	for _, s := range m.shards[1:] {
+		cmd := Command{Kind: KindCreateTransfers}
+		for _, id := range slices.Sorted(maps.Keys(s.transfers)) {
+			x := *s.transfers[id]
+			x.Timestamp = 0
+			cmd.Transfers = append(cmd.Transfers, x)
+			cmd.CreditShards = append(cmd.CreditShards, m.accountShard[x.CreditAccountID])
+		}
+		before := s.Hash()
+		for i, r := range m.apply(s.id, cmd).Events[0] {
+			id := cmd.Transfers[i].ID
+			if ts := m.okTimestamp[simKey{s.id, id}]; r.Code != transport.CodeExists || r.Timestamp != ts || r.InFlight {
+				m.fatalf("re-submit of %q: %+v, want exists at %d", id, r, ts)
+			}
+		}
+		if s.Hash() != before {
+			m.fatalf("re-submitting its transfers changed shard %d", s.id)
+		}
+	}
+}
+
+// replay applies every shard's entries to a fresh state: same hash.
+func (m *sim) replay() {
+	for id := uint32(1); id <= simShards; id++ {
+		fresh := New(id)
+		for _, e := range m.entries[id] {
+			fresh.Apply(e)
+		}
+		if fresh.Hash() != m.shards[id].Hash() {
+			m.fatalf("shard %d: replaying %d entries gives another state", id, len(m.entries[id]))
+		}
+	}
+}
+
+func runSim(t testing.TB, seed uint64, steps int) *sim {
+	m := newSim(t, seed)
+	for range 3 * simShards {
+		m.createAccounts()
+	}
+	for m.step = 0; m.step < steps; m.step++ {
+		m.randomStep()
+		m.audit()
+	}
+	m.drain()
+	m.checkQuiescent()
+	m.replay()
+	return m
+}
+
+func TestSimulatedSagaConservesMoney(t *testing.T) {
+	seeds, steps := 200, 400
+	if testing.Short() {
+		seeds, steps = 40, 200
+	}
+	var ok, transfers int
+	for seed := range uint64(seeds) {
+		m := runSim(t, seed, steps)
+		ok += len(m.okTimestamp)
+		transfers += len(m.transfers)
+	}
+	t.Logf("%d seeds: %d transfer events sent, %d applied ok", seeds, transfers, ok)
+	if ok == 0 {
+		t.Fatal("the simulation never applied a transfer: it tests nothing")
+	}
+}
