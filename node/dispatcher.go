@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -164,8 +165,8 @@ func (d *dispatcher) resolve(ans []shard.Answer) {
 		return
 	}
 	err = d.s.g.Propose(b, func(res any, err error) {
-		if err == nil {
-			d.s.resolved(res.(*shard.Output).Resolved)
+		if out, ok := res.(*shard.Output); ok && err == nil {
+			d.s.resolved(out.Resolved)
 		}
 	})
 	if err != nil {
@@ -264,7 +265,7 @@ func (n *Node) request(ctx context.Context, subject, op string, body any, reply 
 	if reply == nil {
 		return nil
 	}
-	return msgpack.Unmarshal(resp.Data, reply)
+	return transport.Unmarshal(resp.Data, reply)
 }
 
 // requestTimeout bounds one internal request.

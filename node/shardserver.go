@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -88,7 +89,7 @@ func (s *shardServer) handle(msg *nats.Msg) {
 
 func (s *shardServer) handleCommand(msg *nats.Msg) {
 	var cmd shard.Command
-	if err := msgpack.Unmarshal(msg.Data, &cmd); err != nil {
+	if err := transport.Unmarshal(msg.Data, &cmd); err != nil {
 		respond(msg, &shard.Reply{Invalid: err.Error()})
 		return
 	}
@@ -105,7 +106,12 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 			respond(msg, &shard.Reply{Retry: err.Error()})
 			return
 		}
-		s.applied(msg, &cmd, res.(*shard.Output))
+		out, ok := res.(*shard.Output)
+		if !ok { // the machine refused the command as a whole
+			respond(msg, &shard.Reply{Invalid: fmt.Sprint(res)})
+			return
+		}
+		s.applied(msg, &cmd, out)
 	})
 	if err != nil {
 		respond(msg, &shard.Reply{Retry: err.Error()})

@@ -55,8 +55,10 @@ func (m *MetaMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 	out := make([]any, len(cmds))
 	for i, raw := range cmds {
 		var c MetaCommand
-		if err := msgpack.Unmarshal(raw, &c); err != nil {
-			panic(fmt.Sprintf("meta log index %d: undecodable command: %v", index, err))
+		if err := transport.Unmarshal(raw, &c); err != nil {
+			// Refused alike on every replica; nothing changes.
+			out[i] = fmt.Errorf("meta log index %d: undecodable command: %w", index, err)
+			continue
 		}
 		if c.InitShards > 0 && len(m.slots.Slots) == 0 {
 			slots := make([]uint32, transport.SlotCount)

@@ -7,7 +7,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/shard"
-	"github.com/vmihailenco/msgpack/v5"
+	"github.com/ledgerd/ledgerd/transport"
 )
 
 // ShardMachine replicates a shard.State. Apply is its only writer (Raft's
@@ -32,9 +32,12 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 	defer m.mu.Unlock()
 	for i, raw := range cmds {
 		entry.Commands[0] = shard.Command{}
-		if err := msgpack.Unmarshal(raw, &entry.Commands[0]); err != nil {
-			// Handlers decode every command before proposing it.
-			panic(fmt.Sprintf("shard %d log index %d: undecodable command: %v", m.st.ID(), index, err))
+		if err := transport.Unmarshal(raw, &entry.Commands[0]); err != nil {
+			// Handlers check commands before proposing them, so this is
+			// a bug or a forged proposal. Every replica sees the same
+			// bytes and refuses them alike: nothing changes.
+			results[i] = fmt.Errorf("shard %d log index %d: undecodable command: %w", m.st.ID(), index, err)
+			continue
 		}
 		results[i] = m.st.Apply(&entry)
 	}

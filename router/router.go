@@ -17,7 +17,6 @@ import (
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Defaults and limits.
@@ -213,7 +212,7 @@ func (r *Router) fetchSlots(ctx context.Context) (slotMap, error) {
 		return slotMap{}, err
 	}
 	var m slotMap
-	if err := msgpack.Unmarshal(resp.Data, &m); err != nil {
+	if err := transport.Unmarshal(resp.Data, &m); err != nil {
 		return slotMap{}, err
 	}
 	if len(m.Slots) != transport.SlotCount {
@@ -279,7 +278,7 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 		resp, err := r.nc.RequestMsgWithContext(ctx, msg)
 		if err == nil {
 			var reply shard.Reply
-			if err := msgpack.Unmarshal(resp.Data, &reply); err != nil {
+			if err := transport.Unmarshal(resp.Data, &reply); err != nil {
 				return nil, fmt.Errorf("shard %d: bad reply: %w", id, err)
 			}
 			if reply.Invalid != "" {

@@ -30,13 +30,28 @@ func Marshal(v any) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Unmarshal decodes data into v. Errors from the wire types wrap ErrMalformed
-// or ErrTooManyEvents.
+// Unmarshal decodes data into v after CheckBounds: no container may hold
+// more than BatchEventsMax elements. Errors wrap ErrMalformed or
+// ErrTooManyEvents. Every decode of bytes from the network goes through here.
 func Unmarshal(data []byte, v any) error {
+	if err := CheckBounds(data, BatchEventsMax); err != nil {
+		if errors.Is(err, ErrTooManyEvents) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
 	dec := msgpack.GetDecoder()
 	defer msgpack.PutDecoder(dec)
 	dec.Reset(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
+	var err error
+	if cd, ok := v.(msgpack.CustomDecoder); ok {
+		// Called directly: through Decode, msgpack turns a nil body into
+		// the zero value, but a body that is not a map is malformed.
+		err = cd.DecodeMsgpack(dec)
+	} else {
+		err = dec.Decode(v)
+	}
+	if err != nil {
 		if errors.Is(err, ErrTooManyEvents) || errors.Is(err, ErrMalformed) {
 			return err
 		}
@@ -170,10 +185,48 @@ func decodeArrayLen(dec *msgpack.Decoder) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n > BatchEventsMax {
+	if n < 0 || n > BatchEventsMax { // n < 0: an array32 length past MaxInt on 32-bit platforms
 		return 0, fmt.Errorf("%w: %d events, at most %d", ErrTooManyEvents, n, BatchEventsMax)
 	}
 	return n, nil
+}
+
+// skipValue skips one value of any type and nesting. Unlike Decoder.Skip it
+// does not recurse: an unknown field nested millions of levels deep (a few
+// MiB of 0x91 bytes fit in one request) would otherwise exhaust the
+// goroutine's stack, a fatal error that no recover catches.
+func skipValue(dec *msgpack.Decoder) error {
+	for pending := uint64(1); pending > 0; pending-- {
+		c, err := dec.PeekCode()
+		if err != nil {
+			return err
+		}
+		switch {
+		case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+			n, err := dec.DecodeArrayLen()
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				return fmt.Errorf("array of %d elements", n)
+			}
+			pending += uint64(n)
+		case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+			n, err := dec.DecodeMapLen()
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				return fmt.Errorf("map of %d pairs", n)
+			}
+			pending += 2 * uint64(n)
+		default: // a scalar, string, bin or ext: Skip does not recurse
+			if err := dec.Skip(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // decodeMetadata reads a map of strings. Its limits are checked by the

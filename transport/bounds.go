@@ -1,0 +1,111 @@
+package transport
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// CheckBounds walks one msgpack value in data without decoding it and fails
+// if any array or map declares more than countMax elements (pairs, for a
+// map) or more than the bytes left could hold, or if a string, binary or
+// extension runs past the end. msgpack/v5 preallocates a slice of whatever
+// length a header declares (v5.4.1 bypasses its own limit for slices), so an
+// unchecked 5-byte message could ask for gigabytes. Every reflection-based
+// decode of network bytes goes through Unmarshal, which calls this first.
+// A container over countMax is ErrTooManyEvents (an over-long batch).
+func CheckBounds(data []byte, countMax int) error {
+	pos, pending := 0, 1
+	for pending > 0 {
+		pending--
+		if pos >= len(data) {
+			return fmt.Errorf("msgpack truncated at byte %d", pos)
+		}
+		c := data[pos]
+		pos++
+		skip, count, isMap, next, err := valueHeader(data, c, pos)
+		if err != nil {
+			return err
+		}
+		pos = next
+		if count > countMax {
+			return fmt.Errorf("%w: a msgpack container of %d elements at byte %d, at most %d", ErrTooManyEvents, count, pos, countMax)
+		}
+		items := count
+		if isMap {
+			items = 2 * count
+		}
+		if skip > len(data)-pos || items > len(data)-pos {
+			return fmt.Errorf("msgpack value at byte %d declares more than the %d bytes left", pos, len(data)-pos)
+		}
+		pos += skip
+		pending += items
+	}
+	return nil
+}
+
+// valueHeader decodes a value's header: the payload bytes to skip, or the
+// number of elements (pairs for a map) that follow.
+func valueHeader(data []byte, c byte, pos int) (skip, count int, isMap bool, next int, err error) {
+	length := func(width int) int {
+		if err != nil {
+			return 0
+		}
+		if len(data)-pos < width {
+			err = fmt.Errorf("msgpack truncated at byte %d", pos)
+			return 0
+		}
+		var v uint64
+		switch width {
+		case 1:
+			v = uint64(data[pos])
+		case 2:
+			v = uint64(binary.BigEndian.Uint16(data[pos:]))
+		case 4:
+			v = uint64(binary.BigEndian.Uint32(data[pos:]))
+		}
+		pos += width
+		return int(v)
+	}
+	switch {
+	case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3: // fixint, nil, bool
+	case c <= 0x8f:
+		count, isMap = int(c&0x0f), true
+	case c <= 0x9f:
+		count = int(c & 0x0f)
+	case c <= 0xbf:
+		skip = int(c & 0x1f)
+	case c == 0xcc, c == 0xd0:
+		skip = 1
+	case c == 0xcd, c == 0xd1:
+		skip = 2
+	case c == 0xca, c == 0xce, c == 0xd2:
+		skip = 4
+	case c == 0xcb, c == 0xcf, c == 0xd3:
+		skip = 8
+	case c >= 0xd4 && c <= 0xd8: // fixext: a type byte and 1, 2, 4, 8 or 16 bytes
+		skip = 1 + 1<<(c-0xd4)
+	case c == 0xc4, c == 0xd9: // bin8, str8
+		skip = length(1)
+	case c == 0xc5, c == 0xda:
+		skip = length(2)
+	case c == 0xc6, c == 0xdb:
+		skip = length(4)
+	case c == 0xc7: // ext8, ext16, ext32: a length, then a type byte
+		skip = length(1) + 1
+	case c == 0xc8:
+		skip = length(2) + 1
+	case c == 0xc9:
+		skip = length(4) + 1
+	case c == 0xdc:
+		count = length(2)
+	case c == 0xdd:
+		count = length(4)
+	case c == 0xde:
+		count, isMap = length(2), true
+	case c == 0xdf:
+		count, isMap = length(4), true
+	default: // 0xc1 is never used
+		err = fmt.Errorf("msgpack code 0x%02x is invalid", c)
+	}
+	return skip, count, isMap, pos, err
+}
