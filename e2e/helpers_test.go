@@ -5,13 +5,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/server"
+	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
@@ -32,6 +35,13 @@ func startCluster(t *testing.T, shards uint32) *cluster {
 
 func startClusterIn(t *testing.T, dir string, shards uint32) *cluster {
 	t.Helper()
+	return startClusterWith(t, dir, shards, nil)
+}
+
+// startClusterWith starts a cluster whose nodes pass every saga message they
+// send (credit, abort, forget) through fault; nil injects nothing.
+func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uint32, kind shard.Kind) node.Fault) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	level := slog.LevelWarn
@@ -40,7 +50,8 @@ func startClusterIn(t *testing.T, dir string, shards uint32) *cluster {
 	}
 	srv, err := server.Start(ctx, server.Config{
 		NodeID: "n1", DataDir: dir, NATSListen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", Shards: shards,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		SagaFault: fault,
 	})
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
@@ -203,4 +214,170 @@ func codes(rs []transport.Result) []transport.Code {
 		out[i] = r.Code
 	}
 	return out
+}
+
+// waitStatus polls the cluster status until cond holds. The deadline is a
+// hang guard, not a performance bound.
+func (c *cluster) waitStatus(what string, cond func(*transport.StatusReply) bool) *transport.StatusReply {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := c.status()
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("waiting for %s: %+v", what, st.Shards)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shardTotals sums the per-shard counters of a status.
+type shardTotals struct{ accounts, transfers, outbox, inbox uint64 }
+
+func totals(st *transport.StatusReply) shardTotals {
+	var x shardTotals
+	for _, s := range st.Shards {
+		x.accounts += s.Accounts
+		x.transfers += s.Transfers
+		x.outbox += s.OutboxDepth
+		x.inbox += s.InboxDepth
+	}
+	return x
+}
+
+// hashes returns every shard's state hash.
+func (c *cluster) hashes() map[uint32]string {
+	c.t.Helper()
+	out := map[uint32]string{}
+	for _, s := range c.status().Shards {
+		if s.StateHash == "" {
+			c.t.Fatalf("shard %d reports no state hash", s.ID)
+		}
+		out[s.ID] = s.StateHash
+	}
+	return out
+}
+
+// request sends body on subject over plain NATS and returns the reply's
+// bytes. The timeout is a hang guard.
+func (c *cluster) request(subject string, body []byte) []byte {
+	c.t.Helper()
+	msg, err := c.nc.Request(subject, body, 30*time.Second)
+	if err != nil {
+		c.t.Fatalf("request %s: %v", subject, err)
+	}
+	return msg.Data
+}
+
+// sendTransfers sends one batch over plain NATS and sends it again, with the
+// same ids, only while the cluster answers timeout or unavailable. attempts
+// says how many requests that took; a batch answered on its first attempt
+// must carry the first answer of every event (ok for a fresh event). It
+// returns an error rather than failing so that it may run in goroutines.
+func (c *cluster) sendTransfers(transfers []transport.Transfer) (results []transport.Result, attempts int, err error) {
+	body, err := transport.Marshal(&transport.CreateTransfersRequest{Transfers: transfers})
+	if err != nil {
+		return nil, 0, err
+	}
+	subject := transport.Subjects{Prefix: transport.DefaultPrefix}.TransfersCreate()
+	deadline := time.Now().Add(90 * time.Second) // hang guard
+	for attempts = 1; ; attempts++ {
+		msg, err := c.nc.Request(subject, body, 30*time.Second)
+		if err != nil {
+			return nil, attempts, fmt.Errorf("attempt %d: %w", attempts, err)
+		}
+		var reply transport.ResultsReply
+		if err := transport.Unmarshal(msg.Data, &reply); err != nil {
+			return nil, attempts, fmt.Errorf("attempt %d: bad reply: %w", attempts, err)
+		}
+		switch {
+		case reply.Error == nil:
+			if len(reply.Results) != len(transfers) {
+				return nil, attempts, fmt.Errorf("%d results for %d transfers", len(reply.Results), len(transfers))
+			}
+			return reply.Results, attempts, nil
+		case reply.Error.Code != transport.ErrTimeoutCode && reply.Error.Code != transport.ErrUnavailableCode:
+			return nil, attempts, fmt.Errorf("attempt %d: %v", attempts, reply.Error)
+		case time.Now().After(deadline):
+			return nil, attempts, fmt.Errorf("still %v after %d attempts", reply.Error, attempts)
+		}
+	}
+}
+
+// ledgerModel is what the transfers answered ok (or exists) must have done.
+type ledgerModel struct {
+	accounts  []string
+	debits    map[string]uint64
+	credits   map[string]uint64
+	transfers map[string]transport.Transfer // as sent, Timestamp = the answered one
+}
+
+func newModel(accounts ...string) *ledgerModel {
+	return &ledgerModel{accounts: accounts, debits: map[string]uint64{}, credits: map[string]uint64{}, transfers: map[string]transport.Transfer{}}
+}
+
+// applied records a transfer whose result was ok or exists with timestamp ts.
+func (m *ledgerModel) applied(t *testing.T, tr transport.Transfer, ts uint64) {
+	t.Helper()
+	if ts == 0 {
+		t.Fatalf("transfer %s applied without a timestamp", tr.ID)
+	}
+	if old, ok := m.transfers[tr.ID]; ok {
+		if old.Timestamp != ts {
+			t.Fatalf("transfer %s answered with timestamps %d and %d", tr.ID, old.Timestamp, ts)
+		}
+		return
+	}
+	tr.Timestamp = ts
+	m.transfers[tr.ID] = tr
+	m.debits[tr.DebitAccountID] += tr.Amount
+	m.credits[tr.CreditAccountID] += tr.Amount
+}
+
+// check compares every account's balances with the model (nothing pending),
+// and every transfer's lookup with what was answered: each visible once,
+// posted, with the same fields and timestamp.
+func (c *cluster) check(m *ledgerModel) {
+	c.t.Helper()
+	as, err := c.c.LookupAccounts(c.ctx(), m.accounts)
+	if err != nil || len(as) != len(m.accounts) {
+		c.t.Fatalf("lookup accounts: %v (%d of %d found)", err, len(as), len(m.accounts))
+	}
+	for _, a := range as {
+		if a.DebitsPosted != m.debits[a.ID] || a.CreditsPosted != m.credits[a.ID] || a.DebitsPending != 0 || a.CreditsPending != 0 {
+			c.t.Errorf("account %s: debits %d/%d pending, credits %d/%d pending; want debits %d, credits %d, nothing pending",
+				a.ID, a.DebitsPosted, a.DebitsPending, a.CreditsPosted, a.CreditsPending, m.debits[a.ID], m.credits[a.ID])
+		}
+	}
+	ids := make([]string, 0, len(m.transfers))
+	for id := range m.transfers {
+		ids = append(ids, id)
+	}
+	ts, err := c.c.LookupTransfers(c.ctx(), ids)
+	if err != nil {
+		c.t.Fatalf("lookup transfers: %v", err)
+	}
+	if len(ts) != len(ids) {
+		c.t.Errorf("lookup of %d transfers found %d", len(ids), len(ts))
+	}
+	seen := map[string]bool{}
+	for _, got := range ts {
+		want, ok := m.transfers[got.ID]
+		switch {
+		case !ok:
+			c.t.Errorf("lookup returned unasked transfer %+v", got)
+		case seen[got.ID]:
+			c.t.Errorf("transfer %s returned twice", got.ID)
+		case got.State != transport.StatePosted:
+			c.t.Errorf("transfer %s is %q, want posted", got.ID, got.State)
+		default:
+			got.State = ""
+			if !reflect.DeepEqual(got, want) {
+				c.t.Errorf("transfer %s: lookup %+v, answered %+v", got.ID, got, want)
+			}
+		}
+		seen[got.ID] = true
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Dispatcher limits and periods.
@@ -159,7 +158,7 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 
 // resolve proposes the answers; the completer wakes the waiting replies.
 func (d *dispatcher) resolve(ans []shard.Answer) {
-	b, err := msgpack.Marshal(&shard.Command{Kind: shard.KindResolve, Answers: ans})
+	b, err := transport.Marshal(&shard.Command{Kind: shard.KindResolve, Answers: ans})
 	if err != nil {
 		d.s.log.Error("encode resolve", "err", err)
 		return
@@ -249,7 +248,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func (n *Node) request(ctx context.Context, subject, op string, body any, reply any) error {
 	var data []byte
 	if body != nil {
-		b, err := msgpack.Marshal(body)
+		b, err := transport.Marshal(body)
 		if err != nil {
 			return err
 		}

@@ -19,7 +19,6 @@ import (
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/ledgerd/ledgerd/transport/raftmux"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // metaGroupID is the Raft group id of the meta group; shards are 1..N.
@@ -150,7 +149,7 @@ func (n *Node) waitSlotMap(ctx context.Context) (raftfsm.SlotMap, error) {
 func (n *Node) serveMeta(ctx context.Context) {
 	if len(n.metaM.SlotMap().Slots) == 0 {
 		shards := max(n.cfg.Shards, 1)
-		b, _ := msgpack.Marshal(&raftfsm.MetaCommand{InitShards: shards})
+		b, _ := transport.Marshal(&raftfsm.MetaCommand{InitShards: shards})
 		if _, err := n.meta.ProposeWait(ctx, b); err != nil {
 			n.log.Error("create slot map", "err", err)
 			return
@@ -159,7 +158,7 @@ func (n *Node) serveMeta(ctx context.Context) {
 	}
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
 		m := n.metaM.SlotMap()
-		b, _ := msgpack.Marshal(&m)
+		b, _ := transport.Marshal(&m)
 		_ = msg.Respond(b)
 	})
 	if err != nil {

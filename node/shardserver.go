@@ -10,7 +10,6 @@ import (
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // outboxRowsMax bounds the cross-shard transfers in flight per shard. Past
@@ -87,13 +86,19 @@ func (s *shardServer) handle(msg *nats.Msg) {
 	}
 }
 
+// handleCommand proposes the command's bytes as they came: only its kind is
+// read here, and its bounds checked; the FSM decodes it once.
 func (s *shardServer) handleCommand(msg *nats.Msg) {
-	var cmd shard.Command
-	if err := transport.Unmarshal(msg.Data, &cmd); err != nil {
+	if err := transport.CheckBounds(msg.Data, transport.BatchEventsMax); err != nil {
 		respond(msg, &shard.Reply{Invalid: err.Error()})
 		return
 	}
-	if cmd.Kind == shard.KindCreateTransfers {
+	kind, err := shard.PeekKind(msg.Data)
+	if err != nil {
+		respond(msg, &shard.Reply{Invalid: err.Error()})
+		return
+	}
+	if kind == shard.KindCreateTransfers {
 		full := false
 		s.m.Read(func(st *shard.State, _ uint64) { full = st.OutboxLen() >= outboxRowsMax })
 		if full {
@@ -101,7 +106,7 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 			return
 		}
 	}
-	err := s.g.Propose(msg.Data, func(res any, err error) {
+	err = s.g.Propose(msg.Data, func(res any, err error) {
 		if err != nil {
 			respond(msg, &shard.Reply{Retry: err.Error()})
 			return
@@ -111,7 +116,7 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 			respond(msg, &shard.Reply{Invalid: fmt.Sprint(res)})
 			return
 		}
-		s.applied(msg, &cmd, out)
+		s.applied(msg, kind, out)
 	})
 	if err != nil {
 		respond(msg, &shard.Reply{Retry: err.Error()})
@@ -119,12 +124,12 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 }
 
 // applied runs on the group's completer goroutine, in log order.
-func (s *shardServer) applied(msg *nats.Msg, cmd *shard.Command, out *shard.Output) {
-	switch cmd.Kind {
+func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output) {
+	switch kind {
 	case shard.KindCreateAccounts:
 		respond(msg, &shard.Reply{Results: results(out.Events[0])})
 	case shard.KindCreateTransfers:
-		s.transfersApplied(msg, cmd, out.Events[0])
+		s.transfersApplied(msg, out)
 	case shard.KindCredit, shard.KindAbort:
 		respond(msg, &shard.Reply{Answers: out.Answers[0]})
 	case shard.KindResolve:
@@ -148,9 +153,9 @@ func results(events []shard.EventResult) []transport.Result {
 // transfersApplied replies at once unless some transfers are in flight to
 // other shards; those wait for their resolution. Waiters are registered here,
 // on the completer, before any later entry (a resolve) completes.
-func (s *shardServer) transfersApplied(msg *nats.Msg, cmd *shard.Command, events []shard.EventResult) {
+func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
+	events := out.Events[0]
 	p := &pendingReply{msg: msg, reply: shard.Reply{Results: results(events)}}
-	var reserved []shard.OutboxRow
 	s.mu.Lock()
 	for i, e := range events {
 		if !e.InFlight {
@@ -161,14 +166,9 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, cmd *shard.Command, events
 			respond(msg, &shard.Reply{Retry: "leadership lost"})
 			return
 		}
-		key := attemptKey{cmd.Transfers[i].ID, e.Attempt}
+		key := attemptKey{e.ID, e.Attempt}
 		s.waiters[key] = append(s.waiters[key], waitRef{p: p, index: i, retry: e.Retry})
 		p.remaining++
-		if !e.Retry {
-			row := shard.OutboxRow{Transfer: cmd.Transfers[i], CreditShard: cmd.CreditShards[i]}
-			row.Transfer.Timestamp = e.Attempt
-			reserved = append(reserved, row)
-		}
 	}
 	disp := s.disp
 	s.mu.Unlock()
@@ -176,8 +176,8 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, cmd *shard.Command, events
 		respond(msg, &p.reply)
 		return
 	}
-	if len(reserved) > 0 && disp != nil {
-		disp.enqueue(reserved)
+	if len(out.Reserved) > 0 && disp != nil {
+		disp.enqueue(out.Reserved)
 	}
 }
 
@@ -239,9 +239,9 @@ func respond(msg *nats.Msg, r *shard.Reply) {
 	if msg == nil || msg.Reply == "" {
 		return
 	}
-	b, err := msgpack.Marshal(r)
+	b, err := transport.Marshal(r)
 	if err != nil {
-		b, _ = msgpack.Marshal(&shard.Reply{Invalid: err.Error()})
+		b, _ = transport.Marshal(&shard.Reply{Invalid: err.Error()})
 	}
 	_ = msg.Respond(b)
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // part is one shard's share of a batch: its command and, for each of its
@@ -73,7 +72,7 @@ func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
 func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, events int) any {
 	results := make([]transport.Result, events)
 	err := scatter(parts, func(id uint32, p *part) error {
-		body, err := msgpack.Marshal(&p.cmd)
+		body, err := transport.Marshal(&p.cmd)
 		if err != nil {
 			return err
 		}

@@ -59,8 +59,9 @@ type EventResult struct {
 	Code      transport.Code
 	Timestamp uint64
 	// InFlight: the transfer is reserved and waits for its credit shard. The
-	// final result arrives as a Resolved effect for (transfer id, Attempt).
+	// final result arrives as a Resolved effect for (ID, Attempt).
 	InFlight bool
+	ID       string // the transfer's id, when InFlight
 	Attempt  uint64
 	// Retry: the event repeated an attempt already in flight; if that
 	// attempt is credited the event's answer is exists, not ok.
@@ -81,8 +82,7 @@ type Output struct {
 	Events   [][]EventResult // create commands, parallel to Entry.Commands
 	Answers  [][]Answer      // credit and abort commands
 	Resolved []Resolved      // in-flight transfers that became final
-	// Reserved is true when new outbox rows were written.
-	Reserved bool
+	Reserved []OutboxRow     // outbox rows written (cross-shard transfers reserved)
 }
 
 // Apply applies every command of e in order. It never fails: malformed or
@@ -180,7 +180,7 @@ func (s *State) createTransfers(now uint64, transfers []transport.Transfer, cred
 		}
 		res[i] = s.createTransfer(now, t, creditShard)
 		if res[i].InFlight && !res[i].Retry {
-			out.Reserved = true
+			out.Reserved = append(out.Reserved, *s.outbox[t.ID])
 		}
 	}
 	return res
@@ -198,7 +198,7 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	}
 	if row, ok := s.outbox[t.ID]; ok {
 		if sameTransfer(&row.Transfer, t) {
-			return EventResult{InFlight: true, Retry: true, Attempt: row.Transfer.Timestamp}
+			return EventResult{InFlight: true, Retry: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
 	}
@@ -236,7 +236,7 @@ func (s *State) reserve(now uint64, t *transport.Transfer, dr *transport.Account
 	row.Transfer.Timestamp = s.tick(now)
 	row.Transfer.State = ""
 	s.outbox[t.ID] = row
-	return EventResult{InFlight: true, Attempt: row.Transfer.Timestamp}
+	return EventResult{InFlight: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
 }
 
 // checkTransferFields validates what needs no state, in the protocol's order.

@@ -491,7 +491,7 @@ func TestEmptyAndUnknownCommands(t *testing.T) {
 	if s.Hash() != before {
 		t.Fatal("empty commands changed the state")
 	}
-	if len(out.Events) != 8 || len(out.Resolved) != 0 || out.Reserved {
+	if len(out.Events) != 8 || len(out.Resolved) != 0 || len(out.Reserved) != 0 {
 		t.Fatalf("output %+v", out)
 	}
 }

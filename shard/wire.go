@@ -1,6 +1,13 @@
 package shard
 
-import "github.com/ledgerd/ledgerd/transport"
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
 
 // The internal protocol on a shard's subject (transport.Subjects.Shard):
 // the request's OpHeader says what its body is.
@@ -30,4 +37,31 @@ type Reply struct {
 	Retry string `msgpack:"retry,omitempty"`
 	// Invalid is set when the request itself could not be decoded.
 	Invalid string `msgpack:"invalid,omitempty"`
+}
+
+// PeekKind reads a command's Kind without decoding the rest, so a leader
+// can route a command it proposes as is (the FSM decodes it once).
+func PeekKind(data []byte) (Kind, error) {
+	dec := msgpack.NewDecoder(bytes.NewReader(data))
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return 0, err
+	}
+	for range n {
+		key, err := dec.DecodeString()
+		if err != nil {
+			return 0, err
+		}
+		if key == "k" {
+			k, err := dec.DecodeUint8()
+			if err != nil {
+				return 0, fmt.Errorf("command kind: %w", err)
+			}
+			return Kind(k), nil
+		}
+		if err := dec.Skip(); err != nil {
+			return 0, err
+		}
+	}
+	return 0, errors.New("command without a kind")
 }

@@ -13,10 +13,15 @@ import (
 // unchecked 5-byte message could ask for gigabytes. Every reflection-based
 // decode of network bytes goes through Unmarshal, which calls this first.
 // A container over countMax is ErrTooManyEvents (an over-long batch).
+//
+// Containers may nest at most nestingMax deep: msgpack/v5 decodes and skips
+// nested values recursively, and a few MiB of 0x91 bytes would exhaust the
+// goroutine's stack, a fatal error that no recover catches (and, for a
+// proposed command, one every replica would hit again on replay).
 func CheckBounds(data []byte, countMax int) error {
-	pos, pending := 0, 1
-	for pending > 0 {
-		pending--
+	var open [nestingMax]int // the elements still to come in each open container
+	depth, pos := 0, 0
+	for {
 		if pos >= len(data) {
 			return fmt.Errorf("msgpack truncated at byte %d", pos)
 		}
@@ -38,10 +43,32 @@ func CheckBounds(data []byte, countMax int) error {
 			return fmt.Errorf("msgpack value at byte %d declares more than the %d bytes left", pos, len(data)-pos)
 		}
 		pos += skip
-		pending += items
+		if items > 0 {
+			if depth == nestingMax {
+				return fmt.Errorf("msgpack containers nested more than %d deep at byte %d", nestingMax, pos)
+			}
+			open[depth] = items
+			depth++
+			continue
+		}
+		// A complete value, which may complete its containers in turn.
+		for depth > 0 {
+			open[depth-1]--
+			if open[depth-1] > 0 {
+				break
+			}
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
 	}
-	return nil
 }
+
+// nestingMax bounds how deep CheckBounds lets containers nest. The wire
+// types nest four deep ({transfers: [{metadata: {}}]}); internal messages
+// a few more.
+const nestingMax = 256
 
 // valueHeader decodes a value's header: the payload bytes to skip, or the
 // number of elements (pairs for a map) that follow.

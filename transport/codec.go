@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -18,16 +19,31 @@ var ErrMalformed = errors.New(ErrMalformedCode)
 var ErrTooManyEvents = errors.New(ErrTooManyEventsCode)
 
 // Marshal encodes v as msgpack. The wire types encode themselves without
-// reflection; other values use msgpack's struct tags.
+// reflection; other values use msgpack's struct tags. Buffers are pooled, so
+// a batch is encoded without growing a buffer from nothing each time; the
+// result is one exact-size copy.
 func Marshal(v any) ([]byte, error) {
-	var buf bytes.Buffer
+	buf := bufferPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer putBuffer(buf)
 	enc := msgpack.GetEncoder()
 	defer msgpack.PutEncoder(enc)
-	enc.Reset(&buf)
+	enc.Reset(buf)
 	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(buf.Bytes()), nil
+}
+
+var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// pooledBufferBytesMax keeps one huge message from pinning its buffer.
+const pooledBufferBytesMax = 2 * MessageBytesMax
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() <= pooledBufferBytesMax {
+		bufferPool.Put(b)
+	}
 }
 
 // Unmarshal decodes data into v after CheckBounds: no container may hold

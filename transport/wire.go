@@ -120,7 +120,7 @@ func (a *Account) DecodeMsgpack(dec *msgpack.Decoder) error {
 		case "timestamp":
 			a.Timestamp, err = decodeU64(dec)
 		default:
-			err = dec.Skip()
+			err = skipValue(dec)
 		}
 		if err != nil {
 			return malformed("account."+string(key), err)
@@ -207,7 +207,7 @@ func (t *Transfer) DecodeMsgpack(dec *msgpack.Decoder) error {
 		case "state":
 			t.State, err = decodeStr(dec)
 		default:
-			err = dec.Skip()
+			err = skipValue(dec)
 		}
 		if err != nil {
 			return malformed("transfer."+string(key), err)
@@ -246,7 +246,7 @@ func (r *Result) DecodeMsgpack(dec *msgpack.Decoder) error {
 		case "timestamp":
 			r.Timestamp, err = decodeU64(dec)
 		default:
-			err = dec.Skip()
+			err = skipValue(dec)
 		}
 		if err != nil {
 			return malformed("result."+string(key), err)
@@ -287,7 +287,7 @@ func decodeList(dec *msgpack.Decoder, field string, alloc func(n int), item func
 			}
 			*errp = &e
 		default:
-			if err := dec.Skip(); err != nil {
+			if err := skipValue(dec); err != nil {
 				return malformed(string(key), err)
 			}
 		}
