@@ -25,8 +25,10 @@ const (
 	// entryBytesMax bounds one Raft entry: the actor stops adding commands
 	// once an entry holds this much (a single larger command still goes).
 	entryBytesMax = 4 << 20
-	// entriesInFlightMax bounds the entries proposed but not yet applied.
-	entriesInFlightMax = 64
+	// entriesInFlightMax bounds the entries proposed but not yet applied: while
+	// they are synced, new commands queue in the mailbox and go out together
+	// in the next entry (measured: 64 in flight gave 1.4 commands per entry).
+	entriesInFlightMax = 4
 	// snapshotsRetained is how many snapshots a group keeps on disk.
 	snapshotsRetained = 2
 )
@@ -82,7 +84,7 @@ func Open(cfg GroupConfig) (*Group, error) {
 	hlog := raftmux.HCLogger(cfg.Logger, "raft", cfg.ID)
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(cfg.Dir, "raft.db"),
-		BoltOptions: &bbolt.Options{NoFreelistSync: true, Timeout: 5 * time.Second},
+		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: 5 * time.Second},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("group %d: open bolt store: %w", cfg.ID, err)

@@ -22,10 +22,12 @@ import (
 	"github.com/ledgerd/ledgerd/transport"
 )
 
-// DefaultShards is the shard count of a new cluster when none is given.
-// On one node every shard is another fsync stream on the same disk, so more
-// shards mean fewer transfers per fsync; docs/design.md has the measurement.
-const DefaultShards = 2
+// DefaultShards is the shard count of a new cluster when none is given. On
+// one node one shard is fastest for every load measured (docs/design.md):
+// each more shard is another fsync stream on the same disk, and splits
+// transfers into cross-shard sagas that cost three Raft commands instead of
+// one. Shards pay off across nodes; use --shards for that.
+const DefaultShards = 1
 
 // Config configures a process.
 type Config struct {
