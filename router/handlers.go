@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -96,76 +97,44 @@ func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, events i
 }
 
 func (r *Router) lookupAccounts(ctx context.Context, body []byte) any {
-	var req transport.LookupRequest
-	if err := transport.Unmarshal(body, &req); err != nil {
-		return &transport.AccountsReply{Error: requestError(ctx, err)}
-	}
-	m, err := r.slotMap(ctx)
-	if err != nil {
-		return &transport.AccountsReply{Error: requestError(ctx, err)}
-	}
-	byShard := map[uint32][]string{}
-	for _, id := range req.IDs {
-		s := m.shardOf(id)
-		byShard[s] = append(byShard[s], id)
-	}
-	found, err := r.lookup(ctx, byShard, shard.OpLookupAccounts, func(rep *shard.Reply, into map[string]any) {
-		for _, a := range rep.Accounts {
-			into[a.ID] = a
-		}
-	})
-	if err != nil {
-		return &transport.AccountsReply{Error: requestError(ctx, err)}
-	}
-	out := transport.AccountsReply{Accounts: []transport.Account{}}
-	for _, id := range req.IDs {
-		if a, ok := found[id]; ok {
-			out.Accounts = append(out.Accounts, a.(transport.Account))
-			delete(found, id) // an id asked twice is answered once
-		}
-	}
-	return &out
+	found, err := lookup(r, ctx, body, shard.OpLookupAccounts,
+		func(m slotMap, id string) []uint32 { return []uint32{m.shardOf(id)} },
+		func(rep *shard.Reply) []transport.Account { return rep.Accounts },
+		func(a *transport.Account) string { return a.ID })
+	return &transport.AccountsReply{Accounts: found, Error: err}
 }
 
 // lookupTransfers asks every shard: a transfer lives on its debit account's
 // shard, which its id does not tell.
 func (r *Router) lookupTransfers(ctx context.Context, body []byte) any {
+	found, err := lookup(r, ctx, body, shard.OpLookupTransfers,
+		func(m slotMap, _ string) []uint32 { return m.shards() },
+		func(rep *shard.Reply) []transport.Transfer { return rep.Transfers },
+		func(t *transport.Transfer) string { return t.ID })
+	return &transport.TransfersReply{Transfers: found, Error: err}
+}
+
+// lookup asks each shard that may hold an id for it, and answers the records
+// found in the order of the ids asked (an id asked twice is answered once).
+func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
+	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string) ([]T, *transport.Error) {
 	var req transport.LookupRequest
 	if err := transport.Unmarshal(body, &req); err != nil {
-		return &transport.TransfersReply{Error: requestError(ctx, err)}
+		return nil, requestError(ctx, err)
 	}
 	m, err := r.slotMap(ctx)
 	if err != nil {
-		return &transport.TransfersReply{Error: requestError(ctx, err)}
+		return nil, requestError(ctx, err)
 	}
 	byShard := map[uint32][]string{}
-	if len(req.IDs) > 0 {
-		for _, s := range m.shards() {
-			byShard[s] = req.IDs
-		}
-	}
-	found, err := r.lookup(ctx, byShard, shard.OpLookupTransfers, func(rep *shard.Reply, into map[string]any) {
-		for _, t := range rep.Transfers {
-			into[t.ID] = t
-		}
-	})
-	if err != nil {
-		return &transport.TransfersReply{Error: requestError(ctx, err)}
-	}
-	out := transport.TransfersReply{Transfers: []transport.Transfer{}}
 	for _, id := range req.IDs {
-		if t, ok := found[id]; ok {
-			out.Transfers = append(out.Transfers, t.(transport.Transfer))
-			delete(found, id)
+		for _, s := range shardsOf(m, id) {
+			byShard[s] = append(byShard[s], id)
 		}
 	}
-	return &out
-}
-
-func (r *Router) lookup(ctx context.Context, byShard map[uint32][]string, op string, collect func(*shard.Reply, map[string]any)) (map[string]any, error) {
-	found := map[string]any{}
-	replies := make(chan *shard.Reply, len(byShard))
-	err := scatter(byShard, func(id uint32, ids []string) error {
+	var mu sync.Mutex
+	found := map[string]T{}
+	err = scatter(byShard, func(id uint32, ids []string) error {
 		body, err := transport.Marshal(&transport.LookupRequest{IDs: ids})
 		if err != nil {
 			return err
@@ -174,17 +143,24 @@ func (r *Router) lookup(ctx context.Context, byShard map[uint32][]string, op str
 		if err != nil {
 			return err
 		}
-		replies <- reply
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rec := range records(reply) {
+			found[idOf(&rec)] = rec
+		}
 		return nil
 	})
-	close(replies)
 	if err != nil {
-		return nil, err
+		return nil, requestError(ctx, err)
 	}
-	for rep := range replies {
-		collect(rep, found)
+	out := []T{}
+	for _, id := range req.IDs {
+		if rec, ok := found[id]; ok {
+			out = append(out, rec)
+			delete(found, id)
+		}
 	}
-	return found, nil
+	return out, nil
 }
 
 // status asks every shard's leader; a shard that does not answer in time is
