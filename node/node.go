@@ -188,13 +188,17 @@ func (n *Node) shardStatus(id uint32, g *raftfsm.Group, m *raftfsm.ShardMachine)
 			st.Slots = append(st.Slots, uint16(s))
 		}
 	}
+	// The hash encodes the whole state: do it on a clone, so apply waits
+	// only for the copy (as for a snapshot), not for the encoding.
+	var clone *shard.State
 	m.Read(func(s *shard.State, applied uint64) {
 		a, t, o, i := s.Counts()
 		st.AppliedIndex = applied
 		st.Accounts, st.Transfers, st.OutboxDepth, st.InboxDepth = uint64(a), uint64(t), uint64(o), uint64(i)
 		st.Ledgers = s.Totals()
-		st.StateHash = fmt.Sprintf("%016x", s.Hash())
+		clone = s.Clone()
 	})
+	st.StateHash = fmt.Sprintf("%016x", clone.Hash())
 	return st
 }
 
