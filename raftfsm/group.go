@@ -86,6 +86,9 @@ func Open(cfg GroupConfig) (*Group, error) {
 		Path:        filepath.Join(cfg.Dir, "raft.db"),
 		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: 5 * time.Second},
 	})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("group %d: %s is locked: is another ledgerd using this data directory? %w", cfg.ID, cfg.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("group %d: open bolt store: %w", cfg.ID, err)
 	}

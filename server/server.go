@@ -123,6 +123,13 @@ func embedNATS(addr string) (*natsserver.Server, error) {
 	}
 	if port == 0 {
 		port = natsserver.RANDOM_PORT
+	} else {
+		// nats-server reports a busy port only in its log; say it here.
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w", addr, err)
+		}
+		l.Close()
 	}
 	ns, err := natsserver.NewServer(&natsserver.Options{
 		ServerName: "ledgerd", Host: host, Port: port,
