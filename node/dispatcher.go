@@ -71,8 +71,29 @@ func (d *dispatcher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case rows := <-d.queue:
+			// Coalesce whatever else is queued: one message per credit
+			// shard instead of one per reserving entry.
+			for more := true; more; {
+				select {
+				case r := <-d.queue:
+					rows = append(rows, r...)
+				default:
+					more = false
+				}
+			}
 			d.send(ctx, rows, time.Now())
 		case ans := <-d.answers:
+			// Small answer sets (unbatched traffic) share one resolve;
+			// large ones go as they are, so no entry grows huge.
+			for len(ans) < creditsPerMessageMax {
+				select {
+				case a := <-d.answers:
+					ans = append(ans, a...)
+					continue
+				default:
+				}
+				break
+			}
 			d.resolve(ans)
 		case <-scan.C:
 			d.scan(ctx)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
@@ -64,11 +65,39 @@ func (s *shardServer) serve(ctx context.Context) {
 	}
 	_ = sub.SetPendingLimits(-1, 256<<20)
 	s.log.Debug("serving shard")
+	go s.expireLoop(ctx)
 	s.disp.run(ctx)
 	_ = sub.Unsubscribe()
 	s.mu.Lock()
 	s.waiters = nil // their requests time out at the router, which retries
 	s.mu.Unlock()
+}
+
+// expireEvery is how often the leader looks for pending transfers whose
+// timeout has passed. Timeouts are whole seconds.
+const expireEvery = 250 * time.Millisecond
+
+// expireLoop proposes KindExpire when the leader's clock passes the earliest
+// expiry; apply decides with the entry's timestamp, never a replica's clock.
+func (s *shardServer) expireLoop(ctx context.Context) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	cmd, _ := transport.Marshal(&shard.Command{Kind: shard.KindExpire})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var next uint64
+		var due bool
+		s.m.Read(func(st *shard.State, _ uint64) { next, due = st.NextExpiry() })
+		if due && uint64(time.Now().UnixNano()) >= next {
+			if _, err := s.g.ProposeWait(ctx, cmd); err != nil && ctx.Err() == nil {
+				s.log.Warn("propose expiry", "err", err) // tried again next tick
+			}
+		}
+	}
 }
 
 // handle runs on the subscription's goroutine: decode, enqueue, return.

@@ -44,17 +44,55 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
+	debitOf, err := r.locatePending(ctx, m, req.Transfers)
+	if err != nil {
+		return &transport.ResultsReply{Error: requestError(ctx, err)}
+	}
 	// A transfer goes to its debit account's shard, which owns the saga
-	// if the credit account lives elsewhere (DESIGN.md).
+	// if the credit account lives elsewhere (DESIGN.md); a post or void goes
+	// where its pending transfer lives.
 	parts := map[uint32]*part{}
 	for i := range req.Transfers {
 		t := &req.Transfers[i]
-		p := partOf(parts, m.shardOf(t.DebitAccountID), shard.KindCreateTransfers)
+		debit := t.DebitAccountID
+		if d, ok := debitOf[t.PendingID]; ok && debit == "" {
+			debit = d
+		}
+		p := partOf(parts, m.shardOf(debit), shard.KindCreateTransfers)
 		p.cmd.Transfers = append(p.cmd.Transfers, *t)
 		p.cmd.CreditShards = append(p.cmd.CreditShards, m.shardOf(t.CreditAccountID))
 		p.index = append(p.index, i)
 	}
 	return r.sendParts(ctx, parts, len(req.Transfers))
+}
+
+// locatePending finds the debit account of every pending transfer that a
+// post or void in the batch names without giving its debit account, with
+// one lookup across the shards. Unknown ones are left out: any shard then
+// answers pending_transfer_not_found.
+func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []transport.Transfer) (map[string]string, error) {
+	const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+	var ids []string
+	for i := range transfers {
+		if t := &transfers[i]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" {
+			ids = append(ids, t.PendingID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	found, err := find(r, ctx, m, ids, shard.OpLookupTransfers,
+		func(m slotMap, _ string) []uint32 { return m.shards() },
+		func(rep *shard.Reply) []transport.Transfer { return rep.Transfers },
+		func(t *transport.Transfer) string { return t.ID })
+	if err != nil {
+		return nil, err
+	}
+	debitOf := make(map[string]string, len(found))
+	for id, t := range found {
+		debitOf[id] = t.DebitAccountID
+	}
+	return debitOf, nil
 }
 
 func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
@@ -126,15 +164,32 @@ func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
 	if err != nil {
 		return nil, requestError(ctx, err)
 	}
-	byShard := map[uint32][]string{}
+	found, err := find(r, ctx, m, req.IDs, op, shardsOf, records, idOf)
+	if err != nil {
+		return nil, requestError(ctx, err)
+	}
+	out := []T{}
 	for _, id := range req.IDs {
+		if rec, ok := found[id]; ok {
+			out = append(out, rec)
+			delete(found, id)
+		}
+	}
+	return out, nil
+}
+
+// find asks each shard that may hold one of ids for it.
+func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op string,
+	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string) (map[string]T, error) {
+	byShard := map[uint32][]string{}
+	for _, id := range ids {
 		for _, s := range shardsOf(m, id) {
 			byShard[s] = append(byShard[s], id)
 		}
 	}
 	var mu sync.Mutex
 	found := map[string]T{}
-	err = scatter(byShard, func(id uint32, ids []string) error {
+	err := scatter(byShard, func(id uint32, ids []string) error {
 		body, err := transport.Marshal(&transport.LookupRequest{IDs: ids})
 		if err != nil {
 			return err
@@ -150,17 +205,7 @@ func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, requestError(ctx, err)
-	}
-	out := []T{}
-	for _, id := range req.IDs {
-		if rec, ok := found[id]; ok {
-			out = append(out, rec)
-			delete(found, id)
-		}
-	}
-	return out, nil
+	return found, err
 }
 
 // status asks every shard's leader; a shard that does not answer in time is

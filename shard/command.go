@@ -37,6 +37,10 @@ const (
 	// KindForget tells the credit shard that every attempt of one debit shard
 	// below a timestamp is resolved, so their inbox rows can go.
 	KindForget Kind = 6
+	// KindExpire voids every pending transfer whose timeout has passed at
+	// the entry's timestamp. The leader proposes it; replicas never read
+	// their own clock.
+	KindExpire Kind = 7
 )
 
 // Command is one state transition. Which fields are set depends on Kind.

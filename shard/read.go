@@ -30,9 +30,7 @@ func (s *State) LookupTransfers(ids []string) []transport.Transfer {
 	out := make([]transport.Transfer, 0, len(ids))
 	for _, id := range ids {
 		if t, ok := s.transfers[id]; ok {
-			c := *t
-			c.State = transport.StatePosted
-			out = append(out, c)
+			out = append(out, *t)
 		}
 	}
 	return out
@@ -99,6 +97,7 @@ func (s *State) Clone() *State {
 		outbox:     maps.Clone(s.outbox),
 		inbox:      maps.Clone(s.inbox),
 		watermarks: maps.Clone(s.watermarks),
+		expiring:   maps.Clone(s.expiring),
 	}
 	for id, a := range s.accounts {
 		cp := *a
@@ -202,6 +201,9 @@ func Read(r io.Reader) (*State, error) {
 			return nil, err
 		}
 		s.transfers[t.ID] = t
+		if t.State == transport.StatePending && t.Timeout > 0 {
+			s.expiring[t.ID] = expiresAt(t)
+		}
 	}
 	if err := decodeRows(dec, s.outbox, func(r *OutboxRow) string { return r.Transfer.ID }); err != nil {
 		return nil, err

@@ -21,6 +21,9 @@ type State struct {
 	inbox     map[string]*InboxRow           // credit-side decisions by inboxKey, until forgotten
 	// watermarks: per debit shard, attempts below it are resolved and gone.
 	watermarks map[uint32]uint64
+	// expiring: pending transfers with a timeout, by id, to their expiry
+	// time. Derived from transfers (rebuilt by Read), so not encoded.
+	expiring map[string]uint64
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -48,6 +51,7 @@ func New(id uint32) *State {
 		outbox:     make(map[string]*OutboxRow),
 		inbox:      make(map[string]*InboxRow),
 		watermarks: make(map[uint32]uint64),
+		expiring:   make(map[string]uint64),
 	}
 }
 
@@ -110,6 +114,8 @@ func (s *State) Apply(e *Entry) *Output {
 			if c.Forget != nil {
 				s.forget(*c.Forget)
 			}
+		case KindExpire:
+			s.expire(e.Timestamp)
 		}
 	}
 	return out
@@ -191,7 +197,7 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		return EventResult{Code: code}
 	}
 	if old, ok := s.transfers[t.ID]; ok {
-		if sameTransfer(old, t) {
+		if sameTransfer(old, t) || s.sameResolution(old, t) {
 			return EventResult{Code: transport.CodeExists, Timestamp: old.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
@@ -202,11 +208,20 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
 	}
+	if t.Flags&(transport.TransferPostPendingTransfer|transport.TransferVoidPendingTransfer) != 0 {
+		return s.resolvePending(now, t)
+	}
 	dr, ok := s.accounts[t.DebitAccountID]
 	if !ok {
 		return EventResult{Code: transport.CodeDebitAccountNotFound}
 	}
 	if creditShard != s.id {
+		if t.Flags&transport.TransferPending != 0 {
+			// Two-phase transfers across shards need their own saga
+			// messages (issue #3, next increment): refused until then,
+			// never half-applied.
+			return EventResult{Code: transport.CodeFlagsInvalid}
+		}
 		return s.reserve(now, t, dr, creditShard)
 	}
 	cr, ok := s.accounts[t.CreditAccountID]
@@ -216,11 +231,20 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	if code := checkAccounts(t, dr, cr); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
-	dr.DebitsPosted += t.Amount
-	cr.CreditsPosted += t.Amount
 	stored := *t
 	stored.Timestamp = s.tick(now)
-	stored.State = ""
+	stored.State = transport.StatePosted
+	if t.Flags&transport.TransferPending != 0 {
+		dr.DebitsPending += t.Amount
+		cr.CreditsPending += t.Amount
+		stored.State = transport.StatePending
+		if t.Timeout > 0 {
+			s.expiring[t.ID] = expiresAt(&stored)
+		}
+	} else {
+		dr.DebitsPosted += t.Amount
+		cr.CreditsPosted += t.Amount
+	}
 	s.transfers[t.ID] = &stored
 	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
 }
@@ -240,33 +264,46 @@ func (s *State) reserve(now uint64, t *transport.Transfer, dr *transport.Account
 }
 
 // checkTransferFields validates what needs no state, in the protocol's order.
+// A post or void may leave accounts, ledger, code and amount empty: they
+// come from the pending transfer.
 func checkTransferFields(t *transport.Transfer) transport.Code {
+	resolves := t.Flags&(transport.TransferPostPendingTransfer|transport.TransferVoidPendingTransfer) != 0
 	switch {
 	case !transport.ValidID(t.ID):
 		return transport.CodeIDInvalid
-	case t.Flags != 0:
-		// Every defined flag (linked, two-phase, balancing, closing) is
-		// refused until it is served with its full semantics (issue 3);
-		// undefined bits are refused forever.
+	case !transferFlagsServed(t.Flags):
 		return transport.CodeFlagsInvalid
-	case t.Ledger == 0:
+	case t.Ledger == 0 && !resolves:
 		return transport.CodeLedgerInvalid
-	case t.Code == 0:
+	case t.Code == 0 && !resolves:
 		return transport.CodeCodeInvalid
-	case t.Amount == 0:
+	case t.Amount == 0 && !resolves:
 		return transport.CodeAmountInvalid
-	case t.Timeout != 0:
+	case t.Timeout != 0 && t.Flags&transport.TransferPending == 0:
 		return transport.CodeTimeoutInvalid // only pending transfers time out
 	case !transport.ValidMetadata(t.Metadata):
 		return transport.CodeMetadataInvalid
 	case t.Timestamp != 0:
 		return transport.CodeTimestampMustBeZero
-	case t.PendingID != "":
+	case resolves && (!transport.ValidID(t.PendingID) || t.PendingID == t.ID):
+		return transport.CodePendingIDInvalid
+	case !resolves && t.PendingID != "":
 		return transport.CodePendingIDInvalid // only posts and voids name one
-	case t.DebitAccountID == t.CreditAccountID:
+	case t.DebitAccountID == t.CreditAccountID && !(resolves && t.DebitAccountID == ""):
 		return transport.CodeAccountsMustBeDifferent
 	}
 	return transport.CodeOK
+}
+
+// transferFlagsServed reports whether flags are defined, compatible, and
+// served. Linked chains, balancing and closing transfers are refused until
+// they are served with their guarantees (issue #3); undefined bits forever.
+func transferFlagsServed(flags uint32) bool {
+	const twoPhase = transport.TransferPending | transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+	if flags&^twoPhase != 0 {
+		return false
+	}
+	return bits.OnesCount32(flags) <= 1 // pending, post and void exclude each other
 }
 
 // sameTransfer compares the fields a client sends (metadata included).
@@ -403,6 +440,7 @@ func (s *State) resolve(answers []Answer, out *Output) {
 		case OutcomeCredited:
 			dr.DebitsPosted += t.Amount
 			stored := *t
+			stored.State = transport.StatePosted
 			s.transfers[t.ID] = &stored
 			r.Code, r.Timestamp = transport.CodeOK, t.Timestamp
 		case OutcomeAborted:

@@ -131,3 +131,24 @@ func testApp(output string) (*app, *bytes.Buffer) {
 	var out bytes.Buffer
 	return &app{output: output, stdout: &out, stderr: &out}, &out
 }
+
+func TestTransferCreateTwoPhaseFlags(t *testing.T) {
+	o, _ := parse(t, addTransferFlags, "--id", "h", "--debit", "a", "--credit", "b", "--amount", "5", "--ledger", "1", "--code", "1",
+		"--pending", "--pending-timeout", "30")
+	x, err := o.build()
+	if err != nil || x.Flags != transport.TransferPending || x.Timeout != 30 {
+		t.Fatalf("pending: %+v %v", x, err)
+	}
+	o, _ = parse(t, addTransferFlags, "--id", "p", "--post", "h", "--amount", "3")
+	if x, err = o.build(); err != nil || x.Flags != transport.TransferPostPendingTransfer || x.PendingID != "h" || x.Amount != 3 {
+		t.Fatalf("post: %+v %v", x, err)
+	}
+	o, _ = parse(t, addTransferFlags, "--id", "v", "--void", "h")
+	if x, err = o.build(); err != nil || x.Flags != transport.TransferVoidPendingTransfer || x.PendingID != "h" {
+		t.Fatalf("void: %+v %v", x, err)
+	}
+	o, _ = parse(t, addTransferFlags, "--id", "x", "--post", "h", "--void", "h")
+	if _, err = o.build(); err == nil {
+		t.Fatal("--post with --void accepted")
+	}
+}

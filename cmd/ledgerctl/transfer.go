@@ -37,13 +37,14 @@ func newTransferCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-// transferOptions are the flags of `transfer create`. Named flags for
-// two-phase transfers (--pending, --post ID, --void ID, with a pending
-// timeout under a name other than the global --timeout) belong here and in
-// build when they come; until then --flags and the cluster's checks cover them.
+// transferOptions are the flags of `transfer create`. The pending timeout
+// is --pending-timeout: --timeout is the global request timeout.
 type transferOptions struct {
 	transfer transport.Transfer
 	metadata []string
+	pending  bool
+	post     string
+	void     string
 }
 
 func newTransferCreateCmd(a *app) *cobra.Command {
@@ -82,14 +83,39 @@ func addTransferFlags(f *pflag.FlagSet) *transferOptions {
 	f.Uint16Var(&o.transfer.Code, "code", 0, "transfer code (its reason)")
 	f.Uint32Var(&o.transfer.Flags, "flags", 0, "flag bits (1 linked, 2 pending, 4 post, 8 void, 16/32 balancing debit/credit, 64/128 closing debit/credit)")
 	f.StringArrayVar(&o.metadata, "metadata", nil, "metadata pair `key=value` (repeatable)")
+	f.BoolVar(&o.pending, "pending", false, "reserve the amount on both accounts until posted, voided or expired")
+	f.Uint32Var(&o.transfer.Timeout, "pending-timeout", 0, "`seconds` after which the cluster voids a pending transfer (0: never)")
+	f.StringVar(&o.post, "post", "", "post the pending transfer with this `id` (--amount 0 or absent: the whole amount)")
+	f.StringVar(&o.void, "void", "", "void the pending transfer with this `id`")
 	return o
 }
 
 func (o *transferOptions) build() (transport.Transfer, error) {
 	t := o.transfer
 	var err error
-	t.Metadata, err = parseMetadata(o.metadata)
-	return t, err
+	if t.Metadata, err = parseMetadata(o.metadata); err != nil {
+		return t, err
+	}
+	set := 0
+	for _, on := range []bool{o.pending, o.post != "", o.void != ""} {
+		if on {
+			set++
+		}
+	}
+	if set > 1 {
+		return t, fmt.Errorf("--pending, --post and --void exclude each other")
+	}
+	switch {
+	case o.pending:
+		t.Flags |= transport.TransferPending
+	case o.post != "":
+		t.Flags |= transport.TransferPostPendingTransfer
+		t.PendingID = o.post
+	case o.void != "":
+		t.Flags |= transport.TransferVoidPendingTransfer
+		t.PendingID = o.void
+	}
+	return t, nil
 }
 
 func transferTable(w io.Writer, transfers []transport.Transfer) {

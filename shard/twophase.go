@@ -1,0 +1,129 @@
+package shard
+
+import (
+	"fmt"
+	"maps"
+
+	"github.com/ledgerd/ledgerd/transport"
+)
+
+// resolvePending posts or voids a pending transfer on this shard. A post
+// moves up to the pending amount to posted and releases the rest; a void
+// releases it all. A pending transfer resolves at most once.
+func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
+	p, ok := s.transfers[t.PendingID]
+	if !ok {
+		return EventResult{Code: transport.CodePendingTransferNotFound}
+	}
+	if code := checkResolution(t, p, max(s.last+1, now)); code != transport.CodeOK {
+		return EventResult{Code: code}
+	}
+	post := t.Flags&transport.TransferPostPendingTransfer != 0
+	amount := t.Amount
+	if amount == 0 {
+		amount = p.Amount
+	}
+	dr, cr := s.accounts[p.DebitAccountID], s.accounts[p.CreditAccountID]
+	if dr == nil || cr == nil || dr.DebitsPending < p.Amount || cr.CreditsPending < p.Amount {
+		panic(fmt.Sprintf("shard %d: pending transfer %q holds %d that its accounts do not", s.id, p.ID, p.Amount))
+	}
+	dr.DebitsPending -= p.Amount
+	cr.CreditsPending -= p.Amount
+	stored := *t
+	stored.DebitAccountID, stored.CreditAccountID = p.DebitAccountID, p.CreditAccountID
+	stored.Ledger, stored.Code, stored.Amount = p.Ledger, p.Code, amount
+	stored.Timestamp = s.tick(now)
+	resolved := *p // copy on write: snapshots share the old record
+	if post {
+		dr.DebitsPosted += amount
+		cr.CreditsPosted += amount
+		stored.State, resolved.State = transport.StatePosted, transport.StatePosted
+	} else {
+		stored.State, resolved.State = transport.StateVoided, transport.StateVoided
+	}
+	s.transfers[t.ID] = &stored
+	s.transfers[p.ID] = &resolved
+	delete(s.expiring, p.ID)
+	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
+}
+
+// checkResolution checks a post or void against its pending transfer, in
+// the protocol's order. now is the time the event would get.
+func checkResolution(t, p *transport.Transfer, now uint64) transport.Code {
+	switch {
+	case p.Flags&transport.TransferPending == 0:
+		return transport.CodePendingTransferNotPending
+	case t.DebitAccountID != "" && t.DebitAccountID != p.DebitAccountID,
+		t.CreditAccountID != "" && t.CreditAccountID != p.CreditAccountID,
+		t.Ledger != 0 && t.Ledger != p.Ledger,
+		t.Code != 0 && t.Code != p.Code:
+		return transport.CodePendingTransferMismatch
+	case p.State == transport.StatePosted:
+		return transport.CodePendingTransferAlreadyPosted
+	case p.State == transport.StateVoided:
+		return transport.CodePendingTransferAlreadyVoided
+	case p.State == transport.StateExpired || p.Timeout > 0 && now >= expiresAt(p):
+		return transport.CodePendingTransferExpired
+	case t.Amount > p.Amount:
+		return transport.CodeExceedsPendingTransferAmount
+	case t.Flags&transport.TransferVoidPendingTransfer != 0 && t.Amount != 0 && t.Amount != p.Amount:
+		return transport.CodePendingTransferMismatch // a void releases the whole amount
+	}
+	return transport.CodeOK
+}
+
+// expiresAt is when a pending transfer with a timeout expires.
+func expiresAt(p *transport.Transfer) uint64 {
+	return p.Timestamp + uint64(p.Timeout)*1e9
+}
+
+// expire voids every pending transfer whose timeout has passed at now (the
+// proposing leader's clock, carried in the entry). Each release touches only
+// its own accounts, so the order of the map does not matter.
+func (s *State) expire(now uint64) {
+	now = max(s.last+1, now)
+	for id, at := range s.expiring {
+		if at > now {
+			continue
+		}
+		p := s.transfers[id]
+		s.accounts[p.DebitAccountID].DebitsPending -= p.Amount
+		s.accounts[p.CreditAccountID].CreditsPending -= p.Amount
+		expired := *p
+		expired.State = transport.StateExpired
+		s.transfers[id] = &expired
+		delete(s.expiring, id)
+	}
+}
+
+// NextExpiry returns the earliest expiry time of an open pending transfer,
+// and false if none has a timeout. The leader proposes KindExpire once its
+// clock passes it.
+func (s *State) NextExpiry() (uint64, bool) {
+	var next uint64
+	found := false
+	for _, at := range s.expiring {
+		if !found || at < next {
+			next, found = at, true
+		}
+	}
+	return next, found
+}
+
+// sameResolution reports whether t repeats the post or void old: the
+// fields a post may omit (stored filled in from the pending transfer) match
+// whatever they resolved to, and an amount of 0 matches the whole amount.
+func (s *State) sameResolution(old, t *transport.Transfer) bool {
+	const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+	if old.Flags&resolves == 0 || old.Flags != t.Flags || old.PendingID != t.PendingID || old.Timeout != t.Timeout {
+		return false
+	}
+	amount := t.Amount
+	if amount == 0 {
+		amount = s.transfers[old.PendingID].Amount // the pending transfer outlives its resolutions
+	}
+	return (t.DebitAccountID == "" || t.DebitAccountID == old.DebitAccountID) &&
+		(t.CreditAccountID == "" || t.CreditAccountID == old.CreditAccountID) &&
+		(t.Ledger == 0 || t.Ledger == old.Ledger) && (t.Code == 0 || t.Code == old.Code) &&
+		amount == old.Amount && maps.Equal(old.Metadata, t.Metadata)
+}
