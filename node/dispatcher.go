@@ -33,22 +33,20 @@ const (
 // dispatcher sends the outbox's credits while this node leads the shard,
 // and proposes the answers as resolves. It is the only sender, per term.
 type dispatcher struct {
-	s       *shardServer
-	queue   chan []shard.OutboxRow
-	sentAt  map[string]time.Time // transfer id -> last send, while unresolved
-	answers chan []shard.Answer
-	sem     chan struct{}
-	forgot  map[uint32]uint64 // watermark last acknowledged per credit shard
+	s      *shardServer
+	queue  chan []shard.OutboxRow
+	sentAt map[string]time.Time // transfer id -> last send, while unresolved
+	sem    chan struct{}
+	forgot map[uint32]uint64 // watermark last acknowledged per credit shard
 }
 
 func newDispatcher(s *shardServer) *dispatcher {
 	return &dispatcher{
-		s:       s,
-		queue:   make(chan []shard.OutboxRow, 1024),
-		sentAt:  make(map[string]time.Time),
-		answers: make(chan []shard.Answer, sendsInFlightMax),
-		sem:     make(chan struct{}, sendsInFlightMax),
-		forgot:  make(map[uint32]uint64),
+		s:      s,
+		queue:  make(chan []shard.OutboxRow, 1024),
+		sentAt: make(map[string]time.Time),
+		sem:    make(chan struct{}, sendsInFlightMax),
+		forgot: make(map[uint32]uint64),
 	}
 }
 
@@ -82,19 +80,6 @@ func (d *dispatcher) run(ctx context.Context) {
 				}
 			}
 			d.send(ctx, rows, time.Now())
-		case ans := <-d.answers:
-			// Small answer sets (unbatched traffic) share one resolve;
-			// large ones go as they are, so no entry grows huge.
-			for len(ans) < creditsPerMessageMax {
-				select {
-				case a := <-d.answers:
-					ans = append(ans, a...)
-					continue
-				default:
-				}
-				break
-			}
-			d.resolve(ans)
 		case <-scan.C:
 			d.scan(ctx)
 		}
@@ -147,8 +132,10 @@ func (d *dispatcher) send(ctx context.Context, rows []shard.OutboxRow, now time.
 	}
 }
 
-// sendOne sends one credit message; the answers come back on d.answers.
-// Errors are dropped: the rows stay in the outbox and the scan resends.
+// sendOne sends one credit message from its own goroutine, which proposes
+// the answers as a resolve itself: a sender never waits on the run loop, so
+// the run loop waiting for a free slot cannot deadlock with it. Errors are
+// dropped: the rows stay in the outbox and the scan resends.
 func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) {
 	select {
 	case d.sem <- struct{}{}:
@@ -167,12 +154,8 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 				ans = append(ans, a)
 			}
 		}
-		if len(ans) == 0 {
-			return
-		}
-		select {
-		case d.answers <- ans:
-		case <-ctx.Done():
+		if len(ans) > 0 {
+			d.resolve(ans)
 		}
 	}()
 }

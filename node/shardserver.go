@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,11 +39,18 @@ type attemptKey struct {
 	attempt uint64
 }
 
+// waiterTTL bounds how long a reply waits for in-flight transfers: the
+// router gives up after its 5 s deadline, and a client's retry registers a
+// waiter of its own, so a stuck transfer never pins requests for long.
+const waiterTTL = 10 * time.Second
+
 // pendingReply is a create command whose reply waits for in-flight events.
+// It keeps the reply subject, not the request, whose body may be megabytes.
 type pendingReply struct {
-	msg       *nats.Msg
+	to        string
 	reply     shard.Reply
 	remaining int
+	expires   time.Time
 }
 
 type waitRef struct {
@@ -66,11 +74,71 @@ func (s *shardServer) serve(ctx context.Context) {
 	_ = sub.SetPendingLimits(-1, 256<<20)
 	s.log.Debug("serving shard")
 	go s.expireLoop(ctx)
+	go s.sweepWaiters(ctx)
 	s.disp.run(ctx)
 	_ = sub.Unsubscribe()
+	// The term is over: tell every waiting request to retry, at the new
+	// leader, rather than let it sit out its deadline.
 	s.mu.Lock()
-	s.waiters = nil // their requests time out at the router, which retries
+	waiting := s.waiters
+	s.waiters = nil
 	s.mu.Unlock()
+	for _, p := range uniqueReplies(waiting, nil) {
+		s.publish(p.to, &shard.Reply{Retry: "leadership lost"})
+	}
+}
+
+// sweepWaiters drops replies older than waiterTTL.
+func (s *shardServer) sweepWaiters(ctx context.Context) {
+	t := time.NewTicker(waiterTTL / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for _, p := range uniqueReplies(s.waiters, func(p *pendingReply) bool { return now.After(p.expires) }) {
+				p.remaining = -1 // answered nowhere now; a late resolve skips it
+			}
+			for key, refs := range s.waiters {
+				refs = slices.DeleteFunc(refs, func(w waitRef) bool { return w.p.remaining < 0 })
+				if len(refs) == 0 {
+					delete(s.waiters, key)
+				} else {
+					s.waiters[key] = refs
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// uniqueReplies lists the distinct replies of waiters that keep accepts.
+func uniqueReplies(waiters map[attemptKey][]waitRef, keep func(*pendingReply) bool) []*pendingReply {
+	seen := map[*pendingReply]bool{}
+	var out []*pendingReply
+	for _, refs := range waiters {
+		for _, w := range refs {
+			if !seen[w.p] && (keep == nil || keep(w.p)) {
+				seen[w.p] = true
+				out = append(out, w.p)
+			}
+		}
+	}
+	return out
+}
+
+// publish sends a reply to a subject (the reply of a request answered late).
+func (s *shardServer) publish(to string, r *shard.Reply) {
+	if to == "" {
+		return
+	}
+	b, err := transport.Marshal(r)
+	if err != nil {
+		b, _ = transport.Marshal(&shard.Reply{Invalid: err.Error()})
+	}
+	_ = s.n.nc.Publish(to, b)
 }
 
 // expireEvery is how often the leader looks for pending transfers whose
@@ -184,7 +252,7 @@ func results(events []shard.EventResult) []transport.Result {
 // on the completer, before any later entry (a resolve) completes.
 func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 	events := out.Events[0]
-	p := &pendingReply{msg: msg, reply: shard.Reply{Results: results(events)}}
+	p := &pendingReply{to: msg.Reply, reply: shard.Reply{Results: results(events)}, expires: time.Now().Add(waiterTTL)}
 	s.mu.Lock()
 	for i, e := range events {
 		if !e.InFlight {
@@ -202,7 +270,7 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 	disp := s.disp
 	s.mu.Unlock()
 	if p.remaining == 0 {
-		respond(msg, &p.reply)
+		s.publish(p.to, &p.reply)
 		return
 	}
 	if len(out.Reserved) > 0 && disp != nil {
@@ -237,7 +305,7 @@ func (s *shardServer) resolved(rs []shard.Resolved) {
 		if p.reply.Retry != "" {
 			p.reply.Results = nil
 		}
-		respond(p.msg, &p.reply)
+		s.publish(p.to, &p.reply)
 	}
 }
 

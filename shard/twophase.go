@@ -51,13 +51,13 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 // the protocol's order. now is the time the event would get.
 func checkResolution(t, p *transport.Transfer, now uint64) transport.Code {
 	switch {
-	case p.Flags&transport.TransferPending == 0:
-		return transport.CodePendingTransferNotPending
 	case t.DebitAccountID != "" && t.DebitAccountID != p.DebitAccountID,
 		t.CreditAccountID != "" && t.CreditAccountID != p.CreditAccountID,
 		t.Ledger != 0 && t.Ledger != p.Ledger,
 		t.Code != 0 && t.Code != p.Code:
 		return transport.CodePendingTransferMismatch
+	case p.Flags&transport.TransferPending == 0:
+		return transport.CodePendingTransferNotPending
 	case p.State == transport.StatePosted:
 		return transport.CodePendingTransferAlreadyPosted
 	case p.State == transport.StateVoided:

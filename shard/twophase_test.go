@@ -248,3 +248,14 @@ func TestRetriedResolutionIsExistsWhateverItOmitted(t *testing.T) {
 		}
 	}
 }
+
+// pending_transfer_mismatch comes before pending_transfer_not_pending in the
+// protocol's order.
+func TestPostMismatchPrecedesNotPending(t *testing.T) {
+	s, c := twoPhaseFixture(t)
+	x := post("x", "fund", 0) // fund is a plain transfer op -> wallet
+	x.DebitAccountID = "shop"
+	if r := c.createTransfers(s, 0, x); r[0].Code != transport.CodePendingTransferMismatch {
+		t.Fatalf("mismatching post of a plain transfer: %v", r[0].Code)
+	}
+}
