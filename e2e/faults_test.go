@@ -250,7 +250,7 @@ func TestLateDuplicateAfterForgetCreatesNoMoney(t *testing.T) {
 	shardSubject := transport.Subjects{Prefix: transport.DefaultPrefix}.Shard(creditShard)
 	var mu sync.Mutex
 	var captured []byte
-	sub, err := c.nc.Subscribe(shardSubject, func(msg *nats.Msg) {
+	sub, err := c.internal().Subscribe(shardSubject, func(msg *nats.Msg) {
 		if msg.Header.Get(shard.OpHeader) != shard.OpCommand {
 			return
 		}
@@ -272,7 +272,7 @@ func TestLateDuplicateAfterForgetCreatesNoMoney(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	if err := c.nc.Flush(); err != nil {
+	if err := c.internal().Flush(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -305,7 +305,7 @@ func TestLateDuplicateAfterForgetCreatesNoMoney(t *testing.T) {
 		t.Helper()
 		msg := &nats.Msg{Subject: shardSubject, Data: old, Header: nats.Header{shard.OpHeader: []string{shard.OpCommand}}}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			resp, err := c.nc.RequestMsg(msg, 10*time.Second)
+			resp, err := c.internal().RequestMsg(msg, 10*time.Second)
 			if err != nil {
 				t.Fatalf("replay the old credit: %v", err)
 			}

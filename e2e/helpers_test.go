@@ -23,6 +23,7 @@ type cluster struct {
 	t     *testing.T
 	srv   *server.Server
 	nc    *nats.Conn
+	in    *nats.Conn // with the node's rights, opened on demand
 	c     *client.Client
 	slots []uint32 // slot -> shard
 	dir   string
@@ -73,11 +74,29 @@ func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uin
 	return c
 }
 
+// internal returns a connection with the node's rights, for tests that play
+// a shard on the internal subjects (clients may not).
+func (c *cluster) internal() *nats.Conn {
+	c.t.Helper()
+	if c.in == nil {
+		nc, err := c.srv.ConnectInternal()
+		if err != nil {
+			c.t.Fatalf("internal connection: %v", err)
+		}
+		c.in = nc
+	}
+	return c.in
+}
+
 func (c *cluster) stop() {
 	if c.srv == nil {
 		return
 	}
 	c.nc.Close()
+	if c.in != nil {
+		c.in.Close()
+		c.in = nil
+	}
 	if err := c.srv.Close(); err != nil {
 		c.t.Logf("close: %v", err)
 	}

@@ -6,6 +6,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +55,7 @@ type Server struct {
 	router *router.Router
 	log    *slog.Logger
 	url    string
+	secret string // of the embedded server's internal user
 }
 
 // Start starts everything and returns once every group has a leader.
@@ -73,11 +76,14 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.NATSURL != "" {
 		s.url = cfg.NATSURL
 	} else {
-		if s.ns, err = embedNATS(cfg.NATSListen); err != nil {
+		if s.secret, err = randomSecret(); err != nil {
+			return nil, err
+		}
+		if s.ns, err = embedNATS(cfg.NATSListen, cfg.Prefix, s.secret); err != nil {
 			return nil, err
 		}
 		s.url = s.ns.ClientURL()
-		opts = append(opts, nats.InProcessServer(s.ns))
+		opts = append(opts, nats.InProcessServer(s.ns), nats.UserInfo(internalUser, s.secret))
 	}
 	connect := func(name string) (*nats.Conn, error) {
 		o := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
@@ -111,8 +117,33 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	return s, nil
 }
 
+// internalUser is the embedded NATS user of the node and router. Its
+// password is random per process: only in-process connections know it.
+const internalUser = "ledgerd"
+
+func randomSecret() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// clientPermissions is what every other connection may do: send requests to
+// the client API and the micro service discovery subjects, and receive its
+// replies. The internal subjects (<prefix>.internal.>) carry saga commands
+// that move money between shards; a client that could publish there could
+// forge a credit.
+func clientPermissions(prefix string) *natsserver.Permissions {
+	return &natsserver.Permissions{
+		Publish:   &natsserver.SubjectPermission{Allow: []string{prefix + ".v1.>", "$SRV.>"}},
+		Subscribe: &natsserver.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	}
+}
+
 // embedNATS starts a NATS server on addr with the protocol's max payload.
-func embedNATS(addr string) (*natsserver.Server, error) {
+// Connections without credentials are clients, with clientPermissions.
+func embedNATS(addr, prefix, secret string) (*natsserver.Server, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
@@ -135,6 +166,11 @@ func embedNATS(addr string) (*natsserver.Server, error) {
 		ServerName: "ledgerd", Host: host, Port: port,
 		MaxPayload: transport.MessageBytesMax, MaxPending: 4 * transport.MessageBytesMax,
 		NoSigs: true, NoLog: true,
+		Users: []*natsserver.User{
+			{Username: internalUser, Password: secret},
+			{Username: "client", Permissions: clientPermissions(prefix)},
+		},
+		NoAuthUser: "client",
 	})
 	if err != nil {
 		return nil, err
@@ -145,6 +181,16 @@ func embedNATS(addr string) (*natsserver.Server, error) {
 		return nil, errors.New("embedded NATS did not start")
 	}
 	return ns, nil
+}
+
+// ConnectInternal opens an in-process connection with the node's rights on
+// the embedded NATS server (tests that play a shard use it); it fails when
+// NATS is external.
+func (s *Server) ConnectInternal() (*nats.Conn, error) {
+	if s.ns == nil {
+		return nil, errors.New("no embedded NATS server")
+	}
+	return nats.Connect(s.url, nats.InProcessServer(s.ns), nats.UserInfo(internalUser, s.secret))
 }
 
 // ClientURL is the NATS URL clients connect to.
