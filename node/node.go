@@ -68,6 +68,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if err := refuseSecondCluster(cfg.Conn, transport.Subjects{Prefix: cfg.Prefix}); err != nil {
+		return nil, err
+	}
 	var adv net.Addr
 	if cfg.RaftAdvertise != "" {
 		adv = advertiseAddr(cfg.RaftAdvertise)
@@ -107,6 +110,23 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.mu.Unlock()
 	}
 	return n, nil
+}
+
+// refuseSecondCluster fails if a meta leader already answers on this NATS
+// and prefix. Every node bootstraps its groups alone (multi-node clusters are
+// issue #5), so a second one would be a second, independent ledger sharing
+// the queue groups: requests, retries included, would land on either, and
+// idempotency holds only within one.
+func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
+	_, err := nc.Request(subjects.Meta(), nil, 500*time.Millisecond)
+	switch {
+	case err == nil:
+		return fmt.Errorf("a ledger cluster already serves prefix %q on this NATS; nodes cannot join one yet", subjects.Prefix)
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout):
+		return nil
+	default:
+		return fmt.Errorf("checking for another cluster on this NATS: %w", err)
+	}
 }
 
 func (n *Node) openGroup(id uint32, dir string, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
