@@ -69,6 +69,13 @@ func TestTwoPhaseTransfersThroughTheCluster(t *testing.T) {
 			t.Fatalf("%s is %s, want %s", id, got, st)
 		}
 	}
+	// A hold and its capture in one batch, on the second shard: the router
+	// sends the capture where the hold goes, though it names only the id.
+	res = c.transfer(pendingXfer("hold-3", wallet[2], shop[2], 10, 0),
+		resolveXfer("capture-3", "hold-3", transport.TransferPostPendingTransfer, 0))
+	if res[0].Code != transport.CodeOK || res[1].Code != transport.CodeOK {
+		t.Fatalf("hold and capture in one batch: %v", codes(res))
+	}
 	// A retried post is exists; another resolution of the same hold is refused.
 	res = c.transfer(resolveXfer("capture-1", "hold-1", transport.TransferPostPendingTransfer, 45),
 		resolveXfer("capture-again", "hold-1", transport.TransferPostPendingTransfer, 0))

@@ -98,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(ids))
 	}
 	for _, id := range ids {
-		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id), log: n.log.With("shard", id)}
+		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
 		s.g, err = n.openGroup(id, "shard-"+strconv.FormatUint(uint64(id), 10), s.m, s.serve)
 		if err != nil {
 			n.Close()
@@ -196,8 +196,9 @@ func (n *Node) shardIDs() []uint32 {
 }
 
 // shardStatus describes a shard as this node (its leader) sees it.
-func (n *Node) shardStatus(id uint32, g *raftfsm.Group, m *raftfsm.ShardMachine) transport.ShardStatus {
-	r := g.Raft()
+func (n *Node) shardStatus(s *shardServer) transport.ShardStatus {
+	id, m := s.id, s.m
+	r := s.g.Raft()
 	_, leader := r.LeaderWithID()
 	st := transport.ShardStatus{
 		ID: id, Leader: string(leader), Term: r.CurrentTerm(), CommitIndex: r.CommitIndex(),
@@ -208,17 +209,25 @@ func (n *Node) shardStatus(id uint32, g *raftfsm.Group, m *raftfsm.ShardMachine)
 			st.Slots = append(st.Slots, uint16(s))
 		}
 	}
-	// The hash encodes the whole state: do it on a clone, so apply waits
-	// only for the copy (as for a snapshot), not for the encoding.
+	// The hash encodes the whole state: it is cached per applied index,
+	// and taken on a clone, so apply waits only for the copy (as for a
+	// snapshot), not for the encoding.
+	s.hash.mu.Lock()
+	defer s.hash.mu.Unlock()
 	var clone *shard.State
-	m.Read(func(s *shard.State, applied uint64) {
-		a, t, o, i := s.Counts()
+	m.Read(func(state *shard.State, applied uint64) {
+		a, t, o, i := state.Counts()
 		st.AppliedIndex = applied
 		st.Accounts, st.Transfers, st.OutboxDepth, st.InboxDepth = uint64(a), uint64(t), uint64(o), uint64(i)
-		st.Ledgers = s.Totals()
-		clone = s.Clone()
+		st.Ledgers = state.Totals()
+		if s.hash.hash == "" || s.hash.applied != applied {
+			clone = state.Clone()
+		}
 	})
-	st.StateHash = fmt.Sprintf("%016x", clone.Hash())
+	if clone != nil {
+		s.hash.applied, s.hash.hash = st.AppliedIndex, fmt.Sprintf("%016x", clone.Hash())
+	}
+	st.StateHash = s.hash.hash
 	return st
 }
 

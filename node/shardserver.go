@@ -2,12 +2,14 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -32,6 +34,22 @@ type shardServer struct {
 	mu      sync.Mutex
 	waiters map[attemptKey][]waitRef
 	disp    *dispatcher
+
+	// reads bounds the lookups and status requests served at once, off the
+	// subscription's goroutine so that they never delay a command.
+	reads chan struct{}
+	hash  hashCache
+}
+
+// readsInFlightMax bounds the lookups and status requests a leader serves
+// at once; past it they are answered retry.
+const readsInFlightMax = 8
+
+// hashCache keeps the state hash of one applied index: it costs O(state).
+type hashCache struct {
+	mu      sync.Mutex
+	applied uint64
+	hash    string
 }
 
 type attemptKey struct {
@@ -84,7 +102,7 @@ func (s *shardServer) serve(ctx context.Context) {
 	s.waiters = nil
 	s.mu.Unlock()
 	for _, p := range uniqueReplies(waiting, nil) {
-		s.publish(p.to, &shard.Reply{Retry: "leadership lost"})
+		s.publish(p.to, &shard.Reply{Retry: "leadership lost", Unknown: true})
 	}
 }
 
@@ -170,14 +188,25 @@ func (s *shardServer) expireLoop(ctx context.Context) {
 
 // handle runs on the subscription's goroutine: decode, enqueue, return.
 func (s *shardServer) handle(msg *nats.Msg) {
-	switch msg.Header.Get(shard.OpHeader) {
+	switch op := msg.Header.Get(shard.OpHeader); op {
 	case shard.OpCommand:
 		s.handleCommand(msg)
-	case shard.OpLookupAccounts, shard.OpLookupTransfers:
-		s.handleLookup(msg)
-	case shard.OpStatus:
-		st := s.n.shardStatus(s.id, s.g, s.m)
-		respond(msg, &shard.Reply{Status: &st})
+	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpStatus:
+		select {
+		case s.reads <- struct{}{}:
+		default:
+			respond(msg, &shard.Reply{Retry: "too many reads in flight"})
+			return
+		}
+		go func() {
+			defer func() { <-s.reads }()
+			if op == shard.OpStatus {
+				st := s.n.shardStatus(s)
+				respond(msg, &shard.Reply{Status: &st})
+				return
+			}
+			s.handleLookup(msg)
+		}()
 	default:
 		respond(msg, &shard.Reply{Invalid: "unknown op"})
 	}
@@ -205,7 +234,9 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 	}
 	err = s.g.Propose(msg.Data, func(res any, err error) {
 		if err != nil {
-			respond(msg, &shard.Reply{Retry: err.Error()})
+			// ErrNotLeader comes before the entry is proposed (the actor
+			// checks); anything else may follow a proposal.
+			respond(msg, &shard.Reply{Retry: err.Error(), Unknown: !errors.Is(err, raft.ErrNotLeader)})
 			return
 		}
 		out, ok := res.(*shard.Output)
@@ -260,7 +291,7 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 		}
 		if s.waiters == nil { // the term ended: the router retries elsewhere
 			s.mu.Unlock()
-			respond(msg, &shard.Reply{Retry: "leadership lost"})
+			respond(msg, &shard.Reply{Retry: "leadership lost", Unknown: true})
 			return
 		}
 		key := attemptKey{e.ID, e.Attempt}

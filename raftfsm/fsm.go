@@ -98,6 +98,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
+			f.m.Apply(l.Index, 0, nil) // advances the applied index only
 			continue
 		}
 		ts, cmds, err := decodeEntry(l.Data)

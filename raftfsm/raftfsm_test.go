@@ -165,7 +165,7 @@ func TestGroupRestartRecoversStateFromSnapshotAndLog(t *testing.T) {
 	for i := 50; i < 80; i++ { // after the snapshot: only in the log
 		transfer(t, tg.g, fmt.Sprintf("t%d", i), "b", "a", 1)
 	}
-	want, _ := tg.hash()
+	want, appliedBefore := tg.hash()
 	tg.close(t)
 
 	tg = openTestGroup(t, dir)
@@ -173,6 +173,9 @@ func TestGroupRestartRecoversStateFromSnapshotAndLog(t *testing.T) {
 	got, applied := tg.hash()
 	if got != want {
 		t.Fatalf("state after restart %016x, before %016x (applied index %d)", got, want, applied)
+	}
+	if applied < appliedBefore {
+		t.Fatalf("applied index %d after restart, %d before", applied, appliedBefore)
 	}
 	if c := transfer(t, tg.g, "t3", "a", "b", 1); c != transport.CodeExists {
 		t.Fatalf("an id applied before the restart: %v, want exists", c)

@@ -1,6 +1,8 @@
 package raftfsm
 
 import (
+	"bufio"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sync"
@@ -57,12 +59,17 @@ func (m *ShardMachine) Read(fn func(st *shard.State, applied uint64)) {
 func (m *ShardMachine) Snapshot() (raft.FSMSnapshot, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return &stateSnapshot{st: m.st.Clone()}, nil
+	return &stateSnapshot{st: m.st.Clone(), applied: m.applied}, nil
 }
 
 // Restore replaces the state with a snapshot's.
 func (m *ShardMachine) Restore(r io.Reader) error {
-	st, err := shard.Read(r)
+	br := bufio.NewReader(r)
+	applied, err := binary.ReadUvarint(br)
+	if err != nil {
+		return fmt.Errorf("snapshot applied index: %w", err)
+	}
+	st, err := shard.Read(br)
 	if err != nil {
 		return err
 	}
@@ -71,13 +78,22 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 	if st.ID() != m.st.ID() {
 		return fmt.Errorf("snapshot of shard %d restored into shard %d", st.ID(), m.st.ID())
 	}
-	m.st = st
+	m.st, m.applied = st, applied
 	return nil
 }
 
-type stateSnapshot struct{ st *shard.State }
+// stateSnapshot is the applied index (a uvarint: Raft does not tell Restore)
+// followed by the shard's encoding.
+type stateSnapshot struct {
+	st      *shard.State
+	applied uint64
+}
 
 func (s *stateSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(binary.AppendUvarint(nil, s.applied)); err != nil {
+		sink.Cancel()
+		return err
+	}
 	if _, err := s.st.WriteTo(sink); err != nil {
 		sink.Cancel()
 		return err

@@ -72,14 +72,19 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 // answers pending_transfer_not_found.
 func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []transport.Transfer) (map[string]string, error) {
 	const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+	debitOf := map[string]string{}
 	var ids []string
 	for i := range transfers {
-		if t := &transfers[i]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" {
+		t := &transfers[i]
+		if t.Flags&transport.TransferPending != 0 {
+			debitOf[t.ID] = t.DebitAccountID // a post later in this batch goes where it goes
+		}
+		if _, inBatch := debitOf[t.PendingID]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" && !inBatch {
 			ids = append(ids, t.PendingID)
 		}
 	}
 	if len(ids) == 0 {
-		return nil, nil
+		return debitOf, nil
 	}
 	found, err := find(r, ctx, m, ids, shard.OpLookupTransfers,
 		func(m slotMap, _ string) []uint32 { return m.shards() },
@@ -88,7 +93,6 @@ func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []trans
 	if err != nil {
 		return nil, err
 	}
-	debitOf := make(map[string]string, len(found))
 	for id, t := range found {
 		debitOf[id] = t.DebitAccountID
 	}
@@ -111,27 +115,59 @@ func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
 func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, events int) any {
 	results := make([]transport.Result, events)
 	err := scatter(parts, func(id uint32, p *part) error {
-		body, err := transport.Marshal(&p.cmd)
-		if err != nil {
-			return err
-		}
-		reply, err := r.callShard(ctx, id, shard.OpCommand, body)
-		if err != nil {
-			return err
-		}
-		if len(reply.Results) != len(p.index) {
-			return fmt.Errorf("shard %d answered %d results for %d events", id, len(reply.Results), len(p.index))
-		}
-		for j, res := range reply.Results {
-			res.Index = uint32(p.index[j])
-			results[p.index[j]] = res
-		}
-		return nil
+		return r.sendPart(ctx, id, p, results)
 	})
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
 	return &transport.ResultsReply{Results: results}
+}
+
+// commandBytesMax bounds a command sent to a shard. A shard's part of a
+// batch that fits the client's 8 MiB can grow past it once re-encoded as a
+// command (every field written, credit shards added), so such a part is
+// split; the headroom is for the NATS headers.
+const commandBytesMax = transport.MessageBytesMax - 64<<10
+
+// sendPart sends one shard its part, in pieces that fit a message, one after
+// another: a later event may depend on an earlier one.
+func (r *Router) sendPart(ctx context.Context, id uint32, p *part, results []transport.Result) error {
+	body, err := transport.Marshal(&p.cmd)
+	if err != nil {
+		return err
+	}
+	if n := len(p.index); len(body) > commandBytesMax && n > 1 {
+		for _, half := range []*part{p.slice(0, n/2), p.slice(n/2, n)} {
+			if err := r.sendPart(ctx, id, half, results); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	reply, err := r.callShard(ctx, id, shard.OpCommand, body)
+	if err != nil {
+		return err
+	}
+	if len(reply.Results) != len(p.index) {
+		return fmt.Errorf("shard %d answered %d results for %d events", id, len(reply.Results), len(p.index))
+	}
+	for j, res := range reply.Results {
+		res.Index = uint32(p.index[j])
+		results[p.index[j]] = res
+	}
+	return nil
+}
+
+// slice returns the part's events [i, j).
+func (p *part) slice(i, j int) *part {
+	c := p.cmd
+	if c.Accounts != nil {
+		c.Accounts = c.Accounts[i:j]
+	}
+	if c.Transfers != nil {
+		c.Transfers, c.CreditShards = c.Transfers[i:j], c.CreditShards[i:j]
+	}
+	return &part{cmd: c, index: p.index[i:j]}
 }
 
 func (r *Router) lookupAccounts(ctx context.Context, body []byte) any {
@@ -178,6 +214,11 @@ func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
 	return out, nil
 }
 
+// lookupIDsPerShardMax bounds the ids of one lookup sent to a shard, so
+// that its reply fits a message even when every record carries the most
+// metadata (about 1.2 KiB each).
+const lookupIDsPerShardMax = 2048
+
 // find asks each shard that may hold one of ids for it.
 func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op string,
 	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string) (map[string]T, error) {
@@ -190,18 +231,20 @@ func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op str
 	var mu sync.Mutex
 	found := map[string]T{}
 	err := scatter(byShard, func(id uint32, ids []string) error {
-		body, err := transport.Marshal(&transport.LookupRequest{IDs: ids})
-		if err != nil {
-			return err
-		}
-		reply, err := r.callShard(ctx, id, op, body)
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		for _, rec := range records(reply) {
-			found[idOf(&rec)] = rec
+		for chunk := range slices.Chunk(ids, lookupIDsPerShardMax) {
+			body, err := transport.Marshal(&transport.LookupRequest{IDs: chunk})
+			if err != nil {
+				return err
+			}
+			reply, err := r.callShard(ctx, id, op, body)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			for _, rec := range records(reply) {
+				found[idOf(&rec)] = rec
+			}
+			mu.Unlock()
 		}
 		return nil
 	})

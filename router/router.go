@@ -139,6 +139,13 @@ func respond(req micro.Request, reply any) {
 	if err != nil {
 		b, _ = transport.Marshal(&transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}})
 	}
+	if len(b) > transport.MessageBytesMax {
+		// A lookup of many records with large metadata: NATS would refuse
+		// the reply, and the client would only see a timeout.
+		reply = &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrTooManyEventsCode,
+			Message: fmt.Sprintf("the reply would be %d bytes, over the %d a message may carry: ask for fewer ids", len(b), transport.MessageBytesMax)}}
+		b, _ = transport.Marshal(reply)
+	}
 	var opts []micro.RespondOpt
 	if e := replyError(reply); e != nil {
 		opts = append(opts, micro.WithHeaders(micro.Headers{
@@ -182,13 +189,24 @@ func requestError(ctx context.Context, err error) *transport.Error {
 		return &transport.Error{Code: transport.ErrTooManyEventsCode, Message: err.Error()}
 	case errors.Is(err, transport.ErrMalformed):
 		return &transport.Error{Code: transport.ErrMalformedCode, Message: err.Error()}
+	case errors.Is(err, errNoLeader):
+		return &transport.Error{Code: transport.ErrUnavailableCode, Message: "no shard leader took the request before the deadline; retry with the same ids"}
 	case errors.Is(err, errShardTimeout) || ctx.Err() != nil:
 		return &transport.Error{Code: transport.ErrTimeoutCode, Message: "request deadline passed; retry with the same ids"}
 	}
 	return &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}
 }
 
-var errShardTimeout = errors.New("shard outcome unknown at the deadline")
+var (
+	// errShardTimeout: a shard may have applied part of the request.
+	errShardTimeout = errors.New("shard outcome unknown at the deadline")
+	// errNoLeader: no shard leader took the request at all.
+	errNoLeader = errors.New("no shard leader before the deadline")
+)
+
+// attemptTimeout bounds one request to a shard, so that a lost message is
+// sent again within the client's deadline.
+const attemptTimeout = 2 * time.Second
 
 // refreshSlots keeps the slot map fresh.
 func (r *Router) refreshSlots() {
@@ -274,8 +292,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byte) (*shard.Reply, error) {
 	backoff := 5 * time.Millisecond
 	msg := &nats.Msg{Subject: r.subjects.Shard(id), Data: body, Header: nats.Header{shard.OpHeader: []string{op}}}
+	unknown := false // whether an attempt may have been applied
 	for {
-		resp, err := r.nc.RequestMsgWithContext(ctx, msg)
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		resp, err := r.nc.RequestMsgWithContext(actx, msg)
+		cancel()
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return nil, fmt.Errorf("shard %d: command of %d bytes: %w", id, len(body), err)
+		}
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			unknown = true // sent, and no answer in time
+		}
 		if err == nil {
 			var reply shard.Reply
 			if err := transport.Unmarshal(resp.Data, &reply); err != nil {
@@ -287,10 +314,14 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			if reply.Retry == "" {
 				return &reply, nil
 			}
+			unknown = unknown || reply.Unknown
 		}
 		// No leader yet, queue full, leadership lost, or no answer in time.
 		if !sleep(ctx, backoff) {
-			return nil, errShardTimeout
+			if unknown {
+				return nil, errShardTimeout
+			}
+			return nil, errNoLeader
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)
 	}

@@ -35,6 +35,9 @@ type Reply struct {
 	// lead the shard, its queue is full, or the outcome is unknown
 	// (leadership lost mid-way). Resend the same command: it is idempotent.
 	Retry string `msgpack:"retry,omitempty"`
+	// Unknown is set with Retry when the command may have been applied
+	// (leadership lost after it was proposed); clear, it never reached Raft.
+	Unknown bool `msgpack:"unknown,omitempty"`
 	// Invalid is set when the request itself could not be decoded.
 	Invalid string `msgpack:"invalid,omitempty"`
 }
