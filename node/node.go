@@ -220,6 +220,9 @@ func (n *Node) shardStatus(s *shardServer) transport.ShardStatus {
 		st.AppliedIndex = applied
 		st.Accounts, st.Transfers, st.OutboxDepth, st.InboxDepth = uint64(a), uint64(t), uint64(o), uint64(i)
 		st.Ledgers = state.Totals()
+		if n := len(st.Ledgers); n > transport.StatusLedgersMax {
+			st.Ledgers, st.LedgersOmitted = st.Ledgers[:transport.StatusLedgersMax], uint32(n-transport.StatusLedgersMax)
+		}
 		if s.hash.hash == "" || s.hash.applied != applied {
 			clone = state.Clone()
 		}

@@ -13,6 +13,9 @@ const (
 	MetadataBytesMax = 1024
 	// MessageBytesMax is the NATS max_payload the cluster is configured with.
 	MessageBytesMax = 8 << 20
+	// StatusLedgersMax bounds the per-ledger totals a shard reports in
+	// cluster.status, so that the status fits a message.
+	StatusLedgersMax = 4096
 	// SlotCount is the number of hash slots account ids map to. Fixed forever:
 	// changing it would move every account.
 	SlotCount = 4096

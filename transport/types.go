@@ -115,9 +115,12 @@ type ShardStatus struct {
 	OutboxDepth  uint64   `msgpack:"outbox_depth" json:"outbox_depth"`
 	InboxDepth   uint64   `msgpack:"inbox_depth" json:"inbox_depth"`
 	StateHash    string   `msgpack:"state_hash" json:"state_hash"`
-	// Totals per ledger, for the conservation audit (ledgerctl bench checks it).
-	Ledgers []LedgerTotals `msgpack:"ledgers" json:"ledgers"`
-	Error   string         `msgpack:"error,omitempty" json:"error,omitempty"`
+	// Totals per ledger, for the conservation audit (ledgerctl bench checks
+	// it): the first StatusLedgersMax ledgers by number; LedgersOmitted says
+	// how many more the shard holds.
+	Ledgers        []LedgerTotals `msgpack:"ledgers" json:"ledgers"`
+	LedgersOmitted uint32         `msgpack:"ledgers_omitted,omitempty" json:"ledgers_omitted,omitempty"`
+	Error          string         `msgpack:"error,omitempty" json:"error,omitempty"`
 }
 
 // LedgerTotals sums one ledger's balances over a shard's accounts.

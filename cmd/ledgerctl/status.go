@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 
 	"github.com/spf13/cobra"
@@ -69,6 +70,14 @@ show UNBALANCED for a moment; a real imbalance persists at quiescence.`,
 func conservation(st *transport.StatusReply) []ledgerBalance {
 	sums := map[uint32]*transport.LedgerTotals{}
 	verdict := balanced
+	// A shard that omitted ledgers reported its lowest ones by number: the
+	// totals of any ledger above the last it reported may be incomplete.
+	cutoff := uint32(math.MaxUint32)
+	for _, s := range st.Shards {
+		if s.LedgersOmitted > 0 && len(s.Ledgers) > 0 {
+			cutoff = min(cutoff, s.Ledgers[len(s.Ledgers)-1].Ledger)
+		}
+	}
 	for _, s := range st.Shards {
 		switch {
 		case s.Error != "":
@@ -91,7 +100,10 @@ func conservation(st *transport.StatusReply) []ledgerBalance {
 	out := make([]ledgerBalance, 0, len(sums))
 	for _, t := range sums {
 		v := verdict
-		if v == balanced && t.DebitsPosted != t.CreditsPosted {
+		switch {
+		case t.Ledger > cutoff:
+			v = unknown
+		case v == balanced && t.DebitsPosted != t.CreditsPosted:
 			v = unbalanced
 		}
 		out = append(out, ledgerBalance{LedgerTotals: *t, Conservation: v})

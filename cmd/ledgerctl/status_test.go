@@ -85,3 +85,16 @@ func TestStatusJSONAddsConservationToTheReply(t *testing.T) {
 		t.Errorf("JSON shows an empty error:\n%s", out)
 	}
 }
+
+// A shard that omitted ledgers reported its lowest ones: a ledger above the
+// last it reported cannot be judged.
+func TestConservationIsUnknownAboveAShardsOmittedLedgers(t *testing.T) {
+	st := &transport.StatusReply{Shards: []transport.ShardStatus{
+		{ID: 1, LedgersOmitted: 3, Ledgers: []transport.LedgerTotals{{Ledger: 1, DebitsPosted: 4, CreditsPosted: 4}, {Ledger: 2}}},
+		{ID: 2, Ledgers: []transport.LedgerTotals{{Ledger: 1}, {Ledger: 9, DebitsPosted: 1, CreditsPosted: 1}}},
+	}}
+	got := conservation(st)
+	if len(got) != 3 || got[0].Conservation != balanced || got[1].Conservation != balanced || got[2].Ledger != 9 || got[2].Conservation != unknown {
+		t.Fatalf("conservation %+v: ledgers 1 and 2 balanced, 9 unknown", got)
+	}
+}
