@@ -204,10 +204,6 @@ var (
 	errNoLeader = errors.New("no shard leader before the deadline")
 )
 
-// attemptTimeout bounds one request to a shard, so that a lost message is
-// sent again within the client's deadline.
-const attemptTimeout = 2 * time.Second
-
 // refreshSlots keeps the slot map fresh.
 func (r *Router) refreshSlots() {
 	t := time.NewTicker(slotMapRefresh)
@@ -294,9 +290,11 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 	msg := &nats.Msg{Subject: r.subjects.Shard(id), Data: body, Header: nats.Header{shard.OpHeader: []string{op}}}
 	unknown := false // whether an attempt may have been applied
 	for {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		resp, err := r.nc.RequestMsgWithContext(actx, msg)
-		cancel()
+		// One attempt may take the whole deadline: a shard answers late
+		// while it waits for a cross-shard transfer to resolve, and a resend
+		// would turn the first attempt's ok into exists. A leader that loses
+		// its term answers retry at once.
+		resp, err := r.nc.RequestMsgWithContext(ctx, msg)
 		if errors.Is(err, nats.ErrMaxPayload) {
 			return nil, fmt.Errorf("shard %d: command of %d bytes: %w", id, len(body), err)
 		}
