@@ -15,6 +15,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/ledgerd/ledgerd/transport/raftmux"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Limits of the leader's actor.
@@ -86,7 +87,7 @@ func Open(cfg GroupConfig) (*Group, error) {
 		Path:        filepath.Join(cfg.Dir, "raft.db"),
 		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: 5 * time.Second},
 	})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("group %d: %s is locked: is another ledgerd using this data directory? %w", cfg.ID, cfg.Dir, err)
 	}
 	if err != nil {

@@ -45,15 +45,6 @@ func (e *fieldEncoder) metadata(key string, m map[string]string) {
 	}
 }
 
-func (e *fieldEncoder) value(key string, v any) {
-	if e.err == nil {
-		e.err = e.enc.EncodeString(key)
-	}
-	if e.err == nil {
-		e.err = e.enc.Encode(v)
-	}
-}
-
 func sortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

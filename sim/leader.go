@@ -1,0 +1,655 @@
+package sim
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+)
+
+// Term is what one replica holds while it leads its shard for one term: the
+// volatile leader-side state of production, lost when the term ends. It
+// models raftfsm's actor (mailbox, batching, entries in flight) and
+// node/shardserver.go and node/dispatcher.go (waiters, the dispatcher),
+// keeping their structure so the two can be read side by side.
+type Term struct {
+	g *Group
+	r *Replica
+	n uint64
+	// serving: subscribed to the shard's subject (after the barrier).
+	serving bool
+	// zombie: deposed but still acting as leader (it has not noticed);
+	// nothing it proposes commits. dead: the term is over.
+	zombie, dead bool
+
+	mailbox      []*proposal
+	inflight     []*pendingEntry
+	actorPending bool
+
+	waiters map[attemptKey][]waitRef
+	d       *dispatcher
+}
+
+type proposal struct {
+	cmd  shard.Command
+	done func(out *shard.Output, err error)
+}
+
+type pendingEntry struct {
+	e     shard.Entry
+	props []*proposal
+}
+
+type attemptKey struct {
+	id      string
+	attempt uint64
+}
+
+type pendingReply struct {
+	respond   func(*shard.Reply)
+	reply     shard.Reply
+	remaining int
+	expires   uint64
+}
+
+type waitRef struct {
+	p     *pendingReply
+	index int
+	retry bool
+}
+
+func newTerm(g *Group, r *Replica, n uint64) *Term {
+	t := &Term{g: g, r: r, n: n, waiters: map[attemptKey][]waitRef{}}
+	t.d = &dispatcher{t: t, sentAt: map[string]uint64{}, forgot: map[uint32]uint64{}}
+	return t
+}
+
+// serve: shardServer.serve, after the leader barrier.
+func (t *Term) serve() {
+	t.serving = true
+	t.sweepWaiters()
+	t.d.run()
+}
+
+// end: the term is over. Queued and in-flight proposals fail; waiters are
+// dropped (their requests time out at the router, which retries).
+func (t *Term) end() {
+	if t.dead {
+		return
+	}
+	t.dead, t.serving = true, false
+	var props []*proposal
+	for _, pe := range t.inflight {
+		props = append(props, pe.props...)
+	}
+	props = append(props, t.mailbox...)
+	t.inflight, t.mailbox = nil, nil
+	for _, p := range props {
+		p.done(nil, errLeadershipLost)
+	}
+	// Every waiting request is told to retry, at the new leader, rather
+	// than sit out its deadline.
+	waiting := t.waiters
+	t.waiters = nil
+	for _, p := range uniqueReplies(waiting, nil) {
+		p.respond(&shard.Reply{Retry: "leadership lost", Unknown: true})
+	}
+}
+
+// uniqueReplies lists the distinct replies of waiters that keep accepts, in
+// a deterministic order.
+func uniqueReplies(waiters map[attemptKey][]waitRef, keep func(*pendingReply) bool) []*pendingReply {
+	keys := make([]attemptKey, 0, len(waiters))
+	for k := range waiters {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b attemptKey) int {
+		if a.attempt != b.attempt {
+			return cmpU64(a.attempt, b.attempt)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	seen := map[*pendingReply]bool{}
+	var out []*pendingReply
+	for _, k := range keys {
+		for _, w := range waiters[k] {
+			if !seen[w.p] && (keep == nil || keep(w.p)) {
+				seen[w.p] = true
+				out = append(out, w.p)
+			}
+		}
+	}
+	return out
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sweepWaiters drops replies older than the waiter TTL (the router has
+// given up on them; a retry registers a waiter of its own).
+func (t *Term) sweepWaiters() {
+	w := t.g.w
+	every := w.p.WaiterTTL / 4
+	var tick func()
+	tick = func() {
+		if t.dead {
+			return
+		}
+		for _, p := range uniqueReplies(t.waiters, func(p *pendingReply) bool { return w.now > p.expires }) {
+			p.remaining = -1 // answered nowhere now; a late resolve skips it
+		}
+		for key, refs := range t.waiters {
+			refs = slices.DeleteFunc(refs, func(wr waitRef) bool { return wr.p.remaining < 0 })
+			if len(refs) == 0 {
+				delete(t.waiters, key)
+			} else {
+				t.waiters[key] = refs
+			}
+		}
+		w.after(every, tick)
+	}
+	w.after(every, tick)
+}
+
+// propose is raftfsm.Group.Propose: queue for the next entry, or refuse.
+func (t *Term) propose(cmd shard.Command, done func(*shard.Output, error)) error {
+	w := t.g.w
+	if t.dead {
+		w.after(0, func() { done(nil, errNotLeader) })
+		return nil
+	}
+	if len(t.mailbox) >= w.p.MailboxMax {
+		return errBusy
+	}
+	t.mailbox = append(t.mailbox, &proposal{cmd: cmd, done: done})
+	t.kickActor()
+	return nil
+}
+
+func (t *Term) kickActor() {
+	if t.actorPending || t.dead || len(t.mailbox) == 0 {
+		return
+	}
+	t.actorPending = true
+	t.g.w.after(0, t.actor)
+}
+
+// actor batches whatever is queued into one entry stamped with the leader's
+// clock, with at most EntriesInFlightMax entries proposed and not applied.
+func (t *Term) actor() {
+	w := t.g.w
+	t.actorPending = false
+	for !t.dead && len(t.mailbox) > 0 && len(t.inflight) < w.p.EntriesInFlightMax {
+		batch := t.mailbox
+		t.mailbox = nil
+		e := shard.Entry{Timestamp: t.r.clock(), Commands: make([]shard.Command, len(batch))}
+		for i, p := range batch {
+			e.Commands[i] = p.cmd
+		}
+		pe := &pendingEntry{e: e, props: batch}
+		t.inflight = append(t.inflight, pe)
+		if !t.zombie {
+			t.g.schedule(t, pe)
+		}
+	}
+}
+
+// handleCommand is shardServer.handleCommand.
+func (t *Term) handleCommand(cmd *shard.Command, respond func(*shard.Reply)) {
+	w := t.g.w
+	if cmd.Kind == shard.KindCreateTransfers && t.r.st.OutboxLen() >= w.p.OutboxRowsMax {
+		respond(&shard.Reply{Retry: "outbox full"})
+		return
+	}
+	kind := cmd.Kind
+	err := t.propose(*cmd, func(out *shard.Output, err error) {
+		if err != nil {
+			// errNotLeader comes before the entry is proposed (the actor
+			// checks); anything else may follow a proposal.
+			respond(&shard.Reply{Retry: err.Error(), Unknown: err != errNotLeader})
+			return
+		}
+		t.applied(kind, out, respond)
+	})
+	if err != nil {
+		respond(&shard.Reply{Retry: err.Error()})
+	}
+}
+
+func (t *Term) applied(kind shard.Kind, out *shard.Output, respond func(*shard.Reply)) {
+	switch kind {
+	case shard.KindCreateAccounts:
+		respond(&shard.Reply{Results: results(out.Events[0])})
+	case shard.KindCreateTransfers:
+		t.transfersApplied(out, respond)
+	case shard.KindCredit, shard.KindAbort:
+		respond(&shard.Reply{Answers: out.Answers[0]})
+	case shard.KindResolve:
+		t.resolved(out.Resolved)
+		respond(&shard.Reply{})
+	default:
+		respond(&shard.Reply{})
+	}
+}
+
+func results(events []shard.EventResult) []transport.Result {
+	rs := make([]transport.Result, len(events))
+	for i, e := range events {
+		rs[i] = transport.Result{Index: uint32(i), Code: e.Code, Timestamp: e.Timestamp}
+	}
+	return rs
+}
+
+// transfersApplied: reply now, or wait for the in-flight transfers.
+func (t *Term) transfersApplied(out *shard.Output, respond func(*shard.Reply)) {
+	events := out.Events[0]
+	p := &pendingReply{respond: respond, reply: shard.Reply{Results: results(events)}, expires: t.g.w.now + t.g.w.p.WaiterTTL}
+	for i, e := range events {
+		if !e.InFlight {
+			continue
+		}
+		if t.waiters == nil { // the term ended: the router retries elsewhere
+			respond(&shard.Reply{Retry: "leadership lost", Unknown: true})
+			return
+		}
+		key := attemptKey{e.ID, e.Attempt}
+		t.waiters[key] = append(t.waiters[key], waitRef{p: p, index: i, retry: e.Retry})
+		p.remaining++
+	}
+	if p.remaining == 0 {
+		respond(&p.reply)
+		return
+	}
+	if len(out.Reserved) > 0 {
+		t.d.enqueue(out.Reserved)
+	}
+}
+
+// resolved completes the replies waiting for these transfers.
+func (t *Term) resolved(rs []shard.Resolved) {
+	var done []*pendingReply
+	for _, r := range rs {
+		key := attemptKey{r.ID, r.Attempt}
+		for _, wr := range t.waiters[key] {
+			res := &wr.p.reply.Results[wr.index]
+			switch {
+			case r.Aborted:
+				wr.p.reply.Retry = "timeout"
+			case r.Code == transport.CodeOK && wr.retry && t.g.w.mut != MutRetryAnswersOK:
+				res.Code, res.Timestamp = transport.CodeExists, r.Timestamp
+			default:
+				res.Code, res.Timestamp = r.Code, r.Timestamp
+			}
+			if wr.p.remaining--; wr.p.remaining == 0 {
+				done = append(done, wr.p)
+			}
+		}
+		delete(t.waiters, key)
+	}
+	for _, p := range done {
+		if p.reply.Retry != "" {
+			p.reply.Results = nil
+		}
+		p.respond(&p.reply)
+	}
+}
+
+// dispatcher is node/dispatcher.go: it sends the outbox's credits while the
+// term lasts, re-sends what is unanswered, sends aborts for rows older than
+// AbortAfter, proposes the answers as resolves, and announces the forget
+// watermark. Production runs it as a loop selecting over newly reserved rows
+// and the scan ticker, one goroutine per message in flight (holding a
+// semaphore slot until its answers are proposed as a resolve), and the
+// forget announcements in their own goroutine. The model keeps that blocking
+// structure: while the loop waits for a slot inside send, it does not scan.
+type dispatcher struct {
+	t      *Term
+	sentAt map[string]uint64
+	forgot map[uint32]uint64
+
+	sems     int               // slots of the semaphore taken
+	msgs     []outMsg          // the rest of the send the loop is blocked in
+	queue    []shard.OutboxRow // d.queue
+	queued   int
+	scanTick bool // the ticker's buffered tick
+	stepping bool
+
+	// Only with MutAnswersThroughLoop (the design before 0454b70): answers
+	// go to the loop through a channel of SendsInFlightMax, and a sender
+	// keeps its slot until it has pushed them.
+	answersCh [][]shard.Answer
+	pushers   [][]shard.Answer
+
+	forgetting, forgetTick bool
+}
+
+type outMsg struct {
+	to  uint32
+	cmd shard.Command
+}
+
+func (d *dispatcher) w() *World { return d.t.g.w }
+
+// run is dispatcher.run: a scan at once, then the loop; and the forget loop.
+func (d *dispatcher) run() {
+	w := d.w()
+	d.scan()
+	var scan, forget func()
+	scan = func() {
+		if d.t.dead {
+			return
+		}
+		d.scanTick = true
+		d.poke()
+		w.after(w.p.ScanEvery, scan)
+	}
+	forget = func() {
+		if d.t.dead {
+			return
+		}
+		if d.forgetting {
+			d.forgetTick = true
+		} else {
+			d.announceForget()
+		}
+		w.after(w.p.ForgetEvery, forget)
+	}
+	w.after(w.p.ScanEvery, scan)
+	w.after(w.p.ForgetEvery, forget)
+}
+
+// poke lets the loop run once whatever it waits for may be ready.
+func (d *dispatcher) poke() {
+	if d.stepping || d.t.dead {
+		return
+	}
+	d.stepping = true
+	d.w().after(0, d.step)
+}
+
+// step is one turn of the loop: finish the send it is blocked in, else
+// take one ready case (Go's select picks at random among ready ones).
+func (d *dispatcher) step() {
+	w := d.w()
+	d.stepping = false
+	if d.t.dead {
+		return
+	}
+	for len(d.msgs) > 0 {
+		if d.sems >= w.p.SendsInFlightMax {
+			d.checkDeadlock()
+			return // blocked on the semaphore; a released slot pokes
+		}
+		m := d.msgs[0]
+		d.msgs = d.msgs[1:]
+		d.sendOne(m)
+	}
+	if len(d.answersCh) > 0 && w.rngRaft.IntN(2) == 0 {
+		var ans []shard.Answer
+		for len(d.answersCh) > 0 && len(ans) < w.p.CreditsPerMessageMax {
+			ans = append(ans, d.answersCh[0]...)
+			d.answersCh = d.answersCh[1:]
+			for len(d.pushers) > 0 && len(d.answersCh) < w.p.SendsInFlightMax {
+				d.answersCh = append(d.answersCh, d.pushers[0])
+				d.pushers = d.pushers[1:]
+				d.release()
+			}
+		}
+		d.resolve(ans)
+		d.poke()
+		return
+	}
+	queued, tick := len(d.queue) > 0, d.scanTick
+	switch {
+	case queued && (!tick || w.rngRaft.IntN(2) == 0):
+		rows := d.queue
+		d.queue, d.queued = nil, 0
+		d.send(rows, d.t.r.clock())
+	case tick:
+		d.scanTick = false
+		d.scan()
+	default:
+		return
+	}
+	d.poke()
+}
+
+func (d *dispatcher) release() {
+	d.sems--
+	d.poke()
+}
+
+// enqueue hands newly reserved rows to the loop (a buffered channel; when
+// full they wait for the next scan).
+func (d *dispatcher) enqueue(rows []shard.OutboxRow) {
+	if d.queued < 1024 {
+		d.queue = append(d.queue, rows...)
+		d.queued++
+	}
+	d.poke()
+}
+
+// scan resends every row not sent recently, and forgets rows resolved.
+func (d *dispatcher) scan() {
+	w := d.w()
+	rows := d.t.r.st.Outbox()
+	now := d.t.r.clock()
+	live := make(map[string]bool, len(rows))
+	due := rows[:0]
+	for _, r := range rows {
+		live[r.Transfer.ID] = true
+		if at, ok := d.sentAt[r.Transfer.ID]; !ok || now-at >= w.p.ResendAfter || now < at {
+			due = append(due, r)
+		}
+	}
+	for id := range d.sentAt {
+		if !live[id] {
+			delete(d.sentAt, id)
+		}
+	}
+	d.send(due, now)
+}
+
+// send groups rows by credit shard into messages of at most
+// CreditsPerMessageMax credits; rows older than AbortAfter (on this node's
+// clock) go as aborts, which the credit shard decides. The loop then sends
+// them one by one, blocking while every slot is taken.
+func (d *dispatcher) send(rows []shard.OutboxRow, now uint64) {
+	w := d.w()
+	byShard := map[uint32][]shard.Credit{}
+	aborts := map[uint32][]shard.Credit{}
+	var voids []shard.Answer
+	for _, r := range rows {
+		d.sentAt[r.Transfer.ID] = now
+		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.t.g.id}
+		switch {
+		case now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > w.p.AbortAfter:
+			if w.mut == MutVoidOnTimer {
+				// The bug DESIGN.md rules out: giving up on this node's
+				// clock instead of where the credit would land.
+				voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeAborted})
+				continue
+			}
+			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
+			w.stats.Aborts++
+		default:
+			byShard[r.CreditShard] = append(byShard[r.CreditShard], c)
+		}
+	}
+	for _, kind := range []shard.Kind{shard.KindCredit, shard.KindAbort} {
+		groups := byShard
+		if kind == shard.KindAbort {
+			groups = aborts
+		}
+		for _, to := range sortedKeys(groups) {
+			credits := groups[to]
+			for len(credits) > 0 {
+				n := min(len(credits), w.p.CreditsPerMessageMax)
+				d.msgs = append(d.msgs, outMsg{to, shard.Command{Kind: kind, Credits: credits[:n]}})
+				credits = credits[n:]
+			}
+		}
+	}
+	if len(voids) > 0 {
+		d.resolve(voids)
+	}
+	d.poke()
+}
+
+func sortedKeys[V any](m map[uint32]V) []uint32 {
+	ks := make([]uint32, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// sendOne takes a slot and sends one message from its own goroutine: the
+// request ends with a reply or after SagaTimeout; errors and retries are
+// dropped (the row stays, the scan resends); non-stale answers are proposed
+// as a resolve by the goroutine itself, then the slot is released.
+func (d *dispatcher) sendOne(m outMsg) {
+	w := d.w()
+	d.sems++
+	finished := false
+	what := "credit"
+	if m.cmd.Kind == shard.KindAbort {
+		what = "abort"
+	}
+	if w.tracing() {
+		w.tracef("%s t%d: send %s to shard%d: %d rows (%d slots taken)", d.t.g.name(), d.t.n, what, m.to, len(m.cmd.Credits), d.sems)
+	}
+	w.net.request(shardEP(d.t.g.id), m.to, &m.cmd, what, func(rep reply) {
+		if finished || d.t.dead {
+			return
+		}
+		finished = true
+		var ans []shard.Answer
+		if !rep.noResponders && rep.r.Retry == "" && rep.r.Invalid == "" {
+			for _, a := range rep.r.Answers {
+				if a.Outcome != shard.OutcomeStale {
+					ans = append(ans, a)
+				}
+			}
+		}
+		switch {
+		case len(ans) == 0:
+		case w.mut != MutAnswersThroughLoop:
+			d.resolve(ans)
+		case len(d.answersCh) < w.p.SendsInFlightMax:
+			d.answersCh = append(d.answersCh, ans)
+			d.poke()
+		default:
+			d.pushers = append(d.pushers, ans) // blocks, holding its slot
+			d.checkDeadlock()
+			return
+		}
+		d.release()
+	})
+	w.after(w.p.SagaTimeout, func() {
+		if !finished && !d.t.dead {
+			finished = true
+			d.release()
+		}
+	})
+}
+
+// resolve proposes the answers; the completer wakes the waiting replies.
+func (d *dispatcher) resolve(ans []shard.Answer) {
+	w := d.w()
+	if w.mut == MutResolveAnyAttempt {
+		// The bug: match answers to outbox rows by id alone, so a late
+		// answer for an earlier attempt resolves the current one.
+		current := map[string]uint64{}
+		for _, r := range d.t.r.st.Outbox() {
+			current[r.Transfer.ID] = r.Transfer.Timestamp
+		}
+		ans = slices.Clone(ans)
+		for i := range ans {
+			if at, ok := current[ans[i].ID]; ok {
+				ans[i].Attempt = at
+			}
+		}
+	}
+	err := d.t.propose(shard.Command{Kind: shard.KindResolve, Answers: ans}, func(out *shard.Output, err error) {
+		if err == nil {
+			d.t.resolved(out.Resolved)
+		}
+	})
+	_ = err // the scan resends
+}
+
+// announceForget (its own goroutine in production) tells every other shard,
+// one after the other, the watermark below which all of this shard's
+// attempts are resolved, so their inbox rows can go.
+func (d *dispatcher) announceForget() {
+	w := d.w()
+	g := d.t.g
+	below := d.t.r.st.ForgetBelow()
+	if w.mut == MutForgetAboveInflight {
+		// The bug: announce past the newest in-flight attempt.
+		if rows := d.t.r.st.Outbox(); len(rows) > 0 {
+			below = rows[len(rows)-1].Transfer.Timestamp + 1
+		}
+	}
+	d.forgetting = true
+	var next func(i int)
+	next = func(i int) {
+		for ; i < len(w.groups); i++ {
+			to := w.groups[i].id
+			if to == g.id || d.forgot[to] >= below {
+				continue
+			}
+			cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: g.id, Below: below}}
+			finished := false
+			w.net.request(shardEP(g.id), to, &cmd, "forget", func(rep reply) {
+				if finished || d.t.dead {
+					return
+				}
+				finished = true
+				if !rep.noResponders && rep.r.Retry == "" && rep.r.Invalid == "" {
+					d.forgot[to] = below
+				}
+				next(i + 1)
+			})
+			w.after(w.p.SagaTimeout, func() {
+				if !finished && !d.t.dead {
+					finished = true
+					next(i + 1)
+				}
+			})
+			return
+		}
+		d.forgetting = false
+		if d.forgetTick {
+			d.forgetTick = false
+			d.announceForget()
+		}
+	}
+	next(0)
+}
+
+func (d *dispatcher) state() string {
+	return fmt.Sprintf("dispatcher: %d of %d slots taken, %d messages waiting for a slot", d.sems, d.w().p.SendsInFlightMax, len(d.msgs))
+}
+
+// checkDeadlock (MutAnswersThroughLoop): the loop waits for a slot inside
+// send, and every slot is held by a sender blocked pushing answers into the
+// full channel that only the loop drains. Nothing wakes any of them.
+func (d *dispatcher) checkDeadlock() {
+	w := d.w()
+	if len(d.msgs) > 0 && d.sems >= w.p.SendsInFlightMax && len(d.pushers) == d.sems {
+		w.fail("deadlock", "%s t%d: %s, %d answer sets buffered, %d senders blocked pushing answers: the loop waits for a slot in send(), every slot is held by a sender waiting for the loop",
+			d.t.g.name(), d.t.n, d.state(), len(d.answersCh), len(d.pushers))
+	}
+}

@@ -1,0 +1,48 @@
+package sim
+
+import "fmt"
+
+// Mutation is a bug injected on purpose into the simulator's model of the
+// leader-side code (the shard package itself is never changed). Each must be
+// caught by the checks within the CI seed budget: they test the tester.
+type Mutation string
+
+const (
+	// MutVoidOnTimer: the dispatcher voids a row older than AbortAfter on
+	// its own clock instead of sending an abort to the credit shard (the
+	// design's first-writer-wins rule). A credit applied late creates money.
+	MutVoidOnTimer Mutation = "void-on-timer"
+	// MutForgetAboveInflight: the forget watermark is announced past the
+	// newest in-flight attempt instead of below the oldest.
+	MutForgetAboveInflight Mutation = "forget-above-inflight"
+	// MutResolveAnyAttempt: answers are matched to outbox rows by id only,
+	// so the shard's per-attempt dedup of resolves is bypassed and a late
+	// answer for an earlier attempt resolves the current one.
+	MutResolveAnyAttempt Mutation = "resolve-any-attempt"
+	// MutRetryAnswersOK: a retry that joined an in-flight transfer is
+	// answered ok instead of exists (two oks for one transfer).
+	MutRetryAnswersOK Mutation = "retry-answers-ok"
+	// MutReplicaSkip: a follower now and then skips applying an entry.
+	MutReplicaSkip Mutation = "replica-skips-entry"
+	// MutAnswersThroughLoop: the dispatcher as it was before 0454b70, a
+	// real bug the simulator found: senders hand answers to the run loop
+	// through a channel of sendsInFlightMax and keep their semaphore slot
+	// until they have; the loop, blocked in send() for a slot, deadlocks.
+	MutAnswersThroughLoop Mutation = "answers-through-loop"
+)
+
+// Mutations lists every mutation.
+var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop}
+
+// ParseMutation checks a mutation name ("" is none).
+func ParseMutation(s string) (Mutation, error) {
+	if s == "" {
+		return "", nil
+	}
+	for _, m := range Mutations {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("unknown mutation %q (known: %v)", s, Mutations)
+}
