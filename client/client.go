@@ -195,6 +195,36 @@ func lookup[R, T any](ctx context.Context, c *Client, subject string, ids []stri
 	return found, nil
 }
 
+// AccountTransfers returns the account's transfers that the filter selects,
+// oldest first (newest first with Reverse). Fewer than Limit come back when
+// the reply would pass the message size: page on from the last timestamp.
+func (c *Client) AccountTransfers(ctx context.Context, f transport.AccountFilter) ([]transport.Transfer, error) {
+	return history(ctx, c, c.subjects.AccountsTransfers(), &f, func(r *transport.TransfersReply) ([]transport.Transfer, *transport.Error) {
+		return r.Transfers, r.Error
+	})
+}
+
+// AccountBalances returns the balance history of an account flagged history:
+// its balances right after each event, as the filter selects them.
+func (c *Client) AccountBalances(ctx context.Context, f transport.AccountFilter) ([]transport.Balance, error) {
+	return history(ctx, c, c.subjects.AccountsBalances(), &f, func(r *transport.BalancesReply) ([]transport.Balance, *transport.Error) {
+		return r.Balances, r.Error
+	})
+}
+
+func history[R, T any](ctx context.Context, c *Client, subject string, f *transport.AccountFilter, fields func(*R) ([]T, *transport.Error)) ([]T, error) {
+	body, err := transport.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := call(ctx, c, subject, body, func(r *R) *transport.Error { _, e := fields(r); return e })
+	if err != nil {
+		return nil, err
+	}
+	rows, _ := fields(reply)
+	return rows, nil
+}
+
 // Status returns the cluster's nodes and shards.
 func (c *Client) Status(ctx context.Context) (*transport.StatusReply, error) {
 	// 0x80 is the msgpack empty map: the request has no fields.

@@ -365,7 +365,8 @@ func TestBadInput(t *testing.T) {
 		for _, e := range info.Endpoints {
 			got = append(got, e.Subject)
 		}
-		want := []string{subj.AccountsCreate(), subj.TransfersCreate(), subj.AccountsLookup(), subj.TransfersLookup(), subj.ClusterStatus()}
+		want := []string{subj.AccountsCreate(), subj.TransfersCreate(), subj.AccountsLookup(), subj.TransfersLookup(),
+			subj.AccountsTransfers(), subj.AccountsBalances(), subj.ClusterStatus()}
 		slices.Sort(got)
 		slices.Sort(want)
 		if !slices.Equal(got, want) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/history"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -98,9 +99,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(ids))
 	}
 	for _, id := range ids {
-		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
-		s.g, err = n.openGroup(id, "shard-"+strconv.FormatUint(uint64(id), 10), s.m, s.serve)
+		dir := "shard-" + strconv.FormatUint(uint64(id), 10)
+		store, err := history.Open(filepath.Join(cfg.DataDir, dir, "history"), history.Options{Logger: n.log.With("shard", id)})
 		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
+		s.g, err = n.openGroup(id, dir, s.m, s.serve)
+		if err != nil {
+			store.Close()
 			n.Close()
 			return nil, err
 		}
@@ -257,7 +265,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	var errs []error
 	for _, s := range shards {
-		errs = append(errs, s.g.Shutdown())
+		errs = append(errs, s.g.Shutdown(), s.m.History().Close())
 	}
 	if n.meta != nil {
 		errs = append(errs, n.meta.Shutdown())

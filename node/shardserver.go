@@ -191,7 +191,7 @@ func (s *shardServer) handle(msg *nats.Msg) {
 	switch op := msg.Header.Get(shard.OpHeader); op {
 	case shard.OpCommand:
 		s.handleCommand(msg)
-	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpStatus:
+	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpAccountTransfers, shard.OpAccountBalances, shard.OpStatus:
 		select {
 		case s.reads <- struct{}{}:
 		default:
@@ -200,12 +200,15 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		}
 		go func() {
 			defer func() { <-s.reads }()
-			if op == shard.OpStatus {
+			switch op {
+			case shard.OpStatus:
 				st := s.n.shardStatus(s)
 				respond(msg, &shard.Reply{Status: &st})
-				return
+			case shard.OpAccountTransfers, shard.OpAccountBalances:
+				s.handleHistory(msg, op)
+			default:
+				s.handleLookup(msg)
 			}
-			s.handleLookup(msg)
 		}()
 	default:
 		respond(msg, &shard.Reply{Invalid: "unknown op"})
@@ -340,16 +343,29 @@ func (s *shardServer) resolved(rs []shard.Resolved) {
 	}
 }
 
-func (s *shardServer) handleLookup(msg *nats.Msg) {
-	var req transport.LookupRequest
-	if err := transport.Unmarshal(msg.Data, &req); err != nil {
+// readable decodes a read request into req and confirms that this node
+// still leads the shard. Reads are served by the leader after its term's
+// barrier: every acknowledged write was applied here first. Otherwise it
+// answers (invalid, or retry) and returns false.
+func (s *shardServer) readable(msg *nats.Msg, req interface{ Check() error }) bool {
+	if err := transport.Unmarshal(msg.Data, req); err != nil {
 		respond(msg, &shard.Reply{Invalid: err.Error()})
-		return
+		return false
 	}
-	// Served by the leader after its term's barrier: every acknowledged
-	// write was applied here first.
+	if err := req.Check(); err != nil {
+		respond(msg, &shard.Reply{Invalid: err.Error()})
+		return false
+	}
 	if err := s.g.Raft().VerifyLeader().Error(); err != nil {
 		respond(msg, &shard.Reply{Retry: err.Error()})
+		return false
+	}
+	return true
+}
+
+func (s *shardServer) handleLookup(msg *nats.Msg) {
+	var req transport.LookupRequest
+	if !s.readable(msg, &req) {
 		return
 	}
 	var reply shard.Reply
@@ -360,6 +376,34 @@ func (s *shardServer) handleLookup(msg *nats.Msg) {
 			reply.Transfers = st.LookupTransfers(req.IDs)
 		}
 	})
+	respond(msg, &reply)
+}
+
+// historyReplyBytesMax bounds the transfers of one history reply, below the
+// message size: a reply holds fewer than the limit asked for when its
+// transfers carry much metadata, and the client pages on from the last one.
+const historyReplyBytesMax = transport.MessageBytesMax - 64<<10
+
+// handleHistory answers accounts.transfers and accounts.balances from the
+// history store, which holds every entry applied here (the leader applied
+// its term's barrier before serving).
+func (s *shardServer) handleHistory(msg *nats.Msg, op string) {
+	var f transport.AccountFilter
+	if !s.readable(msg, &f) {
+		return
+	}
+	var reply shard.Reply
+	var err error
+	if op == shard.OpAccountTransfers {
+		reply.Transfers, err = s.m.History().AccountTransfers(&f, historyReplyBytesMax)
+	} else {
+		reply.Balances, err = s.m.History().AccountBalances(&f)
+	}
+	if err != nil {
+		s.log.Error("history read", "op", op, "err", err)
+		respond(msg, &shard.Reply{Retry: "history read failed: " + err.Error()})
+		return
+	}
 	respond(msg, &reply)
 }
 

@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/history"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/ledgerd/ledgerd/shard"
@@ -76,7 +78,11 @@ func openTestGroup(t *testing.T, dir string) *testGroup {
 		t.Fatal(err)
 	}
 	trans := raftmux.NewTransport(layer, log)
-	m := NewShardMachine(1)
+	store, err := history.Open(filepath.Join(dir, "history"), history.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewShardMachine(1, store)
 	g, err := Open(GroupConfig{
 		ID: 1, Dir: dir, NodeID: "n1", Transport: trans, Machine: m, Logger: log,
 		// The address changes across restarts (port 0); a single voter
@@ -85,6 +91,7 @@ func openTestGroup(t *testing.T, dir string) *testGroup {
 	})
 	if err != nil {
 		mux.Close()
+		store.Close()
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second) // hang guard
@@ -106,6 +113,9 @@ func (tg *testGroup) close(t *testing.T) {
 		t.Fatal(err)
 	}
 	tg.mux.Close()
+	if err := tg.m.History().Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (tg *testGroup) hash() (h uint64, applied uint64) {

@@ -8,21 +8,30 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/history"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
-// ShardMachine replicates a shard.State. Apply is its only writer (Raft's
-// FSM goroutine); Read lets leader-side goroutines look at it between
-// entries.
+// ShardMachine replicates a shard.State, whose history lives in a
+// history.Store on disk. Apply is its only writer (Raft's FSM goroutine);
+// Read lets leader-side goroutines look at it between entries.
 type ShardMachine struct {
 	mu      sync.RWMutex
 	st      *shard.State
+	store   *history.Store
 	applied uint64
 }
 
-// NewShardMachine returns the machine of an empty shard.
-func NewShardMachine(id uint32) *ShardMachine { return &ShardMachine{st: shard.New(id)} }
+// NewShardMachine returns the machine of an empty shard with its history in
+// store (which may hold rows of entries Raft will replay: they are rewritten
+// identically).
+func NewShardMachine(id uint32, store *history.Store) *ShardMachine {
+	return &ShardMachine{st: shard.New(id, store), store: store}
+}
+
+// History returns the shard's history store, for queries.
+func (m *ShardMachine) History() *history.Store { return m.store }
 
 // Apply decodes and applies each command. The result of command i is its
 // *shard.Output, so a proposer learns exactly what its command did
@@ -32,6 +41,7 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 	entry := shard.Entry{Timestamp: ts, Commands: make([]shard.Command, 1)}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.store.Begin()
 	for i, raw := range cmds {
 		entry.Commands[0] = shard.Command{}
 		if err := transport.Unmarshal(raw, &entry.Commands[0]); err != nil {
@@ -42,6 +52,11 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 			continue
 		}
 		results[i] = m.st.Apply(&entry)
+	}
+	if err := m.store.Commit(); err != nil {
+		// The history of this entry could not be written: going on would
+		// serve a state whose history has a hole. Restarting replays it.
+		panic(fmt.Sprintf("shard %d log index %d: %v", m.st.ID(), index, err))
 	}
 	m.applied = index
 	return results
@@ -59,17 +74,26 @@ func (m *ShardMachine) Read(fn func(st *shard.State, applied uint64)) {
 func (m *ShardMachine) Snapshot() (raft.FSMSnapshot, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	return &stateSnapshot{st: m.st.Clone(), applied: m.applied}, nil
+	return &stateSnapshot{st: m.st.Clone(), store: m.store, applied: m.applied}, nil
 }
 
-// Restore replaces the state with a snapshot's.
+// Restore replaces the state with a snapshot's. The history store must
+// already cover the snapshot (it was synced before the snapshot was
+// written); a store that lost its files cannot be rebuilt from this log.
 func (m *ShardMachine) Restore(r io.Reader) error {
 	br := bufio.NewReader(r)
 	applied, err := binary.ReadUvarint(br)
 	if err != nil {
 		return fmt.Errorf("snapshot applied index: %w", err)
 	}
-	st, err := shard.Read(br)
+	durable, err := m.store.Durable()
+	if err != nil {
+		return err
+	}
+	if durable < applied {
+		return fmt.Errorf("shard %d: the history store covers the log up to index %d, the snapshot %d: its history is missing", m.st.ID(), durable, applied)
+	}
+	st, err := shard.Read(br, m.store)
 	if err != nil {
 		return err
 	}
@@ -86,10 +110,18 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 // followed by the shard's encoding.
 type stateSnapshot struct {
 	st      *shard.State
+	store   *history.Store
 	applied uint64
 }
 
+// Persist makes the history durable up to (at least) the snapshot's index
+// first: once the snapshot is written, Raft may drop the entries that wrote
+// that history.
 func (s *stateSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.store.Sync(s.applied); err != nil {
+		sink.Cancel()
+		return err
+	}
 	if _, err := sink.Write(binary.AppendUvarint(nil, s.applied)); err != nil {
 		sink.Cancel()
 		return err

@@ -285,3 +285,45 @@ func (r *Router) status(ctx context.Context, _ []byte) any {
 	}
 	return &out
 }
+
+// accountTransfers asks the account's shard for its history. The credit
+// halves of cross-shard transfers are listed there too, when credited.
+func (r *Router) accountTransfers(ctx context.Context, body []byte) any {
+	reply, err := r.history(ctx, body, shard.OpAccountTransfers)
+	if err != nil {
+		return &transport.TransfersReply{Error: err}
+	}
+	return &transport.TransfersReply{Transfers: reply.Transfers}
+}
+
+// accountBalances asks the account's shard for its balance history.
+func (r *Router) accountBalances(ctx context.Context, body []byte) any {
+	reply, err := r.history(ctx, body, shard.OpAccountBalances)
+	if err != nil {
+		return &transport.BalancesReply{Error: err}
+	}
+	return &transport.BalancesReply{Balances: reply.Balances}
+}
+
+func (r *Router) history(ctx context.Context, body []byte, op string) (*shard.Reply, *transport.Error) {
+	var f transport.AccountFilter
+	if err := transport.Unmarshal(body, &f); err != nil {
+		return nil, requestError(ctx, err)
+	}
+	if err := f.Check(); err != nil {
+		return nil, &transport.Error{Code: transport.ErrMalformedCode, Message: err.Error()}
+	}
+	m, err := r.slotMap(ctx)
+	if err != nil {
+		return nil, requestError(ctx, err)
+	}
+	b, err := transport.Marshal(&f)
+	if err != nil {
+		return nil, requestError(ctx, err)
+	}
+	reply, err := r.callShard(ctx, m.shardOf(f.AccountID), op, b)
+	if err != nil {
+		return nil, requestError(ctx, err)
+	}
+	return reply, nil
+}

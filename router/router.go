@@ -97,6 +97,8 @@ func Start(cfg Config) (*Router, error) {
 		{"transfers_create", r.subjects.TransfersCreate(), r.createTransfers},
 		{"accounts_lookup", r.subjects.AccountsLookup(), r.lookupAccounts},
 		{"transfers_lookup", r.subjects.TransfersLookup(), r.lookupTransfers},
+		{"accounts_transfers", r.subjects.AccountsTransfers(), r.accountTransfers},
+		{"accounts_balances", r.subjects.AccountsBalances(), r.accountBalances},
 		{"cluster_status", r.subjects.ClusterStatus(), r.status},
 	}
 	for _, e := range endpoints {
@@ -163,6 +165,8 @@ func replyError(reply any) *transport.Error {
 	case *transport.AccountsReply:
 		return r.Error
 	case *transport.TransfersReply:
+		return r.Error
+	case *transport.BalancesReply:
 		return r.Error
 	case *transport.StatusReply:
 		return r.Error

@@ -19,7 +19,7 @@ const (
 
 func benchState(b *testing.B) *State {
 	b.Helper()
-	s := New(1)
+	s := New(1, nil)
 	accounts := make([]transport.Account, benchAccounts)
 	for i := range accounts {
 		accounts[i] = acct(fmt.Sprintf("acc-%d", i), 1, 0)

@@ -14,7 +14,7 @@ const fuzzEntriesMax = 8
 // fuzzFixture is shard 1 with accounts of every kind, reached through Apply
 // like every state the fuzzer sees.
 func fuzzFixture() *State {
-	s := New(1)
+	s := New(1, nil)
 	s.Apply(&Entry{Timestamp: 1000, Commands: []Command{
 		{Kind: KindCreateAccounts, Accounts: []transport.Account{
 			acct("a", 1, 0), acct("b", 1, 0),
@@ -171,7 +171,7 @@ func checkShardInvariants(t *testing.T, s *State) {
 			t.Fatalf("account %q stored with timestamp %d (last %d)", id, a.Timestamp, s.last)
 		}
 	}
-	for id, x := range s.transfers {
+	for id, x := range s.allTransfers() {
 		if !transport.ValidID(id) || x.Timestamp == 0 || x.Timestamp > s.last || s.accounts[x.DebitAccountID] == nil {
 			t.Fatalf("transfer %+v stored (last %d)", *x, s.last)
 		}
@@ -186,7 +186,7 @@ func checkSingleShardBalanced(t *testing.T, s *State) {
 		t.Fatalf("single shard: outbox %d, inbox %d", len(s.outbox), len(s.inbox))
 	}
 	debits, credits := map[string]uint64{}, map[string]uint64{}
-	for _, x := range s.transfers {
+	for _, x := range s.allTransfers() {
 		debits[x.DebitAccountID] += x.Amount
 		credits[x.CreditAccountID] += x.Amount
 	}
@@ -204,7 +204,7 @@ func checkSnapshotRoundTrip(t *testing.T, s *State) {
 	if _, err := s.WriteTo(&buf); err != nil {
 		t.Fatalf("WriteTo: %v", err)
 	}
-	r, err := Read(&buf)
+	r, err := Read(&buf, s.Archive())
 	if err != nil {
 		t.Fatalf("Read: %v", err)
 	}

@@ -100,3 +100,16 @@ func ledgerSums(states ...*State) map[uint32][2]uint64 {
 	}
 	return sums
 }
+
+// allTransfers returns every transfer debited on s: the open ones in memory
+// and the final ones in its MemArchive.
+func (s *State) allTransfers() map[string]*transport.Transfer {
+	all := make(map[string]*transport.Transfer, len(s.transfers))
+	for id, a := range s.archive.(*MemArchive).Transfers {
+		all[id] = &a.T
+	}
+	for id, t := range s.transfers {
+		all[id] = t
+	}
+	return all
+}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math/bits"
 	"math/rand/v2"
+	"reflect"
 	"runtime/debug"
 	"slices"
 	"testing"
@@ -94,7 +95,7 @@ func newSim(t testing.TB, seed uint64) *sim {
 		reuseIDs:     seed%2 == 1,
 	}
 	for i := uint32(1); i <= simShards; i++ {
-		m.shards[i] = New(i)
+		m.shards[i] = New(i, nil)
 		m.clocks[i] = 1_000_000
 	}
 	return m
@@ -482,7 +483,7 @@ func (m *sim) audit() {
 	inFlightCredited := map[uint32]uint64{}
 	twoPhase := 0
 	for _, s := range m.shards[1:] {
-		for id, x := range s.transfers {
+		for id, x := range s.allTransfers() {
 			if x.Flags&tpFlags != 0 {
 				if m.tp == nil {
 					m.fatalf("shard %d holds two-phase transfer %q that no event asked for", s.id, id)
@@ -615,8 +616,8 @@ func (m *sim) checkQuiescent() {
 	// and nothing else is posted.
 	posted := 0
 	for _, s := range m.shards[1:] {
-		posted += len(s.transfers)
-		for id, x := range s.transfers {
+		posted += len(s.allTransfers())
+		for id, x := range s.allTransfers() {
 			if ts, ok := m.okTimestamp[simKey{s.id, id}]; !ok || ts != x.Timestamp {
 				m.fatalf("shard %d posts %q (ts %d) that was never answered ok (%v, %d)", s.id, id, x.Timestamp, ok, ts)
 			}
@@ -637,8 +638,8 @@ func (m *sim) checkQuiescent() {
 	// Re-submitting every transfer applied ok has no effect: exists.
 	for _, s := range m.shards[1:] {
 		cmd := Command{Kind: KindCreateTransfers}
-		for _, id := range slices.Sorted(maps.Keys(s.transfers)) {
-			x := *s.transfers[id]
+		for _, id := range slices.Sorted(maps.Keys(s.allTransfers())) {
+			x := *s.allTransfers()[id]
 			x.Timestamp = 0
 			cmd.Transfers = append(cmd.Transfers, x)
 			cmd.CreditShards = append(cmd.CreditShards, m.accountShard[x.CreditAccountID])
@@ -659,15 +660,28 @@ func (m *sim) checkQuiescent() {
 	}
 }
 
-// replay applies every shard's entries to a fresh state: same hash.
+// replay applies every shard's entries to a fresh state: same hash, same
+// archive. And again over the shard's own archive, which already holds every
+// row the log writes (the worst crash: history on disk, state from nothing):
+// the same answers, the same hash, and the archive unchanged.
 func (m *sim) replay() {
 	for id := uint32(1); id <= simShards; id++ {
-		fresh := New(id)
-		for _, e := range m.entries[id] {
-			fresh.Apply(e)
+		archive := m.shards[id].archive.(*MemArchive)
+		before := archive.Clone()
+		fresh, again := New(id, nil), New(id, archive)
+		for i, e := range m.entries[id] {
+			if a, b := fresh.Apply(e), again.Apply(e); !reflect.DeepEqual(a, b) {
+				m.fatalf("shard %d entry %d: replayed over its archive it answers %+v, from nothing %+v", id, i, b, a)
+			}
 		}
-		if fresh.Hash() != m.shards[id].Hash() {
+		if fresh.Hash() != m.shards[id].Hash() || again.Hash() != m.shards[id].Hash() {
 			m.fatalf("shard %d: replaying %d entries gives another state", id, len(m.entries[id]))
+		}
+		if !reflect.DeepEqual(fresh.archive, before) {
+			m.fatalf("shard %d: replaying %d entries writes another archive", id, len(m.entries[id]))
+		}
+		if !reflect.DeepEqual(archive, before) {
+			m.fatalf("shard %d: replaying over the archive changed it", id)
 		}
 	}
 }

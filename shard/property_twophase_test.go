@@ -310,6 +310,12 @@ func (tp *tpSim) applied(m *sim, id uint32, e *Entry, out *Output) {
 			}
 		}
 	}
+	for range out.Resolved { // a settlement is an event with its timestamp
+		tp.last[id] = max(tp.last[id]+1, e.Timestamp)
+	}
+	for range out.Expired { // and so is an expiry
+		tp.last[id] = max(tp.last[id]+1, e.Timestamp)
+	}
 	if s := m.shards[id]; s.last != tp.last[id] {
 		m.fatalf("shard %d: last timestamp %d, the events it applied explain %d", id, s.last, tp.last[id])
 	}
@@ -343,7 +349,7 @@ func (tp *tpSim) snapshot(m *sim) {
 		if _, err := clone.WriteTo(&buf); err != nil {
 			m.fatalf("shard %d: snapshot: %v", id, err)
 		}
-		r, err := Read(&buf)
+		r, err := Read(&buf, orig.Archive())
 		if err != nil {
 			m.fatalf("shard %d: read snapshot: %v", id, err)
 		}
@@ -596,7 +602,7 @@ func (b *tpBatch) predictResolution(x *transport.Transfer, now uint64) transport
 	case b.tp.res[pk] != nil:
 		target = b.tp.res[pk].x
 	default:
-		target = *b.m.shards[b.shard].transfers[x.PendingID] // a plain transfer: the audit explains it
+		target = *b.m.shards[b.shard].allTransfers()[x.PendingID] // a plain transfer: the audit explains it
 	}
 	switch {
 	case x.DebitAccountID != "" && x.DebitAccountID != target.DebitAccountID,
@@ -754,7 +760,7 @@ func (tp *tpSim) drain(m *sim) {
 func (tp *tpSim) checkFinal(m *sim) {
 	stored := map[simKey]int{} // posts and voids stored per pending transfer
 	for _, s := range m.shards[1:] {
-		for _, x := range s.transfers {
+		for _, x := range s.allTransfers() {
 			if x.Flags&(transport.TransferPostPendingTransfer|transport.TransferVoidPendingTransfer) != 0 {
 				stored[simKey{s.id, x.PendingID}]++
 			}
@@ -767,7 +773,7 @@ func (tp *tpSim) checkFinal(m *sim) {
 		if p.state == transport.StateExpired {
 			want = 0
 		}
-		if got := m.shards[k.shard].transfers[k.id].State; !final || got != p.state {
+		if got := m.shards[k.shard].allTransfers()[k.id].State; !final || got != p.state {
 			m.fatalf("pending %q of shard %d ends %q (model %q)", k.id, k.shard, got, p.state)
 		}
 		if p.resolved != want || stored[k] != want {

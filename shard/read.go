@@ -24,22 +24,26 @@ func (s *State) LookupAccounts(ids []string) []transport.Account {
 	return out
 }
 
-// LookupTransfers returns the posted transfers debited on this shard, in ids
-// order. A transfer in flight is not visible until it is final.
+// LookupTransfers returns the transfers debited on this shard, in ids
+// order. A cross-shard transfer in flight is not visible until it is final.
 func (s *State) LookupTransfers(ids []string) []transport.Transfer {
 	out := make([]transport.Transfer, 0, len(ids))
 	for _, id := range ids {
-		if t, ok := s.transfers[id]; ok {
-			out = append(out, *t)
+		if t, ok := s.lookupTransfer(id); ok {
+			out = append(out, t)
 		}
 	}
 	return out
 }
 
-// Counts returns the sizes of the state's tables.
+// Counts returns the number of accounts, of transfers ever stored here
+// (final and open), and the outbox and inbox depths.
 func (s *State) Counts() (accounts, transfers, outbox, inbox int) {
-	return len(s.accounts), len(s.transfers), len(s.outbox), len(s.inbox)
+	return len(s.accounts), int(s.stored), len(s.outbox), len(s.inbox)
 }
+
+// OpenTransfers returns the number of pending transfers held in memory.
+func (s *State) OpenTransfers() int { return len(s.transfers) }
 
 // Totals sums balances per ledger, sorted by ledger.
 func (s *State) Totals() []transport.LedgerTotals {
@@ -86,12 +90,14 @@ func (s *State) ForgetBelow() uint64 {
 }
 
 // Clone returns a copy that shares only immutable records with s, so it can
-// be encoded while s goes on applying. Stored transfers, outbox and inbox
+// be encoded while s goes on applying. The copy writes to the same archive. Stored transfers, outbox and inbox
 // rows are never modified in place; accounts are, so they are copied.
 func (s *State) Clone() *State {
 	c := &State{
 		id:         s.id,
 		last:       s.last,
+		archive:    s.archive,
+		stored:     s.stored,
 		accounts:   make(map[string]*transport.Account, len(s.accounts)),
 		transfers:  maps.Clone(s.transfers),
 		outbox:     maps.Clone(s.outbox),
@@ -106,17 +112,19 @@ func (s *State) Clone() *State {
 	return c
 }
 
-// snapshotVersion is written first in every snapshot.
-const snapshotVersion = 1
+// snapshotVersion is written first in every snapshot. Version 2: final
+// transfers live in the archive, not in the snapshot.
+const snapshotVersion = 2
 
-// WriteTo encodes the whole state deterministically (every table sorted by
-// key), so equal states encode to equal bytes.
+// WriteTo encodes the in-memory state deterministically (every table sorted
+// by key), so equal states encode to equal bytes. The archive is not part
+// of it: it is made durable on its own before a snapshot is taken.
 func (s *State) WriteTo(w io.Writer) (int64, error) {
 	cw := &countingWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 1<<16)
 	enc := msgpack.NewEncoder(bw)
 	fail := func(err error) (int64, error) { return cw.n, fmt.Errorf("encode shard %d: %w", s.id, err) }
-	if err := enc.EncodeMulti(uint8(snapshotVersion), s.id, s.last); err != nil {
+	if err := enc.EncodeMulti(uint8(snapshotVersion), s.id, s.last, s.stored); err != nil {
 		return fail(err)
 	}
 	if err := enc.EncodeArrayLen(len(s.accounts)); err != nil {
@@ -167,20 +175,24 @@ func encodeSorted[V any](enc *msgpack.Encoder, m map[string]*V) error {
 	return nil
 }
 
-// Read decodes a state written by WriteTo.
-func Read(r io.Reader) (*State, error) {
+// Read decodes a state written by WriteTo, whose history is in archive (a
+// fresh MemArchive if nil).
+func Read(r io.Reader, archive Archive) (*State, error) {
 	dec := msgpack.NewDecoder(bufio.NewReaderSize(r, 1<<16))
 	var version uint8
 	var id uint32
-	var last uint64
-	if err := dec.DecodeMulti(&version, &id, &last); err != nil {
+	var last, stored uint64
+	if err := dec.DecodeMulti(&version, &id); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
 	}
 	if version != snapshotVersion {
 		return nil, fmt.Errorf("shard snapshot version %d, want %d", version, snapshotVersion)
 	}
-	s := New(id)
-	s.last = last
+	if err := dec.DecodeMulti(&last, &stored); err != nil {
+		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
+	}
+	s := New(id, archive)
+	s.last, s.stored = last, stored
 	n, err := dec.DecodeArrayLen()
 	if err != nil {
 		return nil, err
@@ -240,8 +252,9 @@ func decodeRows[V any](dec *msgpack.Decoder, m map[string]*V, key func(*V) strin
 	return nil
 }
 
-// Hash is a digest of the whole state: replicas at the same applied index
-// have the same hash. It encodes everything, so it costs O(state).
+// Hash is a digest of the in-memory state: replicas at the same applied
+// index have the same hash. It encodes everything, so it costs O(state).
+// The archive is derived from the same log, row for row.
 func (s *State) Hash() uint64 {
 	h := xxhash.New()
 	if _, err := s.WriteTo(h); err != nil {

@@ -20,7 +20,7 @@ type saga struct {
 // negative); shard 2 holds bob, eur (ledger 2), closed, and cap (may receive
 // at most its debits, 0).
 func newSaga(t *testing.T) *saga {
-	g := &saga{t: t, s1: New(1), s2: New(2)}
+	g := &saga{t: t, s1: New(1, nil), s2: New(2, nil)}
 	mustCreateAccounts(t, &g.c, g.s1, acct("op", 1, 0), acct("alice", 1, transport.AccountDebitsMustNotExceedCredits))
 	mustTransfer(t, &g.c, g.s1, xfer("fund", "op", "alice", 100))
 	mustCreateAccounts(t, &g.c, g.s2, acct("bob", 1, 0), acct("eur", 2, 0),
@@ -518,7 +518,7 @@ func TestCreditFromOwnShardIsStale(t *testing.T) {
 // stale: never a second decision that moves money the debit shard voided.
 func TestCreditForeignIDReuseCreatesNoMoney(t *testing.T) {
 	var c clock
-	s1, s2, s3 := New(1), New(2), New(3)
+	s1, s2, s3 := New(1, nil), New(2, nil), New(3, nil)
 	mustCreateAccounts(t, &c, s1, acct("a1", 1, 0))
 	mustCreateAccounts(t, &c, s3, acct("a3", 1, 0))
 	mustCreateAccounts(t, &c, s2, acct("bob", 1, 0))

@@ -46,7 +46,7 @@ func continueBoth(t *testing.T, m *sim, id uint32, a, b *State) {
 		}
 	}
 	resubmit := Command{Kind: KindCreateTransfers}
-	for _, x := range a.transfers {
+	for _, x := range a.allTransfers() {
 		y := *x
 		y.Timestamp = 0
 		resubmit.Transfers = append(resubmit.Transfers, y)
@@ -80,7 +80,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Fatalf("WriteTo: %d bytes, err %v; buffer %d", n, err, buf.Len())
 			}
 			encoded := bytes.Clone(buf.Bytes())
-			r, err := Read(&buf)
+			r, err := Read(&buf, s.Archive())
 			if err != nil {
 				t.Fatalf("Read: %v", err)
 			}
@@ -103,7 +103,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 // into entries.
 func TestSnapshotDependsOnStateOnly(t *testing.T) {
 	var c1, c2 clock
-	a, b := New(1), New(1)
+	a, b := New(1, nil), New(1, nil)
 	accounts := []transport.Account{acct("x", 1, 0), acct("y", 1, 0), acct("z", 1, 0)}
 	c1.createAccounts(a, accounts...)
 	for i := range accounts { // one entry each, same timestamps as the batch
@@ -127,13 +127,13 @@ func TestSnapshotReadRejectsDamage(t *testing.T) {
 	}
 	full := buf.Bytes()
 	for _, n := range []int{0, 1, 3, len(full) / 3, len(full) / 2, len(full) - 1} {
-		if _, err := Read(bytes.NewReader(full[:n])); err == nil {
+		if _, err := Read(bytes.NewReader(full[:n]), nil); err == nil {
 			t.Fatalf("a snapshot cut to %d of %d bytes was read", n, len(full))
 		}
 	}
 	bad := bytes.Clone(full)
 	bad[0] = 99 // the version: a positive fixint
-	if _, err := Read(bytes.NewReader(bad)); err == nil {
+	if _, err := Read(bytes.NewReader(bad), nil); err == nil {
 		t.Fatal("a snapshot of an unknown version was read")
 	}
 }
@@ -171,7 +171,10 @@ func TestCloneIsIsolated(t *testing.T) {
 		if clone.Hash() != h {
 			t.Fatalf("shard %d: applying to the original changed its clone", s.id)
 		}
-		// And the other way round.
+		// And the other way round. A clone shares its original's archive
+		// (it is only ever encoded); applied on its own it is another
+		// history, so it gets its own copy.
+		clone.archive = s.archive.(*MemArchive).Clone()
 		orig := s.Hash()
 		var c clock
 		c.now = clone.last

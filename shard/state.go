@@ -16,9 +16,13 @@ type State struct {
 	last uint64 // the last timestamp given to an event
 
 	accounts  map[string]*transport.Account
-	transfers map[string]*transport.Transfer // posted transfers debited here
+	transfers map[string]*transport.Transfer // open (pending) transfers debited here
 	outbox    map[string]*OutboxRow          // reserved here, waiting for the credit shard
 	inbox     map[string]*InboxRow           // credit-side decisions by inboxKey, until forgotten
+	// archive holds every final transfer and the accounts' history; stored
+	// counts the transfers ever stored here (final and open).
+	archive Archive
+	stored  uint64
 	// watermarks: per debit shard, attempts below it are resolved and gone.
 	watermarks map[uint32]uint64
 	// expiring: pending transfers with a timeout, by id, to their expiry
@@ -42,10 +46,15 @@ type InboxRow struct {
 	Timestamp  uint64         `msgpack:"ts"`
 }
 
-// New returns the empty state of shard id.
-func New(id uint32) *State {
+// New returns the empty state of shard id, with its history in archive (a
+// fresh MemArchive if nil).
+func New(id uint32, archive Archive) *State {
+	if archive == nil {
+		archive = NewMemArchive()
+	}
 	return &State{
 		id:         id,
+		archive:    archive,
 		accounts:   make(map[string]*transport.Account),
 		transfers:  make(map[string]*transport.Transfer),
 		outbox:     make(map[string]*OutboxRow),
@@ -57,6 +66,9 @@ func New(id uint32) *State {
 
 // ID returns the shard id.
 func (s *State) ID() uint32 { return s.id }
+
+// Archive returns the archive the state writes its history to.
+func (s *State) Archive() Archive { return s.archive }
 
 // EventResult is the outcome of one create event.
 type EventResult struct {
@@ -87,6 +99,7 @@ type Output struct {
 	Answers  [][]Answer      // credit and abort commands
 	Resolved []Resolved      // in-flight transfers that became final
 	Reserved []OutboxRow     // outbox rows written (cross-shard transfers reserved)
+	Expired  []string        // pending transfers voided by their timeout, in order
 }
 
 // Apply applies every command of e in order. It never fails: malformed or
@@ -109,13 +122,13 @@ func (s *State) Apply(e *Entry) *Output {
 		case KindAbort:
 			out.Answers[i] = s.credits(e.Timestamp, c.Credits, true)
 		case KindResolve:
-			s.resolve(c.Answers, out)
+			s.resolve(e.Timestamp, c.Answers, out)
 		case KindForget:
 			if c.Forget != nil {
 				s.forget(*c.Forget)
 			}
 		case KindExpire:
-			s.expire(e.Timestamp)
+			s.expire(e.Timestamp, out)
 		}
 	}
 	return out
@@ -196,8 +209,8 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	if code := checkTransferFields(t); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
-	if old, ok := s.transfers[t.ID]; ok {
-		if sameTransfer(old, t) || s.sameResolution(old, t) {
+	if old, ok := s.lookupTransfer(t.ID); ok {
+		if sameTransfer(&old, t) || s.sameResolution(&old, t) {
 			return EventResult{Code: transport.CodeExists, Timestamp: old.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
@@ -234,18 +247,23 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	stored := *t
 	stored.Timestamp = s.tick(now)
 	stored.State = transport.StatePosted
-	if t.Flags&transport.TransferPending != 0 {
+	pending := t.Flags&transport.TransferPending != 0
+	if pending {
 		dr.DebitsPending += t.Amount
 		cr.CreditsPending += t.Amount
 		stored.State = transport.StatePending
 		if t.Timeout > 0 {
 			s.expiring[t.ID] = expiresAt(&stored)
 		}
+		s.transfers[t.ID] = &stored
 	} else {
 		dr.DebitsPosted += t.Amount
 		cr.CreditsPosted += t.Amount
 	}
-	s.transfers[t.ID] = &stored
+	s.stored++
+	s.recordTransfer(&stored, !pending, stored.Timestamp)
+	s.recordBalance(dr, stored.Timestamp)
+	s.recordBalance(cr, stored.Timestamp)
 	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
 }
 
@@ -260,6 +278,7 @@ func (s *State) reserve(now uint64, t *transport.Transfer, dr *transport.Account
 	row.Transfer.Timestamp = s.tick(now)
 	row.Transfer.State = ""
 	s.outbox[t.ID] = row
+	s.recordBalance(dr, row.Transfer.Timestamp)
 	return EventResult{InFlight: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
 }
 
@@ -388,8 +407,13 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 		row.Outcome, row.Code = OutcomeRefused, s.checkCreditSide(t)
 		if row.Code == transport.CodeOK {
 			row.Outcome = OutcomeCredited
-			s.accounts[t.CreditAccountID].CreditsPosted += t.Amount
+			cr := s.accounts[t.CreditAccountID]
+			cr.CreditsPosted += t.Amount
 			row.Timestamp = s.tick(now)
+			credited := *t
+			credited.State = transport.StatePosted
+			s.archive.PutAccountTransfer(cr.ID, row.Timestamp, &credited)
+			s.recordBalance(cr, row.Timestamp)
 		}
 	}
 	s.inbox[key] = row
@@ -421,7 +445,7 @@ func (r *InboxRow) answer() Answer {
 
 // resolve ends in-flight transfers with their credit shard's answers. An
 // answer that matches no outbox row (a duplicate) changes nothing.
-func (s *State) resolve(answers []Answer, out *Output) {
+func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 	for i := range answers {
 		a := &answers[i]
 		row, ok := s.outbox[a.ID]
@@ -435,13 +459,17 @@ func (s *State) resolve(answers []Answer, out *Output) {
 		}
 		dr.DebitsPending -= t.Amount
 		delete(s.outbox, a.ID)
+		// The settlement is an event of its own: the transfer becomes final
+		// and the debit account's balances change now, not at the attempt.
+		settled := s.tick(now)
 		r := Resolved{ID: a.ID, Attempt: a.Attempt}
 		switch a.Outcome {
 		case OutcomeCredited:
 			dr.DebitsPosted += t.Amount
 			stored := *t
 			stored.State = transport.StatePosted
-			s.transfers[t.ID] = &stored
+			s.stored++
+			s.recordTransfer(&stored, true, settled)
 			r.Code, r.Timestamp = transport.CodeOK, t.Timestamp
 		case OutcomeAborted:
 			r.Aborted = true
@@ -451,6 +479,7 @@ func (s *State) resolve(answers []Answer, out *Output) {
 				r.Code = transport.CodeCreditAccountNotFound
 			}
 		}
+		s.recordBalance(dr, settled)
 		out.Resolved = append(out.Resolved, r)
 	}
 }
@@ -466,4 +495,13 @@ func (s *State) forget(f Forget) {
 			delete(s.inbox, id)
 		}
 	}
+}
+
+// lookupTransfer returns a transfer debited here: open ones from memory,
+// final ones from the archive.
+func (s *State) lookupTransfer(id string) (transport.Transfer, bool) {
+	if t, ok := s.transfers[id]; ok {
+		return *t, true
+	}
+	return s.archived(id)
 }

@@ -11,7 +11,7 @@ import (
 func accountFixture(t *testing.T) (*State, *clock, uint64) {
 	t.Helper()
 	c := &clock{}
-	s := New(1)
+	s := New(1, nil)
 	a := acct("a-1", 1, transport.AccountHistory)
 	a.Metadata = map[string]string{"owner": "alice"}
 	res := c.createAccounts(s, a)
@@ -132,7 +132,7 @@ func TestCreateAccountResultCodes(t *testing.T) {
 func transferFixture(t *testing.T) (*State, *clock, uint64) {
 	t.Helper()
 	c := &clock{}
-	s := New(1)
+	s := New(1, nil)
 	const dLimit, cLimit = transport.AccountDebitsMustNotExceedCredits, transport.AccountCreditsMustNotExceedDebits
 	mustCreateAccounts(t, c, s,
 		acct("op", 1, 0), acct("op2", 1, 0),
@@ -418,7 +418,7 @@ func TestAccountCodePrecedence(t *testing.T) {
 // events alone, later events see earlier ones, and timestamps strictly grow
 // even when the leader's clock goes backwards.
 func TestBatchEventsAreIndependent(t *testing.T) {
-	s := New(1)
+	s := New(1, nil)
 	out := s.Apply(&Entry{Timestamp: 5000, Commands: []Command{
 		{Kind: KindCreateAccounts, Accounts: []transport.Account{
 			acct("a", 1, 0), acct("a", 1, 0), acct("bad id", 1, 0), acct("b", 1, transport.AccountDebitsMustNotExceedCredits),

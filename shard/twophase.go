@@ -1,8 +1,10 @@
 package shard
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
+	"slices"
 
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -13,7 +15,11 @@ import (
 func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 	p, ok := s.transfers[t.PendingID]
 	if !ok {
-		return EventResult{Code: transport.CodePendingTransferNotFound}
+		final, ok := s.archived(t.PendingID)
+		if !ok {
+			return EventResult{Code: transport.CodePendingTransferNotFound}
+		}
+		p = &final
 	}
 	if code := checkResolution(t, p, max(s.last+1, now)); code != transport.CodeOK {
 		return EventResult{Code: code}
@@ -41,9 +47,13 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 	} else {
 		stored.State, resolved.State = transport.StateVoided, transport.StateVoided
 	}
-	s.transfers[t.ID] = &stored
-	s.transfers[p.ID] = &resolved
+	s.stored++
+	s.recordTransfer(&stored, true, stored.Timestamp)
+	s.recordTransfer(&resolved, true, stored.Timestamp)
+	delete(s.transfers, p.ID)
 	delete(s.expiring, p.ID)
+	s.recordBalance(dr, stored.Timestamp)
+	s.recordBalance(cr, stored.Timestamp)
 	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
 }
 
@@ -78,21 +88,33 @@ func expiresAt(p *transport.Transfer) uint64 {
 }
 
 // expire voids every pending transfer whose timeout has passed at now (the
-// proposing leader's clock, carried in the entry). Each release touches only
-// its own accounts, so the order of the map does not matter.
-func (s *State) expire(now uint64) {
+// proposing leader's clock, carried in the entry), oldest deadline first:
+// each expiry is an event with its own timestamp in the accounts' history.
+func (s *State) expire(now uint64, out *Output) {
 	now = max(s.last+1, now)
+	var due []string
 	for id, at := range s.expiring {
-		if at > now {
-			continue
+		if at <= now {
+			due = append(due, id)
 		}
+	}
+	slices.SortFunc(due, func(a, b string) int {
+		return cmp.Or(cmp.Compare(s.expiring[a], s.expiring[b]), cmp.Compare(a, b))
+	})
+	for _, id := range due {
 		p := s.transfers[id]
-		s.accounts[p.DebitAccountID].DebitsPending -= p.Amount
-		s.accounts[p.CreditAccountID].CreditsPending -= p.Amount
+		dr, cr := s.accounts[p.DebitAccountID], s.accounts[p.CreditAccountID]
+		dr.DebitsPending -= p.Amount
+		cr.CreditsPending -= p.Amount
 		expired := *p
 		expired.State = transport.StateExpired
-		s.transfers[id] = &expired
+		ts := s.tick(now)
+		s.recordTransfer(&expired, true, ts)
+		delete(s.transfers, id)
 		delete(s.expiring, id)
+		out.Expired = append(out.Expired, id)
+		s.recordBalance(dr, ts)
+		s.recordBalance(cr, ts)
 	}
 }
 
@@ -120,7 +142,8 @@ func (s *State) sameResolution(old, t *transport.Transfer) bool {
 	}
 	amount := t.Amount
 	if amount == 0 {
-		amount = s.transfers[old.PendingID].Amount // the pending transfer outlives its resolutions
+		p, _ := s.lookupTransfer(old.PendingID) // the pending transfer outlives its resolutions
+		amount = p.Amount
 	}
 	return (t.DebitAccountID == "" || t.DebitAccountID == old.DebitAccountID) &&
 		(t.CreditAccountID == "" || t.CreditAccountID == old.CreditAccountID) &&

@@ -38,7 +38,7 @@ func state(t *testing.T, s *State, id string) string {
 
 func twoPhaseFixture(t *testing.T) (*State, *clock) {
 	t.Helper()
-	s, c := New(1), &clock{}
+	s, c := New(1, nil), &clock{}
 	mustCreateAccounts(t, c, s, acct("op", 1, 0), acct("wallet", 1, transport.AccountDebitsMustNotExceedCredits),
 		acct("shop", 1, 0), acct("cap", 1, transport.AccountCreditsMustNotExceedDebits))
 	mustTransfer(t, c, s, xfer("fund", "op", "wallet", 100))
@@ -198,7 +198,7 @@ func TestExpiryIndexSurvivesSnapshot(t *testing.T) {
 	if _, err := s.WriteTo(&buf); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Read(&buf)
+	r, err := Read(&buf, s.Archive())
 	if err != nil {
 		t.Fatal(err)
 	}

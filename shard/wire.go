@@ -18,6 +18,10 @@ const (
 	// OpLookupAccounts, OpLookupTransfers: the body is a transport.LookupRequest.
 	OpLookupAccounts  = "lookup_accounts"
 	OpLookupTransfers = "lookup_transfers"
+	// OpAccountTransfers, OpAccountBalances: the body is a
+	// transport.AccountFilter; the shard holds the account.
+	OpAccountTransfers = "account_transfers"
+	OpAccountBalances  = "account_balances"
 	// OpStatus: no body.
 	OpStatus = "status"
 )
@@ -30,6 +34,7 @@ type Reply struct {
 	Answers   []Answer               `msgpack:"an,omitempty"`
 	Accounts  []transport.Account    `msgpack:"a,omitempty"`
 	Transfers []transport.Transfer   `msgpack:"t,omitempty"`
+	Balances  []transport.Balance    `msgpack:"b,omitempty"`
 	Status    *transport.ShardStatus `msgpack:"s,omitempty"`
 	// Retry is set when the request was not served: this node does not
 	// lead the shard, its queue is full, or the outcome is unknown

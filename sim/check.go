@@ -343,7 +343,7 @@ func (w *World) finalChecks() {
 		}
 		// Every replica at the same index, with the same state; and a
 		// replay of the whole log from nothing gives it again.
-		replay := shard.New(g.id)
+		replay := shard.New(g.id, nil)
 		for i := range g.log {
 			e := &g.log[i]
 			for j := range e.Commands {

@@ -31,6 +31,9 @@ type Replica struct {
 	snap       []byte
 	snapIndex  uint64
 	snapOffset int
+	// archive is the replica's history store, on its disk: it survives a
+	// crash, rows of entries the replica will replay included.
+	archive *shard.MemArchive
 }
 
 // Group models one shard's Raft group. The committed log is the group's
@@ -61,7 +64,8 @@ type hashAt struct {
 func newGroup(w *World, i int) *Group {
 	g := &Group{w: w, id: uint32(i + 1), hashes: map[uint64]hashAt{}}
 	for j := range w.p.Replicas {
-		r := &Replica{g: g, idx: j, st: shard.New(g.id), up: true}
+		r := &Replica{g: g, idx: j, archive: shard.NewMemArchive(), up: true}
+		r.st = shard.New(g.id, r.archive)
 		if w.p.ClockSkew > 0 {
 			r.skew = int64(w.rngRaft.Uint64N(2*w.p.ClockSkew+1)) - int64(w.p.ClockSkew)
 		}
@@ -347,16 +351,18 @@ func (r *Replica) restart() {
 	if r.up {
 		return
 	}
+	// An installed snapshot comes with a copy of the leader's history.
 	snap, index, from := r.snap, r.snapIndex, "own snapshot"
 	if g.leader != nil && g.leader.r.snap != nil && g.leader.r.snapIndex > index && on(w.rngRaft, w.p.InstallSnapshotP) {
 		snap, index, from = g.leader.r.snap, g.leader.r.snapIndex, "leader's snapshot"
+		r.archive = g.leader.r.archive.Clone()
 		w.stats.Installs++
 	}
 	r.up, r.keepDown, r.gen = true, false, r.gen+1
 	if snap == nil {
-		r.st, r.applied, from = shard.New(g.id), 0, "empty state"
+		r.st, r.applied, from = shard.New(g.id, r.archive), 0, "empty state"
 	} else {
-		st, err := shard.Read(bytes.NewReader(snap))
+		st, err := shard.Read(bytes.NewReader(snap), r.archive)
 		if err != nil {
 			w.fail("snapshot", "%s: restore from %s at index %d: %v", r.name(), from, index, err)
 			return

@@ -138,6 +138,18 @@ func decodeStr(dec *msgpack.Decoder) (string, error) {
 	return dec.DecodeString()
 }
 
+// decodeBool reads a msgpack bool (not an integer, not nil).
+func decodeBool(dec *msgpack.Decoder) (bool, error) {
+	c, err := dec.PeekCode()
+	if err != nil {
+		return false, err
+	}
+	if c != msgpcode.True && c != msgpcode.False {
+		return false, fmt.Errorf("want a bool, got msgpack code 0x%02x", c)
+	}
+	return dec.DecodeBool()
+}
+
 // decodeKey reads a map key into buf without allocating; keys longer than
 // buf are returned truncated to nothing so they match no known field.
 func decodeKey(dec *msgpack.Decoder, buf *[32]byte) ([]byte, error) {

@@ -5,6 +5,9 @@ package transport
 const (
 	// BatchEventsMax is the most events (or ids) one request may carry.
 	BatchEventsMax = 8190
+	// HistoryLimitMax is the most rows one accounts.transfers or
+	// accounts.balances request may ask for.
+	HistoryLimitMax = BatchEventsMax
 	// IDBytesMax is the longest account or transfer id.
 	IDBytesMax = 64
 	// MetadataPairsMax is the most metadata pairs on one account or transfer.

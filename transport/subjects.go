@@ -9,11 +9,13 @@ const DefaultPrefix = "ledger"
 type Subjects struct{ Prefix string }
 
 // Client-facing subjects (PROTOCOL.md).
-func (s Subjects) AccountsCreate() string  { return s.Prefix + ".v1.accounts.create" }
-func (s Subjects) TransfersCreate() string { return s.Prefix + ".v1.transfers.create" }
-func (s Subjects) AccountsLookup() string  { return s.Prefix + ".v1.accounts.lookup" }
-func (s Subjects) TransfersLookup() string { return s.Prefix + ".v1.transfers.lookup" }
-func (s Subjects) ClusterStatus() string   { return s.Prefix + ".v1.cluster.status" }
+func (s Subjects) AccountsCreate() string    { return s.Prefix + ".v1.accounts.create" }
+func (s Subjects) TransfersCreate() string   { return s.Prefix + ".v1.transfers.create" }
+func (s Subjects) AccountsLookup() string    { return s.Prefix + ".v1.accounts.lookup" }
+func (s Subjects) TransfersLookup() string   { return s.Prefix + ".v1.transfers.lookup" }
+func (s Subjects) AccountsTransfers() string { return s.Prefix + ".v1.accounts.transfers" }
+func (s Subjects) AccountsBalances() string  { return s.Prefix + ".v1.accounts.balances" }
+func (s Subjects) ClusterStatus() string     { return s.Prefix + ".v1.cluster.status" }
 
 // Shard is the internal subject served by the leader of shard id: router
 // commands and shard-to-shard saga messages.

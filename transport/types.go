@@ -131,3 +131,30 @@ type LedgerTotals struct {
 	DebitsPending  uint64 `msgpack:"debits_pending" json:"debits_pending"`
 	CreditsPending uint64 `msgpack:"credits_pending" json:"credits_pending"`
 }
+
+// AccountFilter is the body of accounts.transfers and accounts.balances:
+// an account's history between two timestamps (inclusive; 0 means
+// unbounded), at most Limit rows (1..HistoryLimitMax), oldest first unless
+// Reverse.
+type AccountFilter struct {
+	AccountID    string
+	TimestampMin uint64
+	TimestampMax uint64
+	Limit        uint32
+	Reverse      bool
+}
+
+// Balance is an account's balances right after the event at Timestamp.
+type Balance struct {
+	Timestamp      uint64 `json:"timestamp"`
+	DebitsPending  uint64 `json:"debits_pending"`
+	DebitsPosted   uint64 `json:"debits_posted"`
+	CreditsPending uint64 `json:"credits_pending"`
+	CreditsPosted  uint64 `json:"credits_posted"`
+}
+
+// BalancesReply answers accounts.balances.
+type BalancesReply struct {
+	Balances []Balance
+	Error    *Error
+}

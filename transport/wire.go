@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -347,6 +348,10 @@ func (r *LookupRequest) DecodeMsgpack(dec *msgpack.Decoder) error {
 		func(i int) (err error) { r.IDs[i], err = decodeStr(dec); return err }, nil)
 }
 
+// Check validates a lookup: nothing to check beyond its decoding (the
+// decoder bounds the ids).
+func (r *LookupRequest) Check() error { return nil }
+
 // EncodeMsgpack implements msgpack.CustomEncoder.
 func (r *ResultsReply) EncodeMsgpack(enc *msgpack.Encoder) error {
 	return encodeList(enc, "results", len(r.Results), func(i int) error { return r.Results[i].EncodeMsgpack(enc) }, r.Error)
@@ -378,4 +383,123 @@ func (r *TransfersReply) EncodeMsgpack(enc *msgpack.Encoder) error {
 func (r *TransfersReply) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return decodeList(dec, "transfers", func(n int) { r.Transfers = make([]Transfer, n) },
 		func(i int) error { return r.Transfers[i].DecodeMsgpack(dec) }, &r.Error)
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (f *AccountFilter) EncodeMsgpack(enc *msgpack.Encoder) error {
+	e := fieldEncoder{enc: enc}
+	e.mapLen(5)
+	e.str("account_id", f.AccountID)
+	e.uint("timestamp_min", f.TimestampMin)
+	e.uint("timestamp_max", f.TimestampMax)
+	e.uint("limit", uint64(f.Limit))
+	if e.err == nil {
+		e.err = enc.EncodeString("reverse")
+	}
+	if e.err == nil {
+		e.err = enc.EncodeBool(f.Reverse)
+	}
+	return e.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder with strict types.
+func (f *AccountFilter) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("filter", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("filter key", err)
+		}
+		switch string(key) {
+		case "account_id":
+			f.AccountID, err = decodeStr(dec)
+		case "timestamp_min":
+			f.TimestampMin, err = decodeU64(dec)
+		case "timestamp_max":
+			f.TimestampMax, err = decodeU64(dec)
+		case "limit":
+			f.Limit, err = decodeU32(dec)
+		case "reverse":
+			f.Reverse, err = decodeBool(dec)
+		default:
+			err = skipValue(dec)
+		}
+		if err != nil {
+			return malformed("filter."+string(key), err)
+		}
+	}
+	return nil
+}
+
+// Check validates a filter; the error says what is wrong.
+func (f *AccountFilter) Check() error {
+	switch {
+	case !ValidID(f.AccountID):
+		return fmt.Errorf("account_id must be 1 to %d bytes of [A-Za-z0-9_.:@-]", IDBytesMax)
+	case f.Limit == 0 || f.Limit > HistoryLimitMax:
+		return fmt.Errorf("limit must be 1 to %d", HistoryLimitMax)
+	case f.TimestampMax != 0 && f.TimestampMin > f.TimestampMax:
+		return fmt.Errorf("timestamp_min %d is after timestamp_max %d", f.TimestampMin, f.TimestampMax)
+	}
+	return nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (b *Balance) EncodeMsgpack(enc *msgpack.Encoder) error {
+	e := fieldEncoder{enc: enc}
+	e.mapLen(5)
+	e.uint("timestamp", b.Timestamp)
+	e.uint("debits_pending", b.DebitsPending)
+	e.uint("debits_posted", b.DebitsPosted)
+	e.uint("credits_pending", b.CreditsPending)
+	e.uint("credits_posted", b.CreditsPosted)
+	return e.err
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder with strict integer ranges.
+func (b *Balance) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("balance", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("balance key", err)
+		}
+		switch string(key) {
+		case "timestamp":
+			b.Timestamp, err = decodeU64(dec)
+		case "debits_pending":
+			b.DebitsPending, err = decodeU64(dec)
+		case "debits_posted":
+			b.DebitsPosted, err = decodeU64(dec)
+		case "credits_pending":
+			b.CreditsPending, err = decodeU64(dec)
+		case "credits_posted":
+			b.CreditsPosted, err = decodeU64(dec)
+		default:
+			err = skipValue(dec)
+		}
+		if err != nil {
+			return malformed("balance."+string(key), err)
+		}
+	}
+	return nil
+}
+
+// EncodeMsgpack implements msgpack.CustomEncoder.
+func (r *BalancesReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	return encodeList(enc, "balances", len(r.Balances), func(i int) error { return r.Balances[i].EncodeMsgpack(enc) }, r.Error)
+}
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *BalancesReply) DecodeMsgpack(dec *msgpack.Decoder) error {
+	return decodeList(dec, "balances", func(n int) { r.Balances = make([]Balance, n) },
+		func(i int) error { return r.Balances[i].DecodeMsgpack(dec) }, &r.Error)
 }

@@ -19,7 +19,7 @@ var accountFlagNames = []string{"linked", "debits_must_not_exceed_credits", "cre
 
 func newAccountCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "account", Short: "Create and look up accounts"}
-	cmd.AddCommand(newAccountCreateCmd(a), &cobra.Command{
+	cmd.AddCommand(newAccountCreateCmd(a), newAccountHistoryCmd(a), newAccountTransfersCmd(a), &cobra.Command{
 		Use:   "get ID...",
 		Short: "Look up accounts by id",
 		Args:  cobra.MinimumNArgs(1),

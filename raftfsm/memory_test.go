@@ -1,0 +1,194 @@
+//go:build !race
+
+package raftfsm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ledgerd/ledgerd/history"
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Memory bounds of a shard, checked by TestMemoryDoesNotGrowWithHistory and
+// documented in docs/design.md. The live heap holds the accounts and open
+// transfers; history is on disk.
+const (
+	heapBaseMax        = 64 << 20 // the store's caches and memtables, buffers
+	heapPerAccountMax  = 1024     // bytes per account (10,000 in the test)
+	heapGrowthMax      = 16 << 20 // from 1M to 3M transfers
+	memoryTestAccounts = 10_000
+)
+
+// TestMemoryDoesNotGrowWithHistory applies 1,000,000 and then 3,000,000
+// transfers over 10,000 accounts through the shard machine with its history
+// store on disk, and measures the live heap after each: the bound does not
+// depend on the transfer count. (Not under -race, whose shadow memory would
+// be measured too; scripts/test runs it without.)
+func TestMemoryDoesNotGrowWithHistory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("applies 3M transfers")
+	}
+	m, closeStore := memoryMachine(t)
+	defer closeStore()
+	index := uint64(0)
+	apply := func(cmd *shard.Command) {
+		t.Helper()
+		b, err := msgpack.Marshal(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index++
+		for _, r := range m.Apply(index, 1_700_000_000_000_000_000+index*1000, [][]byte{b}) {
+			if err, ok := r.(error); ok {
+				t.Fatal(err)
+			}
+		}
+	}
+	accounts := make([]transport.Account, memoryTestAccounts)
+	for i := range accounts {
+		accounts[i] = transport.Account{ID: "acct-" + strconv.Itoa(i), Ledger: 1, Code: 1, Flags: transport.AccountHistory}
+	}
+	for i := 0; i < len(accounts); i += 1000 {
+		apply(&shard.Command{Kind: shard.KindCreateAccounts, Accounts: accounts[i : i+1000]})
+	}
+	base := liveHeap()
+	first, extra := 1_000_000, 2_000_000
+	if n, err := strconv.Atoi(os.Getenv("MEMTEST_TRANSFERS")); err == nil { // profiling a shorter run
+		first, extra = n, 0
+	}
+	sent := 0
+	send := func(n int) {
+		const batch = 4096
+		for n > 0 {
+			k := min(n, batch)
+			cmd := shard.Command{Kind: shard.KindCreateTransfers, Transfers: make([]transport.Transfer, k)}
+			for j := range cmd.Transfers {
+				d, c := (sent+j)%memoryTestAccounts, (sent+j*7+1)%memoryTestAccounts
+				if c == d {
+					c = (c + 1) % memoryTestAccounts
+				}
+				cmd.Transfers[j] = transport.Transfer{ID: "t-" + strconv.Itoa(sent+j), DebitAccountID: accounts[d].ID,
+					CreditAccountID: accounts[c].ID, Amount: 1, Ledger: 1, Code: 1}
+			}
+			apply(&cmd)
+			sent += k
+			n -= k
+		}
+	}
+	send(first)
+	at1M := liveHeap()
+	send(extra)
+	at3M := liveHeap()
+	t.Logf("live heap: %s with %d accounts; %s after 1M transfers; %s after 3M (RSS %s)",
+		mib(base), memoryTestAccounts, mib(at1M), mib(at3M), mib(rss()))
+	if bound := uint64(heapBaseMax + heapPerAccountMax*memoryTestAccounts); at1M > bound || at3M > bound {
+		t.Fatalf("live heap %s / %s over the bound %s", mib(at1M), mib(at3M), mib(bound))
+	}
+	if at3M > at1M+heapGrowthMax {
+		t.Fatalf("live heap grew from %s to %s between 1M and 3M transfers", mib(at1M), mib(at3M))
+	}
+	// The history is all there: the first and the last transfer, and the
+	// id of the first refused again.
+	m.Read(func(st *shard.State, _ uint64) {
+		if got := st.LookupTransfers([]string{"t-0", "t-" + strconv.Itoa(sent-1)}); len(got) != 2 {
+			t.Fatalf("lookup of the first and last transfers: %d found", len(got))
+		}
+	})
+	dup := shard.Command{Kind: shard.KindCreateTransfers, Transfers: []transport.Transfer{{ID: "t-0",
+		DebitAccountID: accounts[0].ID, CreditAccountID: accounts[1].ID, Amount: 1, Ledger: 1, Code: 1}}}
+	b, _ := msgpack.Marshal(&dup)
+	index++
+	out := m.Apply(index, 1_700_000_000_000_000_000+index*1000, [][]byte{b})[0].(*shard.Output)
+	if out.Events[0][0].Code != transport.CodeExists {
+		t.Fatalf("t-0 sent again after 3M transfers: %v, want exists", out.Events[0][0].Code)
+	}
+}
+
+func memoryMachine(t testing.TB) (*ShardMachine, func()) {
+	t.Helper()
+	store, err := history.Open(filepath.Join(t.TempDir(), "history"), history.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewShardMachine(1, store), func() { store.Close() }
+}
+
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// rss is the process's resident set (Pebble's block cache and memtables
+// live outside the Go heap when cgo is on).
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// BenchmarkApplyWithHistory is the cost of a same-shard transfer through the
+// shard machine with its history store (no Raft): apply, the id looked up in
+// the store, three rows written (the transfer, one per account), the batch
+// committed per entry of 1000 transfers.
+func BenchmarkApplyWithHistory(b *testing.B) {
+	m, closeStore := memoryMachine(b)
+	defer closeStore()
+	const accounts = 10_000
+	index := uint64(0)
+	apply := func(cmd *shard.Command) {
+		raw, err := msgpack.Marshal(cmd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		index++
+		m.Apply(index, 1_700_000_000_000_000_000+index*1000, [][]byte{raw})
+	}
+	acc := make([]transport.Account, accounts)
+	for i := range acc {
+		acc[i] = transport.Account{ID: "acct-" + strconv.Itoa(i), Ledger: 1, Code: 1}
+	}
+	for i := 0; i < accounts; i += 1000 {
+		apply(&shard.Command{Kind: shard.KindCreateAccounts, Accounts: acc[i : i+1000]})
+	}
+	const batch = 1000
+	var cmds [][]byte
+	for n := 0; n < b.N; n += batch {
+		cmd := shard.Command{Kind: shard.KindCreateTransfers, Transfers: make([]transport.Transfer, batch)}
+		for j := range cmd.Transfers {
+			k := n + j
+			cmd.Transfers[j] = transport.Transfer{ID: "t-" + strconv.Itoa(k), DebitAccountID: acc[k%accounts].ID,
+				CreditAccountID: acc[(k*7+1)%accounts].ID, Amount: 1, Ledger: 1, Code: 1}
+			if cmd.Transfers[j].DebitAccountID == cmd.Transfers[j].CreditAccountID {
+				cmd.Transfers[j].CreditAccountID = acc[(k*7+2)%accounts].ID
+			}
+		}
+		raw, _ := msgpack.Marshal(&cmd)
+		cmds = append(cmds, raw)
+	}
+	b.ResetTimer()
+	for _, raw := range cmds {
+		index++
+		m.Apply(index, 1_700_000_000_000_000_000+index*1000, [][]byte{raw})
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(len(cmds)*batch), "ns/transfer")
+}
