@@ -39,6 +39,7 @@ const (
 type benchOptions struct {
 	accounts, transfers, batch, clients int
 	crossShard                          float64
+	twoPhase, void, partial             float64
 	ledger                              uint32
 	amount, seed                        uint64
 	idPrefix                            string
@@ -52,7 +53,13 @@ func newBenchCmd(a *app) *cobra.Command {
 funds), send --transfers transfers between them in batches of --batch from
 --clients concurrent requesters, report throughput and request latency, then
 look up every account and check its posted balances against the transfers that
-were applied, and that debits equal credits. Exit 1 if that audit fails.`,
+were applied, and that debits equal credits. Exit 1 if that audit fails.
+
+With --two-phase, that fraction of the transfers is sent as a pending transfer
+between two accounts of one shard, then resolved in the client's next request:
+posted whole, posted in part (--partial), or voided (--void). Each pending, post
+and void is one event of transfers/s; pairs/s counts the resolved ones. The
+audit then also wants every pending balance of the accounts back at 0.`,
 		Args: cobra.NoArgs,
 	}
 	o := addBenchFlags(cmd.Flags())
@@ -71,7 +78,10 @@ func addBenchFlags(f *pflag.FlagSet) *benchOptions {
 	f.IntVar(&o.transfers, "transfers", 1000000, "transfers to send")
 	f.IntVar(&o.batch, "batch", 1000, "events per request")
 	f.IntVar(&o.clients, "clients", 0, "concurrent requesters (default 64 if --batch is 1, else 8)")
-	f.Float64Var(&o.crossShard, "cross-shard", -1, "fraction 0..1 of transfers between accounts on different shards (-1: uniformly random accounts)")
+	f.Float64Var(&o.crossShard, "cross-shard", -1, "fraction 0..1 of the single-phase transfers between accounts on different shards (-1: uniformly random accounts)")
+	f.Float64Var(&o.twoPhase, "two-phase", 0, "fraction 0..1 of transfers sent as pending, between accounts on one shard, and resolved in a later request")
+	f.Float64Var(&o.void, "void", 0, "fraction 0..1 of the two-phase transfers voided rather than posted")
+	f.Float64Var(&o.partial, "partial", 0, "fraction 0..1 of the posted two-phase transfers that post half their amount (needs --amount 2 or more)")
 	f.Uint32Var(&o.ledger, "ledger", 1, "ledger of the accounts and transfers")
 	f.Uint64Var(&o.amount, "amount", 1, "amount of every transfer")
 	f.Uint64Var(&o.seed, "seed", 0, "seed of the account pairs (0: random, printed)")
@@ -95,6 +105,9 @@ func (o *benchOptions) check() error {
 	case o.ledger == 0 || o.amount == 0:
 		return errors.New("--ledger and --amount must be more than 0")
 	}
+	if err := o.checkTwoPhase(); err != nil {
+		return err
+	}
 	if o.clients == 0 {
 		// One event per request needs many requests in flight to load the cluster.
 		o.clients = 8
@@ -108,7 +121,7 @@ func (o *benchOptions) check() error {
 	if o.idPrefix == "" {
 		o.idPrefix = fmt.Sprintf("bench-%08x", rand.Uint32())
 	}
-	for _, id := range []string{o.accountID(o.accounts), o.transferID(o.transfers)} {
+	for _, id := range []string{o.accountID(o.accounts), o.transferID(o.transfers), o.resolutionID(o.transfers)} {
 		if !transport.ValidID(id) {
 			return fmt.Errorf("--id-prefix %q makes invalid ids such as %q", o.idPrefix, id)
 		}
@@ -116,8 +129,70 @@ func (o *benchOptions) check() error {
 	return nil
 }
 
-func (o *benchOptions) accountID(i int) string  { return o.idPrefix + "-a" + strconv.Itoa(i) }
-func (o *benchOptions) transferID(i int) string { return o.idPrefix + "-t" + strconv.Itoa(i) }
+func (o *benchOptions) checkTwoPhase() error {
+	for _, f := range []struct {
+		name  string
+		value float64
+	}{{"two-phase", o.twoPhase}, {"void", o.void}, {"partial", o.partial}} {
+		if f.value < 0 || f.value > 1 {
+			return fmt.Errorf("--%s %v: want 0 to 1", f.name, f.value)
+		}
+	}
+	switch {
+	case o.twoPhase == 0 && (o.void > 0 || o.partial > 0):
+		return errors.New("--void and --partial need --two-phase")
+	case o.partial > 0 && o.amount < 2:
+		return fmt.Errorf("--partial needs --amount 2 or more to post part of it, not %d", o.amount)
+	}
+	return nil
+}
+
+func (o *benchOptions) mix() mix {
+	return mix{transfers: o.transfers, crossShard: o.crossShard, twoPhase: o.twoPhase, void: o.void, partial: o.partial}
+}
+
+// accountID, transferID and resolutionID name account i, transfer i (for a
+// two-phase transfer: its pending transfer) and the post or void of transfer i.
+func (o *benchOptions) accountID(i int) string    { return o.idPrefix + "-a" + strconv.Itoa(i) }
+func (o *benchOptions) transferID(i int) string   { return o.idPrefix + "-t" + strconv.Itoa(i) }
+func (o *benchOptions) resolutionID(i int) string { return o.idPrefix + "-r" + strconv.Itoa(i) }
+
+// transfer is the first event of p, transfer i: the transfer itself, or the
+// pending transfer of a two-phase one.
+func (o *benchOptions) transfer(p pair, accountIDs []string, i int) transport.Transfer {
+	t := transport.Transfer{ID: o.transferID(i), DebitAccountID: accountIDs[p.debit], CreditAccountID: accountIDs[p.credit],
+		Amount: o.amount, Ledger: o.ledger, Code: 1}
+	if p.kind.twoPhase() {
+		t.Flags = transport.TransferPending
+	}
+	return t
+}
+
+// resolution is the post or void of two-phase transfer i. It names the
+// accounts, so the router sends it to their shard without a lookup.
+func (o *benchOptions) resolution(p pair, accountIDs []string, i int) transport.Transfer {
+	t := transport.Transfer{ID: o.resolutionID(i), PendingID: o.transferID(i), DebitAccountID: accountIDs[p.debit],
+		CreditAccountID: accountIDs[p.credit], Ledger: o.ledger, Code: 1, Flags: transport.TransferPostPendingTransfer}
+	switch p.kind {
+	case kindPostPartial:
+		t.Amount = o.posted(p.kind)
+	case kindVoid:
+		t.Flags = transport.TransferVoidPendingTransfer
+	}
+	return t // amount 0: all of the pending amount
+}
+
+// posted is the amount a transfer of kind k moves once applied and resolved.
+func (o *benchOptions) posted(k kind) uint64 {
+	switch k {
+	case kindPostPartial:
+		return o.amount / 2
+	case kindVoid:
+		return 0
+	default:
+		return o.amount
+	}
+}
 
 // benchReport is what bench prints.
 type benchReport struct {
@@ -127,6 +202,10 @@ type benchReport struct {
 	Accounts             int            `json:"accounts"`
 	Transfers            int            `json:"transfers"`
 	TransfersCrossShard  int            `json:"transfers_cross_shard"`
+	TwoPhase             int            `json:"two_phase"`         // transfers sent pending, then resolved
+	TwoPhaseVoid         int            `json:"two_phase_void"`    // of them, resolved by a void
+	TwoPhasePartial      int            `json:"two_phase_partial"` // of them, resolved by a post of part
+	Events               int            `json:"events"`            // transfers, pendings, posts and voids to send
 	Batch                int            `json:"batch"`
 	Clients              int            `json:"clients"`
 	Connections          int            `json:"connections"`
@@ -136,12 +215,15 @@ type benchReport struct {
 	Failed               map[string]int `json:"failed"` // by result code, or by why a request got no results
 	NoAnswerApplied      int            `json:"no_answer_applied"`
 	ElapsedMs            float64        `json:"elapsed_ms"`
-	TransfersPerSecond   float64        `json:"transfers_per_second"`
+	TransfersPerSecond   float64        `json:"transfers_per_second"` // events answered ok or exists
+	PairsResolved        int            `json:"pairs_resolved"`       // posts and voids answered ok or exists
+	PairsPerSecond       float64        `json:"pairs_per_second"`
 	LatencyMsP50         float64        `json:"latency_ms_p50"`
 	LatencyMsP99         float64        `json:"latency_ms_p99"`
 	LatencyMsMax         float64        `json:"latency_ms_max"`
 	Conservation         string         `json:"conservation"` // PASS or FAIL
 	ConservationProblems []string       `json:"conservation_problems,omitempty"`
+	Errors               []string       `json:"errors,omitempty"` // what makes the run fail besides the audit
 }
 
 // bench is one run: its clients and the accounts it created.
@@ -180,7 +262,7 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	if err != nil {
 		return err
 	}
-	pairs, err := genPairs(rand.New(rand.NewPCG(o.seed, 0)), shardOf, o.transfers, o.crossShard)
+	pairs, err := genPairs(rand.New(rand.NewPCG(o.seed, 0)), shardOf, o.mix())
 	if err != nil {
 		return err
 	}
@@ -194,12 +276,9 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 
 	r := run.report(o)
 	r.Shards, r.Connections = len(st.Shards), len(conns)
-	for _, p := range pairs {
-		if shardOf[p.debit] != shardOf[p.credit] {
-			r.TransfersCrossShard++
-		}
-	}
-	problems, noAnswerApplied, err := b.audit(ctx, pairs, run.codes)
+	r.count(pairs, shardOf)
+	r.Errors = refusedPendings(pairs, run.codes)
+	problems, noAnswerApplied, err := b.audit(ctx, pairs, run)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
@@ -214,34 +293,76 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	if err := a.print(r, func(w io.Writer) { benchTable(w, r) }); err != nil {
 		return err
 	}
-	if len(problems) > 0 {
+	if len(problems) > 0 || len(r.Errors) > 0 {
 		return errReported
 	}
 	return nil
 }
 
+// count fills in how many transfers of each kind the run sent.
+func (r *benchReport) count(pairs []pair, shardOf []int32) {
+	for _, p := range pairs {
+		if shardOf[p.debit] != shardOf[p.credit] {
+			r.TransfersCrossShard++
+		}
+		switch p.kind {
+		case kindVoid:
+			r.TwoPhaseVoid++
+		case kindPostPartial:
+			r.TwoPhasePartial++
+		}
+		if p.kind.twoPhase() {
+			r.TwoPhase++
+		}
+	}
+	r.Events = r.Transfers + r.TwoPhase
+}
+
+// refusedPendings fails the run if the cluster refused a pending transfer
+// with flags_invalid: the bench put both its accounts on one shard, so the
+// shards it read from the cluster status are wrong, or the cluster does not
+// serve two-phase transfers.
+func refusedPendings(pairs []pair, codes []uint8) []string {
+	n, first := 0, -1
+	for i, p := range pairs {
+		if p.kind.twoPhase() && codes[i] == uint8(transport.CodeFlagsInvalid) {
+			if n++; first < 0 {
+				first = i
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return []string{fmt.Sprintf("%d pending transfers refused flags_invalid (the first is transfer %d), though the bench put both accounts of each on one shard", n, first)}
+}
+
 // parallel calls fn for batches 0..n-1 from o.clients goroutines, each batch
 // under its own --timeout, and returns ctx's error if it stopped early.
-// Worker w uses client w mod len(clients), spreading the load over them.
 func (b *bench) parallel(ctx context.Context, n int, fn func(ctx context.Context, c *client.Client, worker, batch int)) error {
 	var next atomic.Int64
+	b.workers(n, func(c *client.Client, w int) {
+		for ctx.Err() == nil {
+			i := int(next.Add(1) - 1)
+			if i >= n {
+				return
+			}
+			bctx, cancel := context.WithTimeout(ctx, b.timeout)
+			fn(bctx, c, w, i)
+			cancel()
+		}
+	})
+	return ctx.Err()
+}
+
+// workers runs fn on min(o.clients, n) goroutines and waits for them.
+// Worker w uses client w mod len(clients), spreading the load over them.
+func (b *bench) workers(n int, fn func(c *client.Client, worker int)) {
 	var wg sync.WaitGroup
 	for w := range min(b.o.clients, n) {
-		wg.Go(func() {
-			c := b.clients[w%len(b.clients)]
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				bctx, cancel := context.WithTimeout(ctx, b.timeout)
-				fn(bctx, c, w, i)
-				cancel()
-			}
-		})
+		wg.Go(func() { fn(b.clients[w%len(b.clients)], w) })
 	}
 	wg.Wait()
-	return ctx.Err()
 }
 
 func batches(n, size int) int { return (n + size - 1) / size }
@@ -279,51 +400,89 @@ func (b *bench) createAccounts(ctx context.Context) error {
 
 // sendRun is what sending the transfers measured.
 type sendRun struct {
-	codes     []uint8        // per transfer: its transport.Code, or codeNoAnswer
-	noAnswer  map[string]int // transfers without a result, by why their request failed
-	latencies []time.Duration
-	elapsed   time.Duration
+	codes []uint8 // per transfer: the transport.Code of it or its pending transfer, or codeNoAnswer
+	// resolutionCodes holds, per two-phase transfer, the code of its post or
+	// void, or codeNoAnswer (also when it was not sent: its pending failed).
+	resolutionCodes []uint8
+	noAnswer        map[string]int // events without a result, by why their request failed
+	latencies       []time.Duration
+	elapsed         time.Duration
 }
 
+// sendTransfers sends pairs from o.clients workers, each request under its
+// own --timeout. A worker's request holds up to --batch events: first the
+// post or void of each pending transfer of its previous request, then the
+// next transfers not yet taken by any worker. A pending transfer whose
+// request got no answer may have been applied: it is resolved all the same
+// (a post of one never applied answers pending_transfer_not_found).
 func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
-	run := &sendRun{codes: make([]uint8, len(pairs)), noAnswer: map[string]int{}}
+	run := &sendRun{codes: make([]uint8, len(pairs)), resolutionCodes: make([]uint8, len(pairs)), noAnswer: map[string]int{}}
 	for i := range run.codes {
-		run.codes[i] = codeNoAnswer
+		run.codes[i], run.resolutionCodes[i] = codeNoAnswer, codeNoAnswer
 	}
 	var mu sync.Mutex // guards run.noAnswer
-	var done, requests atomic.Int64
+	var next, done, resolved, requests atomic.Int64
 	latencies := make([][]time.Duration, b.o.clients) // one per worker: no lock per request
-	buffers := make([][]transport.Transfer, b.o.clients)
 
 	start := time.Now()
-	stop := progress(b.stderr, start, &done, &requests)
-	_ = b.parallel(ctx, batches(len(pairs), b.o.batch), func(ctx context.Context, c *client.Client, w, i int) {
-		lo, hi := i*b.o.batch, min((i+1)*b.o.batch, len(pairs))
-		ts := buffers[w][:0]
-		for j := lo; j < hi; j++ {
-			ts = append(ts, transport.Transfer{ID: b.o.transferID(j), DebitAccountID: b.accountIDs[pairs[j].debit],
-				CreditAccountID: b.accountIDs[pairs[j].credit], Amount: b.o.amount, Ledger: b.o.ledger, Code: 1})
+	stop := progress(b.stderr, start, &done, &resolved, &requests, slices.ContainsFunc(pairs, func(p pair) bool { return p.kind.twoPhase() }))
+	b.workers(len(pairs), func(c *client.Client, w int) {
+		var open []int // this worker's pending transfers, to resolve in its next request
+		var ts []transport.Transfer
+		for ctx.Err() == nil {
+			ts = ts[:0]
+			for _, i := range open {
+				ts = append(ts, b.o.resolution(pairs[i], b.accountIDs, i))
+			}
+			take := b.o.batch - len(open)
+			lo := min(int(next.Add(int64(take)))-take, len(pairs))
+			hi := min(lo+take, len(pairs))
+			for i := lo; i < hi; i++ {
+				ts = append(ts, b.o.transfer(pairs[i], b.accountIDs, i))
+			}
+			if len(ts) == 0 {
+				return
+			}
+			bctx, cancel := context.WithTimeout(ctx, b.timeout)
+			sent := time.Now()
+			results, err := c.CreateTransfers(bctx, ts)
+			latencies[w] = append(latencies[w], time.Since(sent))
+			cancel()
+			for _, r := range results {
+				if e := int(r.Index); e < len(open) {
+					run.resolutionCodes[open[e]] = uint8(r.Code)
+					if applied(uint8(r.Code)) {
+						resolved.Add(1)
+					}
+				} else {
+					run.codes[lo+e-len(open)] = uint8(r.Code)
+				}
+			}
+			if err != nil {
+				mu.Lock()
+				run.noAnswer[whyNoAnswer(err)] += len(ts) - len(results)
+				mu.Unlock()
+			}
+			open = open[:0]
+			for i := lo; i < hi; i++ {
+				if pairs[i].kind.twoPhase() && (applied(run.codes[i]) || run.codes[i] == codeNoAnswer) {
+					open = append(open, i)
+				}
+			}
+			done.Add(int64(len(ts)))
+			requests.Add(1)
 		}
-		buffers[w] = ts
-		sent := time.Now()
-		results, err := c.CreateTransfers(ctx, ts)
-		latencies[w] = append(latencies[w], time.Since(sent))
-		for _, r := range results {
-			run.codes[lo+int(r.Index)] = uint8(r.Code)
-		}
-		if err != nil {
-			mu.Lock()
-			run.noAnswer[whyNoAnswer(err)] += len(ts) - len(results)
-			mu.Unlock()
-		}
-		done.Add(int64(len(ts)))
-		requests.Add(1)
 	})
 	run.elapsed = time.Since(start)
 	stop()
 	run.latencies = slices.Concat(latencies...)
 	slices.Sort(run.latencies)
 	return run
+}
+
+// applied reports whether code says its event took effect.
+func applied(code uint8) bool {
+	return code == uint8(transport.CodeOK) || code == uint8(transport.CodeExists)
 }
 
 // whyNoAnswer names the failure of a whole request for the report.
@@ -339,8 +498,9 @@ func whyNoAnswer(err error) string {
 	}
 }
 
-// progress prints a line a second on w until stop is called.
-func progress(w io.Writer, start time.Time, done, requests *atomic.Int64) (stop func()) {
+// progress prints a line a second on w until stop is called; with twoPhase
+// it also shows how many two-phase transfers were resolved.
+func progress(w io.Writer, start time.Time, done, resolved, requests *atomic.Int64, twoPhase bool) (stop func()) {
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -352,7 +512,11 @@ func progress(w io.Writer, start time.Time, done, requests *atomic.Int64) (stop 
 				return
 			case now := <-tick.C:
 				s := now.Sub(start).Seconds()
-				fmt.Fprintf(w, "%6.0fs  %10d transfers  %8.0f/s  %8d requests\n", s, done.Load(), float64(done.Load())/s, requests.Load())
+				line := fmt.Sprintf("%6.0fs  %10d transfers  %8.0f/s  %8d requests", s, done.Load(), float64(done.Load())/s, requests.Load())
+				if twoPhase {
+					line += fmt.Sprintf("  %10d pairs  %8.0f/s", resolved.Load(), float64(resolved.Load())/s)
+				}
+				fmt.Fprintln(w, line)
 			}
 		}
 	})
@@ -364,7 +528,7 @@ func (run *sendRun) report(o benchOptions) benchReport {
 		Clients: o.clients, Requests: len(run.latencies), Failed: map[string]int{}, ElapsedMs: ms(run.elapsed),
 		LatencyMsP50: ms(percentile(run.latencies, 0.50)), LatencyMsP99: ms(percentile(run.latencies, 0.99)),
 		LatencyMsMax: ms(percentile(run.latencies, 1))}
-	for _, c := range run.codes {
+	for _, c := range slices.Concat(run.codes, run.resolutionCodes) {
 		switch c {
 		case uint8(transport.CodeOK):
 			r.OK++
@@ -375,11 +539,17 @@ func (run *sendRun) report(o benchOptions) benchReport {
 			r.Failed[transport.Code(c).String()]++
 		}
 	}
+	for _, c := range run.resolutionCodes {
+		if applied(c) {
+			r.PairsResolved++
+		}
+	}
 	for why, n := range run.noAnswer {
 		r.Failed[why] += n
 	}
 	if run.elapsed > 0 {
 		r.TransfersPerSecond = float64(r.OK+r.Exists) / run.elapsed.Seconds()
+		r.PairsPerSecond = float64(r.PairsResolved) / run.elapsed.Seconds()
 	}
 	return r
 }
@@ -396,17 +566,22 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 // audit checks conservation over the bench's accounts: each account's
-// posted balances equal what the applied transfers add up to, nothing is
-// left pending, and Σdebits_posted == Σcredits_posted. A transfer whose
-// request got no answer may still have been applied: it is looked up.
-func (b *bench) audit(ctx context.Context, pairs []pair, codes []uint8) (problems []string, noAnswerApplied int, err error) {
-	applied := make([]bool, len(pairs))
+// posted balances equal the replay of the transfers that took effect,
+// nothing is left pending, and Σdebits_posted == Σcredits_posted. An
+// event whose request got no answer may still have taken effect, and a
+// two-phase transfer whose post or void was not ok may still be open: each
+// such transfer (the pending one, for two-phase) is looked up.
+func (b *bench) audit(ctx context.Context, pairs []pair, run *sendRun) (problems []string, noAnswerApplied int, err error) {
+	posted := make([]uint64, len(pairs)) // what each transfer moved, by the replay
 	var unknown []string
-	for i, c := range codes {
-		switch c {
-		case uint8(transport.CodeOK), uint8(transport.CodeExists):
-			applied[i] = true
-		case codeNoAnswer:
+	for i, p := range pairs {
+		code := run.codes[i]
+		switch {
+		case !p.kind.twoPhase() && applied(code):
+			posted[i] = b.o.amount
+		case applied(run.resolutionCodes[i]): // its pending transfer was applied, or the post or void would fail
+			posted[i] = b.o.posted(p.kind)
+		case applied(code) || code == codeNoAnswer:
 			unknown = append(unknown, b.o.transferID(i))
 		}
 	}
@@ -421,8 +596,13 @@ func (b *bench) audit(ctx context.Context, pairs []pair, codes []uint8) (problem
 			if !ok || err != nil || i < 0 || i >= len(pairs) {
 				return nil, 0, fmt.Errorf("lookup of bench transfers returned %q", t.ID)
 			}
-			if t.State == transport.StatePosted {
-				applied[i] = true
+			var problem string
+			posted[i], problem = b.replayLookedUp(pairs[i].kind, t)
+			if problem != "" {
+				problems = append(problems, problem)
+			}
+			resolved := t.State == transport.StatePosted || t.State == transport.StateVoided
+			if resolved && (!pairs[i].kind.twoPhase() || run.resolutionCodes[i] == codeNoAnswer) {
 				noAnswerApplied++
 			}
 		}
@@ -431,7 +611,25 @@ func (b *bench) audit(ctx context.Context, pairs []pair, codes []uint8) (problem
 	if err != nil {
 		return nil, 0, err
 	}
-	return checkBalances(b.accountIDs, accounts, pairs, applied, b.o.amount), noAnswerApplied, nil
+	return append(problems, checkBalances(b.accountIDs, accounts, pairs, posted)...), noAnswerApplied, nil
+}
+
+// replayLookedUp returns what transfer t, of kind k, moved by its state, or
+// why the replay cannot tell. Only the bench resolves its pending transfers,
+// so a posted one moved what the bench's post asked for.
+func (b *bench) replayLookedUp(k kind, t transport.Transfer) (posted uint64, problem string) {
+	switch {
+	case t.State == transport.StatePending:
+		return 0, fmt.Sprintf("transfer %s: still pending at the audit, though the bench sent its post or void", t.ID)
+	case t.State != transport.StatePosted:
+		return 0, "" // voided or expired
+	case !k.twoPhase():
+		return b.o.amount, ""
+	case k == kindVoid:
+		return 0, fmt.Sprintf("transfer %s: posted, though the bench voided it", t.ID)
+	default:
+		return b.o.posted(k), ""
+	}
 }
 
 // lookupAll looks ids up in batches spread over the bench's clients.
@@ -448,15 +646,13 @@ func lookupAll[T any](ctx context.Context, b *bench, ids []string, lookup func(*
 }
 
 // checkBalances compares accounts (looked up by ids) with the balances the
-// applied transfers of pairs should have given them.
-func checkBalances(ids []string, accounts []transport.Account, pairs []pair, applied []bool, amount uint64) []string {
+// transfers of pairs should have given them: transfer i moved posted[i].
+func checkBalances(ids []string, accounts []transport.Account, pairs []pair, posted []uint64) []string {
 	type balance struct{ debits, credits uint64 }
 	want := make([]balance, len(ids))
 	for i, p := range pairs {
-		if applied[i] {
-			want[p.debit].debits += amount
-			want[p.credit].credits += amount
-		}
+		want[p.debit].debits += posted[i]
+		want[p.credit].credits += posted[i]
 	}
 	byID := make(map[string]*transport.Account, len(accounts))
 	for i := range accounts {
@@ -477,7 +673,7 @@ func checkBalances(ids []string, accounts []transport.Account, pairs []pair, app
 				id, a.DebitsPosted, a.CreditsPosted, want[i].debits, want[i].credits))
 		}
 		if a.DebitsPending != 0 || a.CreditsPending != 0 {
-			problems = append(problems, fmt.Sprintf("account %s: debits_pending %d credits_pending %d left after every transfer was answered",
+			problems = append(problems, fmt.Sprintf("account %s: debits_pending %d credits_pending %d left after every transfer was answered and resolved",
 				id, a.DebitsPending, a.CreditsPending))
 		}
 	}
@@ -492,6 +688,10 @@ func benchTable(w io.Writer, r benchReport) {
 	fmt.Fprintf(w, "cluster\t%d shards\n", r.Shards)
 	fmt.Fprintf(w, "load\t%d accounts, %d transfers (%d cross-shard), %d per request, %d clients on %d connections\n",
 		r.Accounts, r.Transfers, r.TransfersCrossShard, r.Batch, r.Clients, r.Connections)
+	if r.TwoPhase > 0 {
+		fmt.Fprintf(w, "two-phase\t%d pending, then %d posted whole, %d posted in part, %d voided: %d events\n",
+			r.TwoPhase, r.TwoPhase-r.TwoPhasePartial-r.TwoPhaseVoid, r.TwoPhasePartial, r.TwoPhaseVoid, r.Events)
+	}
 	fmt.Fprintf(w, "requests\t%d\n", r.Requests)
 	fmt.Fprintf(w, "ok\t%d\n", r.OK)
 	fmt.Fprintf(w, "exists\t%d\n", r.Exists)
@@ -502,12 +702,20 @@ func benchTable(w io.Writer, r benchReport) {
 		fmt.Fprintf(w, "no answer, applied\t%d (found by lookup)\n", r.NoAnswerApplied)
 	}
 	fmt.Fprintf(w, "elapsed\t%.3fs\n", r.ElapsedMs/1000)
-	fmt.Fprintf(w, "transfers/s\t%.0f\n", r.TransfersPerSecond)
+	if r.TwoPhase > 0 {
+		fmt.Fprintf(w, "transfers/s\t%.0f (each pending, post and void one)\n", r.TransfersPerSecond)
+		fmt.Fprintf(w, "pairs/s\t%.0f (%d two-phase transfers resolved)\n", r.PairsPerSecond, r.PairsResolved)
+	} else {
+		fmt.Fprintf(w, "transfers/s\t%.0f\n", r.TransfersPerSecond)
+	}
 	fmt.Fprintf(w, "latency p50\t%.3fms\n", r.LatencyMsP50)
 	fmt.Fprintf(w, "latency p99\t%.3fms\n", r.LatencyMsP99)
 	fmt.Fprintf(w, "latency max\t%.3fms\n", r.LatencyMsMax)
 	fmt.Fprintf(w, "conservation\t%s\n", r.Conservation)
 	for _, p := range r.ConservationProblems {
 		fmt.Fprintf(w, "\t%s\n", p)
+	}
+	for _, e := range r.Errors {
+		fmt.Fprintf(w, "error\t%s\n", e)
 	}
 }

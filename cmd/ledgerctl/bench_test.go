@@ -2,6 +2,7 @@ package main
 
 import (
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestGenPairsHonorsCrossShardFraction(t *testing.T) {
 	shardOf := randomShards(1000, 4)
 	const n = 10007
 	for _, cross := range []float64{0, 0.1, 0.25, 0.5, 1} {
-		pairs, err := genPairs(rand.New(rand.NewPCG(3, 4)), shardOf, n, cross)
+		pairs, err := genPairs(rand.New(rand.NewPCG(3, 4)), shardOf, mix{transfers: n, crossShard: cross})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +62,7 @@ func TestGenPairsHonorsCrossShardFraction(t *testing.T) {
 
 func TestGenPairsUniformUsesEveryAccount(t *testing.T) {
 	shardOf := randomShards(50, 3)
-	pairs, err := genPairs(rand.New(rand.NewPCG(5, 6)), shardOf, 5000, -1)
+	pairs, err := genPairs(rand.New(rand.NewPCG(5, 6)), shardOf, mix{transfers: 5000, crossShard: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +82,123 @@ func TestGenPairsUniformUsesEveryAccount(t *testing.T) {
 }
 
 func TestGenPairsRefusesImpossibleMixes(t *testing.T) {
-	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), make([]int32, 10), 5, 0.5); err == nil || !strings.Contains(err.Error(), "2 shards") {
+	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), make([]int32, 10), mix{transfers: 5, crossShard: 0.5}); err == nil || !strings.Contains(err.Error(), "2 shards") {
 		t.Errorf("cross-shard on one shard: err %v", err)
 	}
-	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, 5, 0.5); err == nil {
+	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, mix{transfers: 5, crossShard: 0.5}); err == nil {
 		t.Error("same-shard pairs with one account per shard accepted")
 	}
-	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, 5, 1); err != nil {
+	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, mix{transfers: 5, crossShard: 1}); err != nil {
 		t.Errorf("all cross-shard, one account per shard: %v", err)
+	}
+	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, mix{transfers: 5, crossShard: 1, twoPhase: 0.2}); err == nil {
+		t.Error("two-phase pairs with one account per shard accepted")
+	}
+}
+
+// Two-phase transfers keep both accounts on one shard whatever
+// --cross-shard says, which then counts among the single-phase ones.
+func TestGenPairsPutsTwoPhaseOnOneShardInExactFractions(t *testing.T) {
+	shardOf := randomShards(1000, 4)
+	const n = 10007
+	for _, m := range []mix{
+		{transfers: n, crossShard: -1, twoPhase: 0.3, void: 0.25, partial: 0.5},
+		{transfers: n, crossShard: 0.5, twoPhase: 0.5, void: 0.1},
+		{transfers: n, crossShard: 1, twoPhase: 1, void: 1},
+		{transfers: n, crossShard: 0.25},
+	} {
+		pairs, err := genPairs(rand.New(rand.NewPCG(7, 8)), shardOf, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := map[kind]int{}
+		cross := 0
+		for i, p := range pairs {
+			count[p.kind]++
+			if p.debit == p.credit {
+				t.Fatalf("%+v: pair %d has one account twice", m, i)
+			}
+			if shardOf[p.debit] != shardOf[p.credit] {
+				if p.kind.twoPhase() {
+					t.Fatalf("%+v: two-phase pair %d across shards", m, i)
+				}
+				cross++
+			}
+		}
+		twoPhase := int(n * m.twoPhase)
+		voids := int(float64(twoPhase) * m.void)
+		want := map[kind]int{kindSingle: n - twoPhase, kindVoid: voids, kindPostPartial: int(float64(twoPhase-voids) * m.partial)}
+		want[kindPost] = twoPhase - voids - want[kindPostPartial]
+		for k, w := range want {
+			if count[k] != w {
+				t.Errorf("%+v: %d of kind %d, want %d", m, count[k], k, w)
+			}
+		}
+		if m.crossShard >= 0 {
+			if w := int(float64(n-twoPhase) * m.crossShard); cross != w {
+				t.Errorf("%+v: %d cross-shard, want %d", m, cross, w)
+			}
+		}
+	}
+}
+
+func TestResolutionNamesThePendingTransferAndItsAccounts(t *testing.T) {
+	o := benchOptions{idPrefix: "run", ledger: 3, amount: 9}
+	ids := []string{"a", "b"}
+	p := pair{debit: 1, credit: 0, kind: kindPostPartial}
+	if x := o.transfer(p, ids, 7); x.ID != "run-t7" || x.Flags != transport.TransferPending || x.Amount != 9 || x.DebitAccountID != "b" {
+		t.Fatalf("pending %+v", x)
+	}
+	want := transport.Transfer{ID: "run-r7", PendingID: "run-t7", DebitAccountID: "b", CreditAccountID: "a", Amount: 4,
+		Ledger: 3, Code: 1, Flags: transport.TransferPostPendingTransfer}
+	if x := o.resolution(p, ids, 7); !reflect.DeepEqual(x, want) {
+		t.Fatalf("partial post %+v, want %+v", x, want)
+	}
+	p.kind = kindPost
+	if x := o.resolution(p, ids, 7); x.Amount != 0 || x.Flags != transport.TransferPostPendingTransfer {
+		t.Fatalf("post %+v, want amount 0: all", x)
+	}
+	p.kind = kindVoid
+	if x := o.resolution(p, ids, 7); x.Amount != 0 || x.Flags != transport.TransferVoidPendingTransfer {
+		t.Fatalf("void %+v", x)
+	}
+	if x := o.transfer(pair{kind: kindSingle}, ids, 1); x.Flags != 0 {
+		t.Fatalf("single-phase transfer %+v", x)
+	}
+}
+
+func TestReplayOfALookedUpTransferFollowsItsState(t *testing.T) {
+	b := &bench{o: benchOptions{amount: 10}}
+	for _, c := range []struct {
+		kind    kind
+		state   string
+		posted  uint64
+		problem bool
+	}{
+		{kindSingle, transport.StatePosted, 10, false},
+		{kindPost, transport.StatePosted, 10, false},
+		{kindPostPartial, transport.StatePosted, 5, false},
+		{kindVoid, transport.StateVoided, 0, false},
+		{kindPost, transport.StateExpired, 0, false},
+		{kindPost, transport.StatePending, 0, true},
+		{kindVoid, transport.StatePosted, 0, true},
+	} {
+		posted, problem := b.replayLookedUp(c.kind, transport.Transfer{ID: "x", State: c.state})
+		if posted != c.posted || (problem != "") != c.problem {
+			t.Errorf("kind %d %s: posted %d, problem %q; want %d, problem %v", c.kind, c.state, posted, problem, c.posted, c.problem)
+		}
+	}
+}
+
+func TestRefusedPendingFailsTheRun(t *testing.T) {
+	pairs := []pair{{kind: kindSingle}, {kind: kindPost}, {kind: kindVoid}}
+	flagsInvalid := uint8(transport.CodeFlagsInvalid)
+	if e := refusedPendings(pairs, []uint8{flagsInvalid, uint8(transport.CodeOK), codeNoAnswer}); e != nil {
+		t.Fatalf("errors %q, want none: only a pending refused flags_invalid fails the run", e)
+	}
+	e := refusedPendings(pairs, []uint8{0, flagsInvalid, flagsInvalid})
+	if len(e) != 1 || !strings.HasPrefix(e[0], "2 pending transfers refused flags_invalid (the first is transfer 1)") {
+		t.Fatalf("errors %q", e)
 	}
 }
 
@@ -115,20 +225,20 @@ func TestAccountShardsFollowTheSlotMap(t *testing.T) {
 
 func TestCheckBalancesFindsWrongBalances(t *testing.T) {
 	ids := []string{"a0", "a1", "a2"}
-	pairs := []pair{{0, 1}, {1, 2}, {2, 0}, {0, 2}}
-	applied := []bool{true, true, false, true} // pair 2 was refused
+	pairs := []pair{{debit: 0, credit: 1}, {debit: 1, credit: 2}, {debit: 2, credit: 0}, {debit: 0, credit: 2}}
+	posted := []uint64{10, 10, 0, 4} // pair 2 was refused or voided, pair 3 posted in part
 	accounts := []transport.Account{
-		{ID: "a0", DebitsPosted: 20, CreditsPosted: 0},
+		{ID: "a0", DebitsPosted: 14, CreditsPosted: 0},
 		{ID: "a1", DebitsPosted: 10, CreditsPosted: 10},
-		{ID: "a2", DebitsPosted: 0, CreditsPosted: 20},
+		{ID: "a2", DebitsPosted: 0, CreditsPosted: 14},
 	}
-	if p := checkBalances(ids, accounts, pairs, applied, 10); len(p) != 0 {
+	if p := checkBalances(ids, accounts, pairs, posted); len(p) != 0 {
 		t.Fatalf("problems %q, want none", p)
 	}
 
 	accounts[2].CreditsPosted, accounts[1].DebitsPending = 30, 1
-	p := checkBalances(ids, accounts[1:], pairs, applied, 10)
-	want := []string{"account a0: not found", "account a1: debits_pending 1", "account a2: debits_posted 0 credits_posted 30, want 0 20", "Σdebits_posted 10 != Σcredits_posted 40"}
+	p := checkBalances(ids, accounts[1:], pairs, posted)
+	want := []string{"account a0: not found", "account a1: debits_pending 1", "account a2: debits_posted 0 credits_posted 30, want 0 14", "Σdebits_posted 10 != Σcredits_posted 40"}
 	if len(p) != len(want) {
 		t.Fatalf("problems %q, want %q", p, want)
 	}
@@ -149,6 +259,23 @@ func TestReportCountsCodesAndNoAnswers(t *testing.T) {
 	r := run.report(benchOptions{transfers: 4})
 	if r.OK != 1 || r.Exists != 1 || r.Failed["exceeds_credits"] != 1 || r.Failed["request unauthorized"] != 1 ||
 		r.TransfersPerSecond != 2 || r.Requests != 2 || r.LatencyMsP50 != 1 || r.LatencyMsMax != 3 {
+		t.Fatalf("report %+v", r)
+	}
+}
+
+// Each pending, post and void is one event of transfers/s; a pair is a
+// two-phase transfer whose post or void took effect.
+func TestReportCountsPendingsAndResolutionsAsEvents(t *testing.T) {
+	ok, noAnswer := uint8(transport.CodeOK), uint8(codeNoAnswer)
+	run := &sendRun{
+		codes:           []uint8{ok, ok, ok, uint8(transport.CodeFlagsInvalid)},
+		resolutionCodes: []uint8{noAnswer, ok, uint8(transport.CodeExists), noAnswer}, // transfer 0 single, 3 refused
+		noAnswer:        map[string]int{},
+		latencies:       []time.Duration{time.Millisecond},
+		elapsed:         time.Second,
+	}
+	r := run.report(benchOptions{transfers: 4})
+	if r.OK != 4 || r.Exists != 1 || r.Failed["flags_invalid"] != 1 || r.TransfersPerSecond != 5 || r.PairsResolved != 2 || r.PairsPerSecond != 2 {
 		t.Fatalf("report %+v", r)
 	}
 }

@@ -79,11 +79,13 @@ func TestBenchOptionsDefaultClientsByBatch(t *testing.T) {
 		if err := o.check(); err != nil || o.clients != want {
 			t.Errorf("--batch %s: clients %d, err %v; want %d", batch, o.clients, err, want)
 		}
-		if o.seed == 0 || o.crossShard != -1 || o.accounts != 10000 || o.transfers != 1000000 {
+		if o.seed == 0 || o.crossShard != -1 || o.accounts != 10000 || o.transfers != 1000000 || o.twoPhase != 0 {
 			t.Errorf("defaults %+v", o)
 		}
 	}
-	for _, args := range [][]string{{"--cross-shard", "1.5"}, {"--accounts", "1"}, {"--batch", "0"}, {"--id-prefix", "bad prefix"}, {"--amount", "0"}} {
+	for _, args := range [][]string{{"--cross-shard", "1.5"}, {"--accounts", "1"}, {"--batch", "0"}, {"--id-prefix", "bad prefix"}, {"--amount", "0"},
+		{"--two-phase", "1.5"}, {"--two-phase", "-0.1"}, {"--void", "0.5"}, {"--two-phase", "1", "--void", "2"},
+		{"--two-phase", "1", "--partial", "0.5"}} {
 		o, _ := parse(t, addBenchFlags, args...)
 		if err := o.check(); err == nil {
 			t.Errorf("%q accepted", args)
