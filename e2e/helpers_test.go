@@ -43,17 +43,22 @@ func startClusterIn(t *testing.T, dir string, shards uint32) *cluster {
 // send (credit, abort, forget) through fault; nil injects nothing.
 func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uint32, kind shard.Kind) node.Fault) *cluster {
 	t.Helper()
+	return startClusterConfig(t, server.Config{DataDir: dir, Shards: shards, SagaFault: fault})
+}
+
+// startClusterConfig starts a cluster from cfg, whose node id, addresses and
+// logger it fills in; opts configure the test's client.
+func startClusterConfig(t *testing.T, cfg server.Config, opts ...client.Option) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	level := slog.LevelWarn
 	if os.Getenv("E2E_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	srv, err := server.Start(ctx, server.Config{
-		NodeID: "n1", DataDir: dir, NATSListen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", Shards: shards,
-		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-		SagaFault: fault,
-	})
+	cfg.NodeID, cfg.NATSListen, cfg.RaftListen = "n1", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	srv, err := server.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -62,7 +67,7 @@ func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uin
 		srv.Close()
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, srv: srv, nc: nc, c: client.New(nc), dir: dir}
+	c := &cluster{t: t, srv: srv, nc: nc, c: client.New(nc, opts...), dir: cfg.DataDir}
 	t.Cleanup(c.stop)
 	st := c.status()
 	c.slots = make([]uint32, transport.SlotCount)

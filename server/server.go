@@ -42,6 +42,9 @@ type Config struct {
 	Shards        uint32
 	Prefix        string
 	Logger        *slog.Logger
+	// RequestDeadline bounds one client request in the router (0:
+	// router.DefaultRequestDeadline).
+	RequestDeadline time.Duration
 	// SagaFault injects faults into saga messages (tests only).
 	SagaFault func(to uint32, kind shard.Kind) node.Fault
 }
@@ -104,7 +107,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.router, err = router.Start(router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger}); err != nil {
+	if s.router, err = router.Start(router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline}); err != nil {
 		return nil, err
 	}
 	for !s.node.Ready() {
