@@ -3,16 +3,18 @@ package sim
 import (
 	"bytes"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
 // Checker holds the global view the checks need: every attempt of every
-// cross-shard transfer (from the outputs of the real state machines), and
-// each shard's balances after the last command it checked. A command is
-// checked when it is first applied, on whichever replica; replicas that
-// apply it later are compared by state hash.
+// cross-shard transfer and every pending transfer (from the outputs of the
+// real state machines), and each shard's balances after the last command it
+// checked. A command is checked when it is first applied, on whichever
+// replica; replicas that apply it later are compared by state hash.
 type Checker struct {
 	w    *World
 	resv map[resvKey]*resv
@@ -24,6 +26,22 @@ type Checker struct {
 	reserved         map[uint32]uint64
 	totals           []map[uint32]transport.LedgerTotals
 	lastTS           []uint64
+	// pending: per shard, every pending transfer applied there, by id;
+	// pendingOpen: per ledger, the amounts of the open ones.
+	pending     []map[string]*pendingRec
+	pendingOpen map[uint32]uint64
+	// Bounds of each shard's log time (the shard's last timestamp): logLow
+	// the largest timestamp its outputs showed, logHigh at least the
+	// largest it can have given (outputs do not show every tick).
+	logLow, logHigh []uint64
+}
+
+// pendingRec is a pending transfer as the checks saw it applied.
+type pendingRec struct {
+	t        transport.Transfer // Timestamp: when it was applied
+	deadline uint64             // 0: no timeout
+	state    string
+	by       string // the post or void that resolved it
 }
 
 type resvKey struct {
@@ -44,23 +62,26 @@ type resv struct {
 
 func newChecker(w *World) *Checker {
 	c := &Checker{w: w, resv: map[resvKey]*resv{}, open: map[uint32]map[resvKey]*resv{},
-		creditedInFlight: map[uint32]uint64{}, reserved: map[uint32]uint64{}}
+		creditedInFlight: map[uint32]uint64{}, reserved: map[uint32]uint64{}, pendingOpen: map[uint32]uint64{}}
 	for i := range w.p.Shards {
 		c.totals = append(c.totals, map[uint32]transport.LedgerTotals{})
 		c.open[uint32(i+1)] = map[resvKey]*resv{}
+		c.pending = append(c.pending, map[string]*pendingRec{})
 	}
 	c.lastTS = make([]uint64, w.p.Shards)
+	c.logLow, c.logHigh = make([]uint64, w.p.Shards), make([]uint64, w.p.Shards)
 	return c
 }
 
-type delta struct{ debitsPosted, creditsPosted, debitsPending int64 }
+type delta struct{ debitsPosted, creditsPosted, debitsPending, creditsPending int64 }
 
 func (c *Checker) bad(check, format string, args ...any) { c.w.fail(check, format, args...) }
 
-// command checks one command just applied for the first time on shard g:
-// its outputs against the rules of the saga, the balance changes against
-// the outputs, then global conservation, limits and timestamps.
-func (c *Checker) command(g *Group, cmd *shard.Command, out *shard.Output, st *shard.State) {
+// command checks one command just applied for the first time on shard g,
+// in an entry stamped ts: its outputs against the rules of the saga and of
+// two-phase transfers, the balance changes against the outputs, then
+// global conservation, limits and timestamps.
+func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Output, st *shard.State) {
 	w := c.w
 	if w.failure != nil {
 		return
@@ -103,6 +124,9 @@ func (c *Checker) command(g *Group, cmd *shard.Command, out *shard.Output, st *s
 			t := &cmd.Transfers[i]
 			cs := cmd.CreditShards[i]
 			switch {
+			case e.InFlight && t.Flags != 0:
+				c.bad("two-phase", "%s: %s (flags %d) went in flight", what(), t.ID, t.Flags)
+				return
 			case e.InFlight && !e.Retry:
 				key := resvKey{g.id, t.ID, e.Attempt}
 				if cs == g.id {
@@ -133,6 +157,44 @@ func (c *Checker) command(g *Group, cmd *shard.Command, out *shard.Output, st *s
 				if rv == nil || !sameFields(&rv.t, t) {
 					c.bad("saga", "%s: %s joined attempt %d, which is not in flight with these fields", what(), t.ID, e.Attempt)
 					return
+				}
+			case e.Code == transport.CodeOK && isPending(t):
+				if cs != g.id {
+					c.bad("two-phase", "%s: pending %s applied although its credit account is on shard %d", what(), t.ID, cs)
+					return
+				}
+				if c.pending[g.id-1][t.ID] != nil {
+					c.bad("two-phase", "%s: pending %s applied twice", what(), t.ID)
+					return
+				}
+				w.stats.Pending++
+				p := &pendingRec{t: *t, state: transport.StatePending}
+				p.t.Timestamp = e.Timestamp
+				p.deadline = deadline(t, e.Timestamp)
+				c.pending[g.id-1][t.ID] = p
+				c.pendingOpen[t.Ledger] += t.Amount
+				dl := d(t.Ledger)
+				dl.debitsPending += int64(t.Amount)
+				dl.creditsPending += int64(t.Amount)
+				stamps = append(stamps, e.Timestamp)
+				touched = append(touched, t.DebitAccountID, t.CreditAccountID)
+			case e.Code == transport.CodeOK && t.Flags&resolves != 0:
+				p := c.resolution(g, t, e.Timestamp, what)
+				if p == nil {
+					return
+				}
+				dl := d(p.t.Ledger)
+				dl.debitsPending -= int64(p.t.Amount)
+				dl.creditsPending -= int64(p.t.Amount)
+				if isPost(t) {
+					dl.debitsPosted += int64(effAmount(t, &p.t))
+					dl.creditsPosted += int64(effAmount(t, &p.t))
+				}
+				stamps = append(stamps, e.Timestamp)
+				touched = append(touched, p.t.DebitAccountID, p.t.CreditAccountID)
+			case e.Code == transport.CodePendingTransferExpired:
+				if p := c.pending[g.id-1][t.PendingID]; p != nil && p.state == transport.StatePending {
+					w.reached["refused expired before its expiry entry"]++
 				}
 			case e.Code == transport.CodeOK:
 				w.stats.Posted++
@@ -254,6 +316,8 @@ func (c *Checker) command(g *Group, cmd *shard.Command, out *shard.Output, st *s
 				return
 			}
 		}
+	case shard.KindExpire:
+		touched = c.expire(g, ts, st, d, what)
 	}
 	if w.failure != nil {
 		return
@@ -267,12 +331,104 @@ func (c *Checker) command(g *Group, cmd *shard.Command, out *shard.Output, st *s
 		}
 		c.lastTS[g.id-1] = ts
 	}
+	// Every event may tick the shard's clock once, and so may every expiry
+	// (touched lists its two accounts: a bound is all logHigh needs).
+	i := g.id - 1
+	ticks := uint64(len(cmd.Accounts) + len(cmd.Transfers) + len(cmd.Credits) + len(cmd.Answers) + len(touched))
+	c.logLow[i] = c.lastTS[i]
+	c.logHigh[i] = max(c.logHigh[i], ts, c.logLow[i]) + ticks
+}
+
+// resolution checks a post or void applied ok at ts: it names a pending
+// transfer of this shard still open, before its deadline, gives its fields
+// if any, and moves at most its amount (a void all of it). It returns the
+// pending transfer, now resolved, or nil after a failure.
+func (c *Checker) resolution(g *Group, t *transport.Transfer, ts uint64, what func() string) *pendingRec {
+	p := c.pending[g.id-1][t.PendingID]
+	switch {
+	case p == nil:
+		c.bad("two-phase", "%s: %s resolved %s, which is no pending transfer of this shard", what(), t.ID, t.PendingID)
+	case p.state != transport.StatePending:
+		c.bad("two-phase", "%s: %s resolved %s, already %s (by %q)", what(), t.ID, t.PendingID, p.state, p.by)
+	case p.deadline != 0 && ts >= p.deadline:
+		c.bad("two-phase", "%s: %s resolved %s at %d, at or after its deadline %d", what(), t.ID, t.PendingID, rel(ts), rel(p.deadline))
+	case !fieldsMatch(t, &p.t):
+		c.bad("two-phase", "%s: %s resolved %s, whose fields differ: %+v", what(), t.ID, t.PendingID, p.t)
+	case t.Amount > p.t.Amount:
+		c.bad("two-phase", "%s: %s moved %d out of %s, which holds %d", what(), t.ID, t.Amount, t.PendingID, p.t.Amount)
+	case !isPost(t) && t.Amount != 0 && t.Amount != p.t.Amount:
+		c.bad("two-phase", "%s: %s voided %d of %s, which holds %d", what(), t.ID, t.Amount, t.PendingID, p.t.Amount)
+	}
+	if c.w.failure != nil {
+		return nil
+	}
+	p.state, p.by = transport.StateVoided, t.ID
+	c.w.stats.PendingVoided++
+	if isPost(t) {
+		p.state = transport.StatePosted
+		c.w.stats.PendingVoided--
+		c.w.stats.PendingPosted++
+		if effAmount(t, &p.t) < p.t.Amount {
+			c.w.reached["posted in part"]++
+		}
+	}
+	if p.deadline != 0 && ts+second > p.deadline {
+		c.w.reached["resolved in the last second before its deadline"]++
+	}
+	c.pendingOpen[p.t.Ledger] -= p.t.Amount
+	return p
+}
+
+// expire checks a KindExpire stamped ts against the shard's records: every
+// open pending transfer whose deadline has come in log time expired, and
+// none before it. It returns the accounts whose balances moved.
+func (c *Checker) expire(g *Group, ts uint64, st *shard.State, d func(uint32) *delta, what func() string) []string {
+	i := g.id - 1
+	nowLow, nowHigh := max(c.logLow[i]+1, ts), max(c.logHigh[i]+1, ts)
+	var ids []string
+	for id, p := range c.pending[i] {
+		if p.state == transport.StatePending && p.deadline != 0 {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	found := st.LookupTransfers(ids)
+	if len(found) != len(ids) {
+		c.bad("two-phase", "%s: %d of %d open pending transfers found", what(), len(found), len(ids))
+		return nil
+	}
+	var touched []string
+	for _, f := range found {
+		p := c.pending[i][f.ID]
+		switch {
+		case f.State == transport.StateExpired && p.deadline > nowHigh:
+			c.bad("two-phase", "%s: %s expired at log time %d, before its deadline %d", what(), f.ID, rel(nowHigh), rel(p.deadline))
+			return nil
+		case f.State == transport.StateExpired:
+			p.state = transport.StateExpired
+			c.w.stats.Expired++
+			c.w.reached["expired"]++
+			c.pendingOpen[p.t.Ledger] -= p.t.Amount
+			dl := d(p.t.Ledger)
+			dl.debitsPending -= int64(p.t.Amount)
+			dl.creditsPending -= int64(p.t.Amount)
+			touched = append(touched, p.t.DebitAccountID, p.t.CreditAccountID)
+		case f.State != transport.StatePending:
+			c.bad("two-phase", "%s: an expiry made %s %s", what(), f.ID, f.State)
+			return nil
+		case p.deadline <= nowLow:
+			c.bad("two-phase", "%s: %s still pending at log time %d, past its deadline %d", what(), f.ID, rel(nowLow), rel(p.deadline))
+			return nil
+		}
+	}
+	return touched
 }
 
 // balances checks the shard's totals moved exactly as the outputs say, then
 // conservation across shards: per ledger, credits posted = debits posted +
 // credits applied whose debit is still in flight; pending debits = the
-// amounts reserved and unresolved; no pending credits.
+// amounts reserved and unresolved + the open pending transfers; pending
+// credits = the open pending transfers.
 func (c *Checker) balances(g *Group, st *shard.State, deltas map[uint32]*delta, what func() string) {
 	before := c.totals[g.id-1]
 	after := make(map[uint32]transport.LedgerTotals, len(before))
@@ -286,10 +442,10 @@ func (c *Checker) balances(g *Group, st *shard.State, deltas map[uint32]*delta, 
 			dl = &delta{}
 		}
 		if int64(a.DebitsPosted-b.DebitsPosted) != dl.debitsPosted || int64(a.CreditsPosted-b.CreditsPosted) != dl.creditsPosted ||
-			int64(a.DebitsPending-b.DebitsPending) != dl.debitsPending || a.CreditsPending != 0 {
-			c.bad("balances", "%s: ledger %d moved debits posted %+d credits posted %+d debits pending %+d (credits pending %d); the outputs say %+d %+d %+d",
+			int64(a.DebitsPending-b.DebitsPending) != dl.debitsPending || int64(a.CreditsPending-b.CreditsPending) != dl.creditsPending {
+			c.bad("balances", "%s: ledger %d moved debits posted %+d credits posted %+d debits pending %+d credits pending %+d; the outputs say %+d %+d %+d %+d",
 				what(), l, int64(a.DebitsPosted-b.DebitsPosted), int64(a.CreditsPosted-b.CreditsPosted), int64(a.DebitsPending-b.DebitsPending),
-				a.CreditsPending, dl.debitsPosted, dl.creditsPosted, dl.debitsPending)
+				int64(a.CreditsPending-b.CreditsPending), dl.debitsPosted, dl.creditsPosted, dl.debitsPending, dl.creditsPending)
 			return
 		}
 	}
@@ -305,12 +461,13 @@ func (c *Checker) balances(g *Group, st *shard.State, deltas map[uint32]*delta, 
 			s.DebitsPosted += t.DebitsPosted
 			s.CreditsPosted += t.CreditsPosted
 			s.DebitsPending += t.DebitsPending
+			s.CreditsPending += t.CreditsPending
 		}
 	}
 	for l, s := range sum {
-		if s.CreditsPosted != s.DebitsPosted+c.creditedInFlight[l] || s.DebitsPending != c.reserved[l] {
-			c.bad("conservation", "after %s: ledger %d has credits posted %d, debits posted %d + credited in flight %d; debits pending %d, reserved %d",
-				what(), l, s.CreditsPosted, s.DebitsPosted, c.creditedInFlight[l], s.DebitsPending, c.reserved[l])
+		if s.CreditsPosted != s.DebitsPosted+c.creditedInFlight[l] || s.DebitsPending != c.reserved[l]+c.pendingOpen[l] || s.CreditsPending != c.pendingOpen[l] {
+			c.bad("conservation", "after %s: ledger %d has credits posted %d, debits posted %d + credited in flight %d; debits pending %d, reserved %d + open pending %d; credits pending %d",
+				what(), l, s.CreditsPosted, s.DebitsPosted, c.creditedInFlight[l], s.DebitsPending, c.reserved[l], c.pendingOpen[l], s.CreditsPending)
 			return
 		}
 	}
@@ -327,7 +484,7 @@ func (c *Checker) limits(g *Group, st *shard.State, ids []string, what func() st
 			return
 		}
 		if a.Flags&transport.AccountCreditsMustNotExceedDebits != 0 && a.CreditsPending+a.CreditsPosted > a.DebitsPosted {
-			c.bad("limits", "%s: %s has credits %d > debits %d posted", what(), a.ID, a.CreditsPosted, a.DebitsPosted)
+			c.bad("limits", "%s: %s has credits %d pending + %d posted > debits %d posted", what(), a.ID, a.CreditsPending, a.CreditsPosted, a.DebitsPosted)
 			return
 		}
 	}
@@ -359,28 +516,32 @@ func (w *World) finalChecks() {
 		}
 		w.digest = w.digest*31 + want
 	}
-	for l, v := range c.creditedInFlight {
-		if v != 0 || c.reserved[l] != 0 {
+	for _, l := range sortedKeys(c.creditedInFlight) {
+		if v := c.creditedInFlight[l]; v != 0 || c.reserved[l] != 0 {
 			w.fail("conservation", "ledger %d: %d credited in flight, %d reserved at quiescence", l, v, c.reserved[l])
 			return
 		}
 	}
-	sum := map[uint32][2]uint64{}
+	if !c.pendingsEnded() {
+		return
+	}
+	sum := map[uint32]*transport.LedgerTotals{}
 	for _, g := range w.groups {
 		for _, t := range g.leader.r.st.Totals() {
-			s := sum[t.Ledger]
-			s[0] += t.DebitsPosted
-			s[1] += t.CreditsPosted
-			sum[t.Ledger] = s
-			if t.DebitsPending != 0 || t.CreditsPending != 0 {
-				w.fail("conservation", "%s ledger %d: pending debits %d credits %d at quiescence", g.name(), t.Ledger, t.DebitsPending, t.CreditsPending)
-				return
+			if sum[t.Ledger] == nil {
+				sum[t.Ledger] = &transport.LedgerTotals{}
 			}
+			s := sum[t.Ledger]
+			s.DebitsPosted += t.DebitsPosted
+			s.CreditsPosted += t.CreditsPosted
+			s.DebitsPending += t.DebitsPending
+			s.CreditsPending += t.CreditsPending
 		}
 	}
 	for _, l := range sortedKeys(sum) {
-		if s := sum[l]; s[0] != s[1] {
-			w.fail("conservation", "ledger %d: debits posted %d, credits posted %d at quiescence", l, s[0], s[1])
+		if s := sum[l]; s.DebitsPosted != s.CreditsPosted || s.DebitsPending != c.pendingOpen[l] || s.CreditsPending != c.pendingOpen[l] {
+			w.fail("conservation", "ledger %d at quiescence: debits posted %d, credits posted %d; debits pending %d, credits pending %d, open pending transfers %d",
+				l, s.DebitsPosted, s.CreditsPosted, s.DebitsPending, s.CreditsPending, c.pendingOpen[l])
 			return
 		}
 	}
@@ -388,4 +549,32 @@ func (w *World) finalChecks() {
 	for _, c := range w.clients {
 		w.digest = w.digest*31 + uint64(c.seq)
 	}
+}
+
+// pendingsEnded: at quiescence every pending transfer with a timeout has
+// ended (posted, voided or expired: the checks saw each end once), and
+// the shards' records say what the checks saw.
+func (c *Checker) pendingsEnded() bool {
+	w := c.w
+	for _, g := range w.groups {
+		m := c.pending[g.id-1]
+		ids := slices.Sorted(maps.Keys(m))
+		found := g.leader.r.st.LookupTransfers(ids)
+		if len(found) != len(ids) {
+			w.fail("two-phase", "%s stores %d of its %d pending transfers", g.name(), len(found), len(ids))
+			return false
+		}
+		for _, f := range found {
+			p := m[f.ID]
+			switch {
+			case p.state == transport.StatePending && p.deadline != 0:
+				w.fail("liveness", "%s: pending %s with a timeout of %ds (deadline %d) still pending at quiescence", g.name(), f.ID, p.t.Timeout, rel(p.deadline))
+				return false
+			case f.State != p.state:
+				w.fail("two-phase", "%s: pending %s is stored %s, the checks saw it %s", g.name(), f.ID, f.State, p.state)
+				return false
+			}
+		}
+	}
+	return true
 }

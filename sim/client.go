@@ -2,6 +2,8 @@ package sim
 
 import (
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"slices"
 
 	"github.com/ledgerd/ledgerd/shard"
@@ -29,7 +31,6 @@ type request struct {
 	kind      shard.Kind
 	accounts  []transport.Account
 	transfers []transport.Transfer
-	vars      []*refVariant // per transfer
 }
 
 func newClient(w *World, i int) *Client {
@@ -72,13 +73,119 @@ func (c *Client) next() {
 
 func (c *Client) name() string { return "client" + itoa(c.id) }
 
-// attempt runs the router for one try of the current request.
+// attempt runs the router for one try of the current request: find the
+// shard of every post or void that names no debit account, then split the
+// batch by shard.
 func (c *Client) attempt() {
 	w := c.w
 	req := c.cur
 	c.tries++
 	w.stats.Requests++
 	call := &routerCall{c: c, req: req}
+	if w.tracing() {
+		var b []byte
+		if req.kind == shard.KindCreateAccounts {
+			for _, a := range req.accounts {
+				b = fmt.Appendf(b, " %s", a.ID)
+			}
+		} else {
+			for i := range req.transfers {
+				b = append(b, ' ')
+				b = appendTransfer(b, &req.transfers[i])
+			}
+		}
+		w.tracef("%s: request try %d:%s", c.name(), c.tries, b)
+	}
+	w.after(w.p.RequestDeadline, func() {
+		if call.over {
+			return
+		}
+		call.over = true
+		w.stats.Timeouts++
+		if w.tracing() {
+			w.tracef("%s: timeout (try %d)", c.name(), c.tries)
+		}
+		w.after(exp(w.rngWork, w.p.ClientRetryMean)+ms, c.attempt)
+	})
+	debitOf, ids := locateIDs(req.transfers)
+	if len(ids) > 0 {
+		c.locate(call, ids, debitOf)
+		return
+	}
+	c.route(call, debitOf)
+}
+
+// locateIDs is the first half of router.locatePending: the debit account
+// of every pending transfer in the batch, and the pending ids that posts
+// and voids name without a debit account (and that no pending transfer
+// earlier in the batch has), to look up.
+func locateIDs(transfers []transport.Transfer) (map[string]string, []string) {
+	debitOf := map[string]string{}
+	var ids []string
+	for i := range transfers {
+		t := &transfers[i]
+		if t.Flags&transport.TransferPending != 0 {
+			debitOf[t.ID] = t.DebitAccountID
+		}
+		if _, inBatch := debitOf[t.PendingID]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" && !inBatch {
+			ids = append(ids, t.PendingID)
+		}
+	}
+	return debitOf, ids
+}
+
+// locate is router.find for OpLookupTransfers: it asks every shard for the
+// ids (a transfer lives on its debit account's shard, which its id does not
+// tell), each resent while no one serves the shard or it answers retry,
+// until the deadline; a record found on several shards is taken from the
+// last reply. Then the batch is routed.
+func (c *Client) locate(call *routerCall, ids []string, debitOf map[string]string) {
+	w := c.w
+	left := len(w.groups)
+	found := map[string]string{}
+	for _, g := range w.groups {
+		backoff := 5 * ms
+		var ask func()
+		ask = func() {
+			if call.over {
+				return
+			}
+			sentAt := w.now
+			answered := false
+			w.net.lookup(c.ep, g.id, ids, func(rep lookupReply) {
+				if call.over || answered {
+					return
+				}
+				answered = true
+				if rep.noResponders || rep.retry {
+					d := backoff
+					backoff = min(2*backoff, 200*ms)
+					w.after(d, ask)
+					return
+				}
+				w.ref.lookedUp(g.id, ids, rep, sentAt)
+				for _, t := range rep.found {
+					found[t.ID] = t.DebitAccountID
+				}
+				if left--; left == 0 {
+					for _, id := range ids {
+						if d, ok := found[id]; ok {
+							debitOf[id] = d
+						}
+					}
+					c.route(call, debitOf)
+				}
+			})
+		}
+		ask()
+	}
+}
+
+// route splits the batch by shard (a post or void goes to its pending
+// transfer's shard when the router found it) and sends every part.
+func (c *Client) route(call *routerCall, debitOf map[string]string) {
+	w := c.w
+	req := call.req
 	byShard := map[uint32]*part{}
 	add := func(s uint32, i int) *part {
 		p := byShard[s]
@@ -98,23 +205,14 @@ func (c *Client) attempt() {
 	} else {
 		call.results = make([]transport.Result, len(req.transfers))
 		for i, t := range req.transfers {
-			p := add(w.shardOf(t.DebitAccountID), i)
+			debit := t.DebitAccountID
+			if d, ok := debitOf[t.PendingID]; ok && debit == "" {
+				debit = d
+			}
+			p := add(w.shardOf(debit), i)
 			p.cmd.Transfers = append(p.cmd.Transfers, t)
 			p.cmd.CreditShards = append(p.cmd.CreditShards, w.shardOf(t.CreditAccountID))
 		}
-	}
-	if w.tracing() {
-		var b []byte
-		if req.kind == shard.KindCreateAccounts {
-			for _, a := range req.accounts {
-				b = fmt.Appendf(b, " %s", a.ID)
-			}
-		} else {
-			for _, t := range req.transfers {
-				b = fmt.Appendf(b, " %s:%s->%s:%d", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount)
-			}
-		}
-		w.tracef("%s: request try %d:%s", c.name(), c.tries, b)
 	}
 	for _, s := range sortedKeys(byShard) {
 		call.parts = append(call.parts, byShard[s])
@@ -123,17 +221,24 @@ func (c *Client) attempt() {
 	for _, p := range call.parts {
 		p.sendNow()
 	}
-	w.after(w.p.RequestDeadline, func() {
-		if call.over {
-			return
+}
+
+func appendTransfer(b []byte, t *transport.Transfer) []byte {
+	switch {
+	case t.Flags == transport.TransferPending:
+		b = fmt.Appendf(b, "%s:%s->%s:%d:pending", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount)
+		if t.Timeout > 0 {
+			b = fmt.Appendf(b, "/%ds", t.Timeout)
 		}
-		call.over = true
-		w.stats.Timeouts++
-		if w.tracing() {
-			w.tracef("%s: timeout (try %d)", c.name(), c.tries)
+		return b
+	case t.Flags&resolves != 0:
+		what := "post"
+		if t.Flags&transport.TransferVoidPendingTransfer != 0 {
+			what = "void"
 		}
-		w.after(exp(w.rngWork, w.p.ClientRetryMean)+ms, c.attempt)
-	})
+		return fmt.Appendf(b, "%s:%s(%s):%s->%s:%d", t.ID, what, t.PendingID, t.DebitAccountID, t.CreditAccountID, t.Amount)
+	}
+	return fmt.Appendf(b, "%s:%s->%s:%d", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount)
 }
 
 // replied: every part answered before the deadline.
@@ -168,6 +273,7 @@ type part struct {
 	backoff uint64
 	sends   int
 	sentAt  uint64
+	logAt   uint64 // the shard's log time (a lower bound) at the last send
 	done    bool
 }
 
@@ -179,7 +285,7 @@ func (p *part) sendNow() {
 	w := call.c.w
 	p.sends++
 	n := p.sends
-	p.sentAt = w.now
+	p.sentAt, p.logAt = w.now, w.chk.logLow[p.shard-1]
 	w.ref.sending(p)
 	// One attempt may take the whole deadline (router.callShard): a shard
 	// answers late while a cross-shard transfer resolves.
@@ -251,9 +357,12 @@ func (c *Client) makeRequest() *request {
 		if on(r, w.p.DoomP/8) { // the same event twice in one batch
 			req.transfers = append(req.transfers, t)
 		}
-	}
-	for _, t := range req.transfers {
-		req.vars = append(req.vars, w.ref.variant(t))
+		if isPending(&t) && on(r, 0.15) {
+			// Its post or void in the same batch: the router sends it
+			// where the batch's pending transfer goes, which applies it
+			// first.
+			req.transfers = append(req.transfers, c.resolutionOf(&t))
+		}
 	}
 	return req
 }
@@ -307,8 +416,17 @@ func (c *Client) makeTransfer() transport.Transfer {
 		}
 	}
 	ordinary()
+	if on(r, w.p.TwoPhaseP) {
+		if len(ref.pendings) > 0 && on(r, 0.55) {
+			return c.makeResolution()
+		}
+		c.makePending(&t)
+	}
 	if !on(r, w.p.DoomP) {
-		ref.history = append(ref.history, t)
+		ref.drawn(t)
+		if isPending(&t) {
+			ref.pendings = append(ref.pendings, t)
+		}
 		return t
 	}
 	switch r.IntN(9) {
@@ -331,7 +449,7 @@ func (c *Client) makeTransfer() transport.Transfer {
 		switch {
 		case r.IntN(3) == 0: // the same transfer again
 			return old
-		case on(r, w.p.IDReuseOtherShardP):
+		case on(r, w.p.IDReuseOtherShardP) && old.Flags == 0:
 			t.ID = old.ID // the id with a debit account anywhere
 		default:
 			t = old // the id with other fields, same debit account
@@ -345,20 +463,195 @@ func (c *Client) makeTransfer() transport.Transfer {
 		case 0:
 			t.Amount = 0
 		case 1:
-			// Not served yet (issue 3). Two-phase transfers are, on one
-			// shard, but the simulator does not draw them yet.
+			// Not served yet (issue 3), or two of pending, post, void.
 			t.Flags = []uint32{transport.TransferLinked, transport.TransferBalancingDebit, transport.TransferPending | transport.TransferPostPendingTransfer}[c.w.rngWork.IntN(3)]
 		case 2:
 			t.CreditAccountID = t.DebitAccountID
 		case 3:
 			t.Ledger = 0
 		default:
-			t.Timeout = 5
+			t.Timeout = 5 // only a pending transfer may have one
 		}
 		return t
 	case 8:
 		t.Amount = 1 + r.Uint64N(1000) // large for a wallet, often near its balance
 	}
-	ref.history = append(ref.history, t)
+	ref.drawn(t)
+	return t
+}
+
+// makePending turns an ordinary transfer into a pending one, mostly with
+// both accounts on one shard (across shards it is refused flags_invalid),
+// with a timeout of a few seconds or none.
+func (c *Client) makePending(t *transport.Transfer) {
+	w := c.w
+	r := w.rngWork
+	t.Flags = transport.TransferPending
+	if w.p.PendingTimeoutMax > 0 && on(r, 0.6) {
+		t.Timeout = 1 + uint32(r.IntN(int(w.p.PendingTimeoutMax)))
+	}
+	if on(r, 0.85) {
+		dr := &w.ref.accounts[t.DebitAccountID].canon
+		if cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID)); cr != nil {
+			t.CreditAccountID = cr.ID
+		}
+	}
+}
+
+// makeResolution draws a post or void: of a pending transfer drawn before
+// (open, resolved or expired by now, or not applied yet), of a plain
+// transfer, of an id never used; or a post or void sent before, again, with
+// the same fields, equivalent ones, or other ones.
+func (c *Client) makeResolution() transport.Transfer {
+	w := c.w
+	r := w.rngWork
+	ref := w.ref
+	if len(ref.resolutions) > 0 && on(r, 0.15) {
+		return c.retryResolution()
+	}
+	t := transport.Transfer{ID: c.freshID("r"), Flags: transport.TransferPostPendingTransfer}
+	if on(r, 0.4) {
+		t.Flags = transport.TransferVoidPendingTransfer
+	}
+	var p *transport.Transfer
+	switch x := r.IntN(100); {
+	case x < 7:
+		t.PendingID = "nope" + itoa(r.IntN(5)) // never used: not found
+	case x < 13:
+		if len(ref.history) > 0 {
+			if h := ref.history[r.IntN(len(ref.history))]; h.Flags == 0 {
+				p = &h // a plain transfer: not pending
+			}
+		}
+	case x < 45:
+		p = &ref.pendings[max(0, len(ref.pendings)-1-r.IntN(4))] // a recent one
+	case x < 80 && len(ref.accepted) > 0:
+		p = &ref.accepted[r.IntN(len(ref.accepted))] // one a client saw applied
+	default:
+		p = &ref.pendings[r.IntN(len(ref.pendings))]
+	}
+	if p == nil {
+		if t.PendingID == "" {
+			t.PendingID = "nope" + itoa(r.IntN(5))
+		}
+		t.Amount = uint64(r.IntN(3)) * 10
+		return c.finishResolution(t)
+	}
+	t.PendingID = p.ID
+	t.Amount = resolutionAmount(r, isPost(&t), p.Amount)
+	c.optionalFields(&t, p)
+	return c.finishResolution(t)
+}
+
+// resolutionOf is a post or void of pending transfer p, drawn with it.
+func (c *Client) resolutionOf(p *transport.Transfer) transport.Transfer {
+	r := c.w.rngWork
+	t := transport.Transfer{ID: c.freshID("r"), Flags: transport.TransferPostPendingTransfer, PendingID: p.ID}
+	if on(r, 0.4) {
+		t.Flags = transport.TransferVoidPendingTransfer
+	}
+	t.Amount = resolutionAmount(r, isPost(&t), p.Amount)
+	c.optionalFields(&t, p)
+	return c.finishResolution(t)
+}
+
+// resolutionAmount: a post of all (0 or the amount), of a part, or of more;
+// a void of all, of a part (a mismatch), or of more.
+func resolutionAmount(r *rand.Rand, post bool, a uint64) uint64 {
+	x := r.IntN(100)
+	switch {
+	case x < 35 || !post && x < 50:
+		return 0
+	case x < 60 && a > 1:
+		return 1 + r.Uint64N(a-1)
+	case x < 85:
+		return a
+	case x < 95:
+		return a + 1 + r.Uint64N(10) // exceeds_pending_transfer_amount
+	}
+	return 1 + r.Uint64N(100)
+}
+
+// optionalFields: a post or void may name its pending transfer's accounts,
+// ledger and code; without the debit account the router looks it up.
+func (c *Client) optionalFields(t *transport.Transfer, p *transport.Transfer) {
+	r := c.w.rngWork
+	switch x := r.IntN(100); {
+	case x < 40: // none
+	case x < 65:
+		t.DebitAccountID = p.DebitAccountID
+	case x < 83:
+		t.DebitAccountID, t.CreditAccountID, t.Ledger, t.Code = p.DebitAccountID, p.CreditAccountID, p.Ledger, p.Code
+	case x < 88:
+		t.CreditAccountID = p.CreditAccountID
+	case x < 95: // a mismatch
+		t.DebitAccountID = p.DebitAccountID
+		if on(r, 0.5) {
+			t.Code = p.Code + 1
+		} else {
+			t.Ledger = p.Ledger%uint32(c.w.p.Ledgers) + 1
+		}
+	default: // a wrong debit account: sent to its shard
+		t.DebitAccountID = c.w.ref.canon[r.IntN(len(c.w.ref.canon))].ID
+	}
+}
+
+// finishResolution adds, now and then, metadata or a field defect, and
+// records the event for retries.
+func (c *Client) finishResolution(t transport.Transfer) transport.Transfer {
+	r := c.w.rngWork
+	switch x := r.IntN(100); {
+	case x < 5:
+		t.Metadata = map[string]string{"ref": itoa(r.IntN(3))}
+	case x < 7:
+		t.Timeout = 1 // only a pending transfer may have one: timeout_invalid
+	case x < 8:
+		t.PendingID = t.ID // pending_id_invalid
+	}
+	c.w.ref.drawn(t)
+	return t
+}
+
+// retryResolution sends a post or void drawn before again: the same
+// fields, equivalent ones (amount 0 for the whole amount or the other way
+// round, the debit account named or left out: exists once it applied), or
+// other fields (exists_with_different_fields once it applied).
+func (c *Client) retryResolution() transport.Transfer {
+	w := c.w
+	r := w.rngWork
+	ref := w.ref
+	t := ref.resolutions[r.IntN(len(ref.resolutions))]
+	t.Metadata = maps.Clone(t.Metadata)
+	p, ok := ref.pendingByID[t.PendingID]
+	switch x := r.IntN(100); {
+	case x < 40 || !ok:
+		return t
+	case x < 55:
+		if t.Amount == 0 {
+			t.Amount = p.Amount
+		} else if t.Amount == p.Amount {
+			t.Amount = 0
+		}
+	case x < 70:
+		if t.DebitAccountID == "" {
+			t.DebitAccountID = p.DebitAccountID
+		} else if t.DebitAccountID == p.DebitAccountID {
+			t.DebitAccountID = ""
+		}
+	case x < 80:
+		t.Metadata = map[string]string{"changed": "1"}
+	case x < 90:
+		// Another account of the pending transfer's shard named as the
+		// debit account: sent to the same shard, never the same post.
+		dr := &ref.accounts[p.DebitAccountID].canon
+		if a := ref.pickOnShard(r, dr, w.shardOf(dr.ID)); a != nil && a.ID != p.CreditAccountID {
+			t.DebitAccountID = a.ID
+		} else {
+			t.Amount++
+		}
+	default:
+		t.Amount++
+	}
+	ref.drawn(t)
 	return t
 }

@@ -30,6 +30,11 @@ type Term struct {
 
 	waiters map[attemptKey][]waitRef
 	d       *dispatcher
+	// expiring: the expire loop waits in ProposeWait for its KindExpire.
+	expiring bool
+	// verifying: reads waiting in VerifyLeader, which a deposed leader
+	// fails once it notices.
+	verifying []func()
 }
 
 type proposal struct {
@@ -69,8 +74,45 @@ func newTerm(g *Group, r *Replica, n uint64) *Term {
 // serve: shardServer.serve, after the leader barrier.
 func (t *Term) serve() {
 	t.serving = true
+	t.expireLoop()
 	t.sweepWaiters()
 	t.d.run()
+}
+
+// expireLoop is shardServer.expireLoop: on every tick of its ticker, if the
+// leader's clock has passed the state's NextExpiry, propose KindExpire and
+// wait for it (a ticker drops the ticks missed meanwhile). Apply decides
+// what expires with the entry's timestamp; the leader's clock may be
+// skewed, and a deposed leader goes on proposing what never commits.
+func (t *Term) expireLoop() {
+	w := t.g.w
+	var tick func()
+	tick = func() {
+		if t.dead {
+			return
+		}
+		w.after(w.p.ExpireEvery, tick)
+		if t.expiring {
+			return
+		}
+		next, due := t.r.st.NextExpiry()
+		now := t.r.clock()
+		if w.mut == MutExpireClockSeconds {
+			now /= second // the bug: Unix seconds against nanoseconds
+		}
+		if !due || now < next {
+			return
+		}
+		if w.tracing() {
+			w.tracef("%s t%d: propose expiry (next at %d)", t.g.name(), t.n, rel(next))
+		}
+		t.expiring = true
+		err := t.propose(shard.Command{Kind: shard.KindExpire}, func(*shard.Output, error) { t.expiring = false })
+		if err != nil {
+			t.expiring = false // tried again next tick
+		}
+	}
+	w.after(w.p.ExpireEvery, tick)
 }
 
 // end: the term is over. Queued and in-flight proposals fail; waiters are
@@ -95,6 +137,11 @@ func (t *Term) end() {
 	t.waiters = nil
 	for _, p := range uniqueReplies(waiting, nil) {
 		p.respond(&shard.Reply{Retry: "leadership lost", Unknown: true})
+	}
+	reads := t.verifying
+	t.verifying = nil
+	for _, fail := range reads {
+		fail()
 	}
 }
 

@@ -29,10 +29,21 @@ const (
 	// through a channel of sendsInFlightMax and keep their semaphore slot
 	// until they have; the loop, blocked in send() for a slot, deadlocks.
 	MutAnswersThroughLoop Mutation = "answers-through-loop"
+	// MutExpireClockSeconds: the expire loop compares its clock in seconds
+	// (time.Now().Unix()) with NextExpiry in nanoseconds, so it never finds
+	// a pending transfer due and never proposes KindExpire. Posts after the
+	// deadline are still refused (apply decides with the entry's time), so
+	// only liveness shows it: a pending transfer with a timeout never ends.
+	MutExpireClockSeconds Mutation = "expire-clock-in-seconds"
+	// MutLookupFromFollower: the shard server answers a transfers lookup
+	// from whichever replica's state is at hand (a read "optimised" off
+	// the leader), which may lag behind what was acknowledged: the router
+	// sends a post that names only its pending id to the wrong shard.
+	MutLookupFromFollower Mutation = "lookup-from-follower"
 )
 
 // Mutations lists every mutation.
-var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop}
+var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop, MutExpireClockSeconds, MutLookupFromFollower}
 
 // ParseMutation checks a mutation name ("" is none).
 func ParseMutation(s string) (Mutation, error) {

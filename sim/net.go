@@ -186,11 +186,58 @@ func (n *Network) request(from endpoint, to uint32, cmd *shard.Command, what str
 			t = terms[w.rngNet.IntN(len(terms))]
 		}
 		if n.isClient(from) {
-			w.ref.delivered(cmd)
+			w.ref.delivered(to, cmd)
 		}
 		t.handleCommand(cmd, func(r *shard.Reply) {
 			n.send(shardEP(to), from, what+" reply", func() { cb(reply{r: r}) })
 		})
+	})
+}
+
+// lookupReply is a lookup's answer: the transfers found by the term that
+// served it, or retry, or no responders.
+type lookupReply struct {
+	found        []transport.Transfer
+	term         uint64
+	retry        bool
+	noResponders bool
+}
+
+// lookup sends a transfers lookup from a client to shard to. The term that
+// serves it first confirms it still leads (shardServer.readable calls
+// VerifyLeader): a deposed leader cannot reach a quorum, so its read waits
+// until it notices and is answered retry. A leader reads its own replica's
+// state, which has applied everything acknowledged (shardServer.handleLookup).
+func (n *Network) lookup(from endpoint, to uint32, ids []string, cb func(lookupReply)) {
+	w := n.w
+	n.send(from, shardEP(to), "lookup", func() {
+		terms := w.group(to).serving()
+		if len(terms) == 0 {
+			w.after(w.p.NetDelayMin, func() { cb(lookupReply{noResponders: true}) })
+			return
+		}
+		t := terms[0]
+		if len(terms) > 1 {
+			t = terms[w.rngNet.IntN(len(terms))]
+		}
+		if t.zombie {
+			t.verifying = append(t.verifying, func() {
+				n.send(shardEP(to), from, "lookup reply", func() { cb(lookupReply{retry: true}) })
+			})
+			return
+		}
+		st := t.r.st
+		if w.mut == MutLookupFromFollower {
+			var up []*Replica
+			for _, r := range w.group(to).reps {
+				if r.up {
+					up = append(up, r)
+				}
+			}
+			st = up[w.rngNet.IntN(len(up))].st
+		}
+		rep := lookupReply{found: st.LookupTransfers(ids), term: t.n}
+		n.send(shardEP(to), from, "lookup reply", func() { cb(rep) })
 	})
 }
 

@@ -28,6 +28,8 @@ type Params struct {
 	HotP               float64
 	DoomP              float64 // share of transfers built to be refused or repeated
 	IDReuseOtherShardP float64 // a reused id with a debit account on any shard
+	TwoPhaseP          float64 // share of transfer events that are pending, post or void
+	PendingTimeoutMax  uint32  // seconds: pending timeouts are drawn up to it
 
 	// Network. Every message between two endpoints (client or shard).
 	NetDelayMin, NetDelayMean uint64
@@ -64,6 +66,7 @@ type Params struct {
 	ResendAfter          uint64
 	AbortAfter           uint64
 	ForgetEvery          uint64
+	ExpireEvery          uint64 // the expire loop's ticker (node/shardserver.go)
 	SagaTimeout          uint64
 	SendsInFlightMax     int // also the answers channel's capacity, as in production
 	CreditsPerMessageMax int
@@ -172,6 +175,11 @@ func drawParams(r *rand.Rand) Params {
 	if on(r, 0.15) {
 		p.OutboxRowsMax = 1 + r.IntN(8)
 	}
+	if on(r, 0.8) {
+		p.TwoPhaseP = 0.1 + r.Float64()*0.4
+		p.PendingTimeoutMax = []uint32{1, 2, 3, 5, 10}[r.IntN(5)]
+	}
+	p.ExpireEvery = []uint64{50 * ms, 250 * ms, 250 * ms, 1 * second}[r.IntN(4)]
 	p.SafetyTimeMax = 120 * second
 	p.LivenessTimeMax = 15 * 60 * second
 	return p
@@ -204,6 +212,9 @@ func (p Params) String() string {
 		p.Shards, p.Clients, p.Accounts, p.Ghosts, p.Ledgers, p.RequestsPerClient, p.BatchMax, p.HotP, p.DoomP)
 	if p.IDReuseOtherShardP > 0 {
 		b.WriteString(" id-reuse-other-shard")
+	}
+	if p.TwoPhaseP > 0 {
+		fmt.Fprintf(&b, " two-phase=%.2f timeout<=%ds", p.TwoPhaseP, p.PendingTimeoutMax)
 	}
 	fmt.Fprintf(&b, "\n  net delay=%s+exp(%s)", dur(p.NetDelayMin), dur(p.NetDelayMean))
 	if p.DropP > 0 {
@@ -253,6 +264,6 @@ func (p Params) String() string {
 	fmt.Fprintf(&b, "\n  timers deadline=%s client-retry~%s scan=%s resend=%s abort=%s forget=%s saga-timeout=%s sends<=%d outbox<=%d",
 		dur(p.RequestDeadline), dur(p.ClientRetryMean), dur(p.ScanEvery), dur(p.ResendAfter), dur(p.AbortAfter),
 		dur(p.ForgetEvery), dur(p.SagaTimeout), p.SendsInFlightMax, p.OutboxRowsMax)
-	fmt.Fprintf(&b, " credits/message<=%d waiter-ttl=%s", p.CreditsPerMessageMax, dur(p.WaiterTTL))
+	fmt.Fprintf(&b, " credits/message<=%d waiter-ttl=%s expire-every=%s", p.CreditsPerMessageMax, dur(p.WaiterTTL), dur(p.ExpireEvery))
 	return b.String()
 }

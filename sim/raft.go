@@ -454,7 +454,7 @@ func (r *Replica) applyOne(follower bool) []*shard.Output {
 		one := shard.Entry{Timestamp: e.Timestamp, Commands: e.Commands[j : j+1]}
 		outs[j] = r.st.Apply(&one)
 		if first {
-			w.chk.command(g, &e.Commands[j], outs[j], r.st)
+			w.chk.command(g, e.Timestamp, &e.Commands[j], outs[j], r.st)
 		}
 	}
 	if first {
@@ -517,7 +517,8 @@ func (g *Group) quiet() bool {
 		}
 	}
 	_, _, outbox, inbox := t.r.st.Counts()
-	return outbox == 0 && inbox == 0
+	_, expiring := t.r.st.NextExpiry()
+	return outbox == 0 && inbox == 0 && !expiring
 }
 
 func (g *Group) busy() string {
@@ -532,6 +533,9 @@ func (g *Group) busy() string {
 		s += fmt.Sprintf(" leader %s serving=%v mailbox %d in-flight entries %d outbox %d inbox %d;",
 			g.leader.r.name(), g.leader.serving, len(g.leader.mailbox), len(g.leader.inflight), outbox, inbox)
 		s += " " + g.leader.d.state() + ";"
+		if next, ok := g.leader.r.st.NextExpiry(); ok {
+			s += fmt.Sprintf(" a pending transfer due to expire at %d (leader clock %d);", rel(next), rel(g.leader.r.clock()))
+		}
 		for _, row := range g.leader.r.st.Outbox() {
 			s += fmt.Sprintf(" row %s attempt %d to shard %d;", row.Transfer.ID, rel(row.Transfer.Timestamp), row.CreditShard)
 		}
@@ -566,11 +570,11 @@ func describeCommand(b *bytes.Buffer, c *shard.Command) {
 		b.WriteString("]")
 	case shard.KindCreateTransfers:
 		fmt.Fprintf(b, "transfers[")
-		for i, t := range c.Transfers {
+		for i := range c.Transfers {
 			if i > 0 {
 				b.WriteString(" ")
 			}
-			fmt.Fprintf(b, "%s:%s->%s:%d", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount)
+			b.Write(appendTransfer(nil, &c.Transfers[i]))
 		}
 		b.WriteString("]")
 	case shard.KindCredit, shard.KindAbort:
@@ -599,6 +603,8 @@ func describeCommand(b *bytes.Buffer, c *shard.Command) {
 		if c.Forget != nil {
 			fmt.Fprintf(b, "forget[s%d below %d]", c.Forget.DebitShard, rel(c.Forget.Below))
 		}
+	case shard.KindExpire:
+		b.WriteString("expire")
 	default:
 		fmt.Fprintf(b, "kind%d", c.Kind)
 	}

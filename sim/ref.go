@@ -21,7 +21,11 @@ import (
 // rules out, ok for a transfer that cannot have been valid.
 //
 // Transfer ids are unique per debit shard (docs/protocol.md's known gap):
-// the model keys transfers by (debit shard, id).
+// the model keys transfers by (debit shard, id). A post or void is keyed by
+// the shard the router sent it to (found by a lookup when it names no debit
+// account), and judged against what that shard may store under its pending
+// id: the pending transfer's possible fields, whether it may have expired by
+// then in log time, and the other posts and voids sent for it.
 type Ref struct {
 	w         *World
 	canon     []transport.Account // the accounts, one set of fields each
@@ -30,6 +34,15 @@ type Ref struct {
 	transfers map[refKey]*refTransfer
 	history   []transport.Transfer // valid transfers drawn so far, for repeats
 	hot       []int
+
+	// pendings: pending transfers drawn not to be refused (they may be,
+	// by the limits), for posts and voids to name; pendingByID the first
+	// fields drawn under each pending id.
+	pendings     []transport.Transfer
+	accepted     []transport.Transfer // pending transfers a client saw applied
+	pendingByID  map[string]transport.Transfer
+	resolutions  []transport.Transfer // posts and voids drawn, for retries
+	resolutionOf map[refKey][]refKey  // (shard, pending id) -> keys of the posts and voids sent there for it
 }
 
 type refAccount struct {
@@ -38,8 +51,9 @@ type refAccount struct {
 	created bool
 	ts      uint64
 	copies  int // deliveries of the account's creation
-	// Acknowledged transfers' sums, and sums over every transfer delivered
-	// at least once (an upper bound on what can have been applied).
+	// Acknowledged posted sums (a lower bound of what is posted), and sums
+	// over every transfer delivered at least once, pending ones included
+	// (an upper bound on what can be posted and pending).
 	ackedDebits, ackedCredits       uint64
 	possibleDebits, possibleCredits uint64
 }
@@ -51,10 +65,16 @@ type refKey struct {
 
 type refTransfer struct {
 	variants  []*refVariant
-	applied   *refVariant
-	appliedAt uint64 // when the model learnt it
+	applied   *refVariant // the fields applied, when the model knows them
+	appliedAt uint64      // when the model learnt that a record exists under the key
 	ts        uint64
+	tsKnown   bool // a reply told the record's timestamp (a post or void answered exists may leave applied unknown)
 	okSeen    bool
+	// A pending transfer: the post or void the model learnt resolved it.
+	resolvedBy   refKey
+	resolvedPost bool
+	resolvedAt   uint64 // 0: none known
+	resolvedTS   uint64
 }
 
 // refVariant is one set of fields sent under a key.
@@ -70,10 +90,15 @@ type refVariant struct {
 	// account's acknowledged debits.
 	debitCreated, creditCreated bool
 	debitCredits, creditDebits  uint64
+	// logAtDelivery: the shard's log time (a lower bound) at the first
+	// delivery; a transfer applied later gets a larger timestamp.
+	logAtDelivery uint64
+	ewdf          bool // once answered exists_with_different_fields
 }
 
 func newRef(w *World) *Ref {
-	ref := &Ref{w: w, accounts: map[string]*refAccount{}, transfers: map[refKey]*refTransfer{}}
+	ref := &Ref{w: w, accounts: map[string]*refAccount{}, transfers: map[refKey]*refTransfer{},
+		pendingByID: map[string]transport.Transfer{}, resolutionOf: map[refKey][]refKey{}}
 	r := w.rngWork
 	for i := range w.p.Accounts {
 		a := transport.Account{ID: fmt.Sprintf("a%d", i), Code: 1 + uint16(r.IntN(3))}
@@ -131,6 +156,21 @@ func (ref *Ref) pick(r *rand.Rand, same *transport.Account) *transport.Account {
 	return &ref.canon[r.IntN(len(ref.canon))]
 }
 
+// pickOnShard draws an account of same's ledger, other than it, on the
+// given shard; nil if there is none.
+func (ref *Ref) pickOnShard(r *rand.Rand, same *transport.Account, s uint32) *transport.Account {
+	var c []*transport.Account
+	for i := range ref.canon {
+		if a := &ref.canon[i]; a.Ledger == same.Ledger && a.ID != same.ID && ref.w.shardOf(a.ID) == s {
+			c = append(c, a)
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c[r.IntN(len(c))]
+}
+
 // createdAccount returns an acknowledged account, for a repeat.
 func (ref *Ref) createdAccount(r *rand.Rand) (transport.Account, bool) {
 	a := ref.canon[r.IntN(len(ref.canon))]
@@ -147,23 +187,44 @@ func sameFields(a, b *transport.Transfer) bool {
 		a.PendingID == b.PendingID && a.Timeout == b.Timeout && maps.Equal(a.Metadata, b.Metadata)
 }
 
+const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+
+func isPending(t *transport.Transfer) bool { return t.Flags == transport.TransferPending }
+
+func isResolution(t *transport.Transfer) bool {
+	return t.Flags == transport.TransferPostPendingTransfer || t.Flags == transport.TransferVoidPendingTransfer
+}
+
+func isPost(t *transport.Transfer) bool { return t.Flags == transport.TransferPostPendingTransfer }
+
+func resolutionKind(post bool) string {
+	if post {
+		return "post"
+	}
+	return "void"
+}
+
 // fieldCode is what a transfer's fields alone earn, in the protocol's order,
 // for the defects the workload draws.
 func fieldCode(t *transport.Transfer) transport.Code {
+	const twoPhase = transport.TransferPending | resolves
+	res := t.Flags&resolves != 0
 	switch {
 	case !transport.ValidID(t.ID):
 		return transport.CodeIDInvalid
-	case t.Flags != 0:
-		return transport.CodeFlagsInvalid // the workload draws only flags not served (issue 3)
-	case t.Ledger == 0:
+	case t.Flags&^twoPhase != 0 || t.Flags&(t.Flags-1) != 0:
+		return transport.CodeFlagsInvalid // not served (issue 3), or two of pending, post, void
+	case t.Ledger == 0 && !res:
 		return transport.CodeLedgerInvalid
-	case t.Code == 0:
+	case t.Code == 0 && !res:
 		return transport.CodeCodeInvalid
-	case t.Amount == 0:
+	case t.Amount == 0 && !res:
 		return transport.CodeAmountInvalid
-	case t.Timeout != 0:
+	case t.Timeout != 0 && t.Flags&transport.TransferPending == 0:
 		return transport.CodeTimeoutInvalid
-	case t.DebitAccountID == t.CreditAccountID:
+	case res && (!transport.ValidID(t.PendingID) || t.PendingID == t.ID), !res && t.PendingID != "":
+		return transport.CodePendingIDInvalid
+	case t.DebitAccountID == t.CreditAccountID && !(res && t.DebitAccountID == ""):
 		return transport.CodeAccountsMustBeDifferent
 	}
 	return transport.CodeOK
@@ -188,21 +249,24 @@ func accountFieldCode(a *transport.Account) transport.Code {
 	return transport.CodeOK
 }
 
-// variant registers a transfer the workload will send.
-func (ref *Ref) variant(t transport.Transfer) *refVariant {
-	key := refKey{ref.w.shardOf(t.DebitAccountID), t.ID}
+// variant registers fields sent under an id to a shard.
+func (ref *Ref) variant(ds uint32, t *transport.Transfer) *refVariant {
+	key := refKey{ds, t.ID}
 	rt := ref.transfers[key]
 	if rt == nil {
 		rt = &refTransfer{}
 		ref.transfers[key] = rt
 	}
 	for _, v := range rt.variants {
-		if sameFields(&v.t, &t) {
+		if sameFields(&v.t, t) {
 			return v
 		}
 	}
-	v := &refVariant{key: key, t: t, field: fieldCode(&t)}
+	v := &refVariant{key: key, t: *t, field: fieldCode(t)}
 	rt.variants = append(rt.variants, v)
+	if pk := (refKey{ds, t.PendingID}); isResolution(t) && v.field == transport.CodeOK && !slices.Contains(ref.resolutionOf[pk], key) {
+		ref.resolutionOf[pk] = append(ref.resolutionOf[pk], key)
+	}
 	return v
 }
 
@@ -223,8 +287,8 @@ func (ref *Ref) find(ds uint32, t *transport.Transfer) *refVariant {
 // what the model knows then.
 func (ref *Ref) sending(p *part) {
 	for i := range p.cmd.Transfers {
-		v := ref.find(p.shard, &p.cmd.Transfers[i])
-		if v == nil || v.sent {
+		v := ref.variant(p.shard, &p.cmd.Transfers[i])
+		if v.sent {
 			continue
 		}
 		v.sent, v.firstSend = true, ref.w.now
@@ -238,8 +302,8 @@ func (ref *Ref) sending(p *part) {
 	}
 }
 
-// delivered: a client command reached a shard's leader.
-func (ref *Ref) delivered(cmd *shard.Command) {
+// delivered: a client command reached shard to's leader.
+func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 	for i := range cmd.Accounts {
 		a := &cmd.Accounts[i]
 		if ra := ref.accounts[a.ID]; ra != nil && sameAccount(&ra.canon, a) {
@@ -248,12 +312,16 @@ func (ref *Ref) delivered(cmd *shard.Command) {
 	}
 	for i := range cmd.Transfers {
 		t := &cmd.Transfers[i]
-		v := ref.find(ref.w.shardOf(t.DebitAccountID), t)
+		v := ref.find(to, t)
 		if v == nil {
 			continue
 		}
 		v.copies++
-		if v.copies == 1 && v.field == transport.CodeOK {
+		if v.copies > 1 {
+			continue
+		}
+		v.logAtDelivery = ref.w.chk.logLow[to-1]
+		if v.field == transport.CodeOK && !isResolution(t) {
 			if dr := ref.accounts[t.DebitAccountID]; dr != nil {
 				dr.possibleDebits += t.Amount
 			}
@@ -270,19 +338,28 @@ func sameAccount(a, b *transport.Account) bool {
 
 func (ref *Ref) bad(format string, args ...any) { ref.w.fail("reply", format, args...) }
 
-// check judges the results of a request.
+// check judges the results of a request, each against the shard that
+// answered it.
 func (ref *Ref) check(call *routerCall) {
-	sentAt := make([]uint64, len(call.results))
+	type sent struct {
+		shard         uint32
+		sentAt, logAt uint64
+	}
+	at := make([]sent, len(call.results))
 	for _, p := range call.parts {
 		for _, i := range p.index {
-			sentAt[i] = p.sentAt
+			at[i] = sent{p.shard, p.sentAt, p.logAt}
 		}
 	}
 	for i, res := range call.results {
 		if call.req.kind == shard.KindCreateAccounts {
 			ref.checkAccount(&call.req.accounts[i], res)
+		} else if v := ref.find(at[i].shard, &call.req.transfers[i]); v == nil {
+			ref.bad("transfer %s: answered by shard %d, where it was never sent", call.req.transfers[i].ID, at[i].shard)
+		} else if ref.reach(v, res.Code); isResolution(&v.t) && v.field == transport.CodeOK {
+			ref.checkResolution(v, res, at[i].sentAt, at[i].logAt)
 		} else {
-			ref.checkTransfer(call.req.vars[i], res, sentAt[i])
+			ref.checkTransfer(v, res, at[i].sentAt)
 		}
 		if ref.w.failure != nil {
 			return
@@ -326,28 +403,47 @@ func (ref *Ref) checkAccount(a *transport.Account, res transport.Result) {
 	}
 }
 
+// apply records that v's fields are stored under its key, at ts. A plain
+// transfer moves the acknowledged sums; a pending one moves nothing posted.
 func (ref *Ref) apply(rt *refTransfer, v *refVariant, ts uint64) {
-	rt.applied, rt.appliedAt, rt.ts = v, ref.w.now, ts
-	dr, cr := ref.accounts[v.t.DebitAccountID], ref.accounts[v.t.CreditAccountID]
-	dr.ackedDebits += v.t.Amount
-	cr.ackedCredits += v.t.Amount
+	rt.applied, rt.appliedAt, rt.ts, rt.tsKnown = v, ref.w.now, ts, true
+	if v.ewdf {
+		// Other fields were in flight under the id, and refused since.
+		ref.w.reached["exists_with_different_fields, then applied"]++
+	}
+	if isPending(&v.t) {
+		ref.accepted = append(ref.accepted, v.t)
+		ref.checkDeadline(v.key)
+		return
+	}
+	ref.acked(v.t.DebitAccountID, v.t.CreditAccountID, v.t.Amount, v.t.ID)
+}
+
+// acked adds an amount known posted to the acknowledged sums, and checks
+// them against what was ever sent.
+func (ref *Ref) acked(debit, credit string, amount uint64, id string) {
+	dr, cr := ref.accounts[debit], ref.accounts[credit]
+	dr.ackedDebits += amount
+	cr.ackedCredits += amount
 	if dr.canon.Flags&transport.AccountDebitsMustNotExceedCredits != 0 && dr.ackedDebits > dr.possibleCredits {
 		ref.bad("transfer %s applied: %s has %d acknowledged debits, but at most %d credits were ever sent to it",
-			v.t.ID, dr.canon.ID, dr.ackedDebits, dr.possibleCredits)
+			id, dr.canon.ID, dr.ackedDebits, dr.possibleCredits)
 	}
 	if cr.canon.Flags&transport.AccountCreditsMustNotExceedDebits != 0 && cr.ackedCredits > cr.possibleDebits {
 		ref.bad("transfer %s applied: %s has %d acknowledged credits, but at most %d debits were ever sent from it",
-			v.t.ID, cr.canon.ID, cr.ackedCredits, cr.possibleDebits)
+			id, cr.canon.ID, cr.ackedCredits, cr.possibleDebits)
 	}
 }
 
-// validForOK: could a transfer with these fields ever apply?
+// validForOK: could a plain or pending transfer with these fields ever apply?
 func (ref *Ref) validForOK(v *refVariant) string {
 	t := &v.t
 	dr, cr := ref.accounts[t.DebitAccountID], ref.accounts[t.CreditAccountID]
 	switch {
 	case v.field != transport.CodeOK:
 		return "its fields earn " + v.field.String()
+	case isResolution(t):
+		return "it is a post or void"
 	case dr == nil || dr.ghost:
 		return "its debit account was never created"
 	case cr == nil || cr.ghost:
@@ -358,6 +454,8 @@ func (ref *Ref) validForOK(v *refVariant) string {
 		return "the ledgers differ"
 	case (dr.canon.Flags|cr.canon.Flags)&transport.AccountClosed != 0:
 		return "an account is closed"
+	case isPending(t) && ref.w.shardOf(t.CreditAccountID) != v.key.ds:
+		return "it is a pending transfer across shards (refused until served)"
 	}
 	return ""
 }
@@ -384,6 +482,10 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 			// exists (which may arrive first), with its timestamp.
 			if rt.okSeen {
 				ref.bad("transfer %s (shard %d): ok twice", t.ID, v.key.ds)
+				return
+			}
+			if known {
+				ref.bad("transfer %s (shard %d): ok, but it was applied before this copy was sent", t.ID, v.key.ds)
 				return
 			}
 			rt.okSeen = true
@@ -419,6 +521,7 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 		// applied after).
 		for _, u := range rt.variants {
 			if u != v && u.copies > 0 && u.field == transport.CodeOK {
+				v.ewdf = true
 				return
 			}
 		}
@@ -438,7 +541,7 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 			ref.bad("transfer %s: %s with timestamp %d", t.ID, res.Code, res.Timestamp)
 		}
 		if why := ref.refusalImpossible(v, res.Code); why != "" {
-			ref.bad("transfer %s %s->%s %d (shard %d): %s, but %s", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount, v.key.ds, res.Code, why)
+			ref.bad("transfer %s %s->%s %d flags %d (shard %d): %s, but %s", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount, t.Flags, v.key.ds, res.Code, why)
 		}
 	}
 }
@@ -449,6 +552,16 @@ func (ref *Ref) refusalImpossible(v *refVariant, code transport.Code) string {
 	t := &v.t
 	dr, cr := ref.accounts[t.DebitAccountID], ref.accounts[t.CreditAccountID]
 	exists := func(a *refAccount) bool { return a != nil && !a.ghost }
+	if isPending(t) && ref.w.shardOf(t.CreditAccountID) != v.key.ds {
+		// Refused once the debit account is found, before anything else.
+		switch code {
+		case transport.CodeDebitAccountNotFound:
+		case transport.CodeFlagsInvalid:
+			return ""
+		default:
+			return "a pending transfer across shards is refused flags_invalid once its debit account is found"
+		}
+	}
 	switch code {
 	case transport.CodeDebitAccountNotFound:
 		if exists(dr) && v.debitCreated {
@@ -496,55 +609,364 @@ func ownShare(v *refVariant) uint64 {
 	return 0
 }
 
+// stored lists the fields a shard may store under a key: the applied ones
+// if the model knows them, else every valid set delivered.
+func (ref *Ref) stored(k refKey) []*refVariant {
+	rt := ref.transfers[k]
+	if rt == nil {
+		return nil
+	}
+	if rt.applied != nil {
+		return []*refVariant{rt.applied}
+	}
+	var out []*refVariant
+	for _, u := range rt.variants {
+		if u.copies > 0 && (isResolution(&u.t) && u.field == transport.CodeOK || ref.validForOK(u) == "") {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// fieldsMatch: the optional fields a post or void gives are the pending
+// transfer's (checked before anything else: pending_transfer_mismatch).
+func fieldsMatch(r, p *transport.Transfer) bool {
+	return (r.DebitAccountID == "" || r.DebitAccountID == p.DebitAccountID) &&
+		(r.CreditAccountID == "" || r.CreditAccountID == p.CreditAccountID) &&
+		(r.Ledger == 0 || r.Ledger == p.Ledger) && (r.Code == 0 || r.Code == p.Code)
+}
+
+// canResolve: post or void r can apply to pending transfer p while it is
+// open and unexpired.
+func canResolve(r, p *transport.Transfer) bool {
+	return isPending(p) && fieldsMatch(r, p) && r.Amount <= p.Amount && (isPost(r) || r.Amount == 0 || r.Amount == p.Amount)
+}
+
+// effAmount is what a post or void of p moves out of pending: 0 means all.
+func effAmount(r, p *transport.Transfer) uint64 {
+	if r.Amount == 0 {
+		return p.Amount
+	}
+	return r.Amount
+}
+
+// equivalent: with u stored as the resolution of p, a copy with v's fields
+// answers exists (shard.sameResolution): the fields v omits are filled in
+// from p, and amount 0 is p's amount.
+func equivalent(u, v, p *transport.Transfer) bool {
+	return fieldsMatch(u, p) && fieldsMatch(v, p) && u.Flags == v.Flags && u.PendingID == v.PendingID &&
+		u.Timeout == v.Timeout && effAmount(u, p) == effAmount(v, p) && maps.Equal(u.Metadata, v.Metadata)
+}
+
+// deadline is when pending transfer p expires, given its timestamp (0: no
+// timeout).
+func deadline(p *transport.Transfer, ts uint64) uint64 {
+	if p.Timeout == 0 {
+		return 0
+	}
+	return ts + uint64(p.Timeout)*second
+}
+
+// checkResolution judges the reply to a post or void with valid fields,
+// from shard v.key.ds. sentAt is when the router sent this copy, logAt the
+// shard's log time then (a lower bound of when it applies).
+func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, logAt uint64) {
+	rt := ref.transfers[v.key]
+	t := &v.t
+	pk := refKey{v.key.ds, t.PendingID}
+	prt := ref.transfers[pk]
+	ps := ref.stored(pk)
+	what := fmt.Sprintf("%s %s of %s (shard %d, amount %d)", resolutionKind(isPost(t)), t.ID, t.PendingID, v.key.ds, t.Amount)
+	pExists := prt != nil && (prt.applied != nil && prt.appliedAt < sentAt || prt.resolvedAt != 0 && prt.resolvedAt < sentAt)
+	resolvedBefore := prt != nil && prt.resolvedAt != 0 && prt.resolvedAt < sentAt && prt.resolvedBy != v.key
+	known := rt.tsKnown && rt.appliedAt < sentAt
+	// surelyExpired: p's deadline passed before this copy can apply.
+	surelyExpired := func(p *refVariant) bool {
+		if prt == nil || prt.applied != p {
+			return false
+		}
+		d := deadline(&p.t, prt.ts)
+		return d != 0 && d <= logAt+1
+	}
+	switch res.Code {
+	case transport.CodeOK:
+		if rt.okSeen {
+			ref.bad("%s: ok twice", what)
+			return
+		}
+		if known {
+			ref.bad("%s: ok, but its id was stored before this copy was sent", what)
+			return
+		}
+		if rt.tsKnown && rt.ts != res.Timestamp {
+			ref.bad("%s: ok at %d, but its record was stored at %d", what, res.Timestamp, rt.ts)
+			return
+		}
+		if res.Timestamp == 0 {
+			ref.bad("%s: ok without a timestamp", what)
+		}
+		if !slices.ContainsFunc(ps, func(p *refVariant) bool { return canResolve(t, &p.t) }) {
+			ref.bad("%s: ok, but no pending transfer it can resolve was delivered under %s", what, t.PendingID)
+			return
+		}
+		rt.okSeen, rt.applied, rt.appliedAt, rt.ts, rt.tsKnown = true, v, ref.w.now, res.Timestamp, true
+		ref.learnResolved(pk, v, res.Timestamp)
+	case transport.CodeExists:
+		if rt.tsKnown && rt.ts != res.Timestamp {
+			ref.bad("%s: exists at %d, but its record was stored at %d", what, res.Timestamp, rt.ts)
+			return
+		}
+		if !ref.couldBeStored(rt, v, ps, true) {
+			ref.bad("%s: exists, but no copy it repeats was delivered earlier", what)
+			return
+		}
+		if !rt.tsKnown {
+			rt.ts, rt.tsKnown, rt.appliedAt = res.Timestamp, true, ref.w.now
+		}
+		ref.learnResolved(pk, v, res.Timestamp)
+	case transport.CodeExistsWithDifferentFields:
+		if known && rt.applied == v {
+			ref.bad("%s: exists_with_different_fields, but these very fields were applied", what)
+			return
+		}
+		if !ref.couldBeStored(rt, v, ps, false) {
+			ref.bad("%s: exists_with_different_fields, but no other post or void it differs from was delivered under its id", what)
+		}
+	default:
+		if known {
+			ref.bad("%s: %s, but it was applied before this copy was sent", what, res.Code)
+			return
+		}
+		if res.Timestamp != 0 {
+			ref.bad("%s: %s with timestamp %d", what, res.Code, res.Timestamp)
+		}
+		if why := ref.resolutionRefusalImpossible(v, res.Code, ps, pExists, resolvedBefore, surelyExpired); why != "" {
+			ref.bad("%s: %s, but %s", what, res.Code, why)
+		}
+	}
+}
+
+// couldBeStored: some post or void delivered under v's key may be stored
+// there, and v repeats it (same) or differs from it (!same).
+func (ref *Ref) couldBeStored(rt *refTransfer, v *refVariant, ps []*refVariant, same bool) bool {
+	for _, u := range rt.variants {
+		switch {
+		case rt.applied != nil && u != rt.applied,
+			u.field != transport.CodeOK || !isResolution(&u.t),
+			u == v && (!same || v.copies < 2 && rt.applied != v),
+			u != v && u.copies == 0:
+			continue
+		}
+		for _, p := range ps {
+			if canResolve(&u.t, &p.t) && equivalent(&u.t, &v.t, &p.t) == same {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// resolutionRefusalImpossible says why no order of the requests in flight
+// gives a post or void this refusal, or "" if one can. ps are the fields
+// the shard may store under the pending id.
+func (ref *Ref) resolutionRefusalImpossible(v *refVariant, code transport.Code, ps []*refVariant, pExists, resolvedBefore bool,
+	surelyExpired func(*refVariant) bool) string {
+	t := &v.t
+	pk := refKey{v.key.ds, t.PendingID}
+	prt := ref.transfers[pk]
+	open := func(p *refVariant) bool { // p may be pending, open and unexpired when t applies
+		return isPending(&p.t) && fieldsMatch(t, &p.t) && !resolvedBefore && !surelyExpired(p)
+	}
+	any := func(f func(p *refVariant) bool) bool { return slices.ContainsFunc(ps, f) }
+	switch code {
+	case transport.CodePendingTransferNotFound:
+		if pExists {
+			return "the model knew it stored before this copy was sent"
+		}
+	case transport.CodePendingTransferMismatch:
+		if !any(func(p *refVariant) bool {
+			return !fieldsMatch(t, &p.t) || open(p) && !isPost(t) && t.Amount != 0 && t.Amount < p.t.Amount
+		}) {
+			return "the fields it gives match every transfer stored under its id, and it is no part void of one"
+		}
+	case transport.CodePendingTransferNotPending:
+		if !any(func(p *refVariant) bool { return !isPending(&p.t) && fieldsMatch(t, &p.t) }) {
+			return "no transfer delivered under its pending id is a plain one"
+		}
+	case transport.CodePendingTransferAlreadyPosted, transport.CodePendingTransferAlreadyVoided:
+		post := code == transport.CodePendingTransferAlreadyPosted
+		if !any(func(p *refVariant) bool { return isPending(&p.t) && fieldsMatch(t, &p.t) }) {
+			return "no pending transfer it matches was delivered under its pending id"
+		}
+		if prt.resolvedAt != 0 && prt.resolvedBy != v.key {
+			if prt.resolvedPost != post {
+				return fmt.Sprintf("the model knows it was resolved by %s (post=%v)", prt.resolvedBy.id, prt.resolvedPost)
+			}
+			return ""
+		}
+		if !ref.otherResolution(v, post, ps) {
+			return "no other " + resolutionKind(post) + " of it was delivered"
+		}
+	case transport.CodePendingTransferExpired:
+		if resolvedBefore {
+			return fmt.Sprintf("the model knew it resolved by %s before this copy was sent", prt.resolvedBy.id)
+		}
+		logHigh := ref.w.chk.logHigh[v.key.ds-1] + 1
+		if !any(func(p *refVariant) bool {
+			if !isPending(&p.t) || !fieldsMatch(t, &p.t) || p.t.Timeout == 0 {
+				return false
+			}
+			ts := p.logAtDelivery + 1 // the earliest it can have been applied at
+			if prt.applied == p {
+				ts = prt.ts
+			}
+			return deadline(&p.t, ts) <= logHigh
+		}) {
+			return fmt.Sprintf("no pending transfer it matches can have expired by log time %d", rel(logHigh))
+		}
+	case transport.CodeExceedsPendingTransferAmount:
+		if !any(func(p *refVariant) bool { return open(p) && t.Amount > p.t.Amount }) {
+			return "no open pending transfer it matches has a smaller amount"
+		}
+	default:
+		return "no post or void the workload draws can earn it"
+	}
+	return ""
+}
+
+// otherResolution: a post (or void) of the same pending transfer under
+// another id was delivered to the shard, and may have applied.
+func (ref *Ref) otherResolution(v *refVariant, post bool, ps []*refVariant) bool {
+	for _, k := range ref.resolutionOf[refKey{v.key.ds, v.t.PendingID}] {
+		if k == v.key {
+			continue
+		}
+		for _, u := range ref.transfers[k].variants {
+			if u.copies == 0 || u.field != transport.CodeOK || isPost(&u.t) != post || u.t.PendingID != v.t.PendingID {
+				continue
+			}
+			if slices.ContainsFunc(ps, func(p *refVariant) bool { return canResolve(&u.t, &p.t) }) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// learnResolved: the post or void v (or fields equivalent to it) is stored
+// under its key, at ts, so the pending transfer it names was resolved by it.
+func (ref *Ref) learnResolved(pk refKey, v *refVariant, ts uint64) {
+	prt := ref.transfers[pk]
+	post := isPost(&v.t)
+	switch {
+	case prt.resolvedAt == 0:
+		prt.resolvedBy, prt.resolvedPost, prt.resolvedAt, prt.resolvedTS = v.key, post, ref.w.now, ts
+	case prt.resolvedBy != v.key:
+		ref.bad("pending %s (shard %d) resolved by both %s and %s", pk.id, pk.ds, prt.resolvedBy.id, v.key.id)
+		return
+	default:
+		return
+	}
+	ref.checkDeadline(pk)
+	ps := ref.stored(pk)
+	if !post || len(ps) != 1 {
+		return // the amount posted is known at the end
+	}
+	p := &ps[0].t
+	ref.acked(p.DebitAccountID, p.CreditAccountID, effAmount(&v.t, p), v.t.ID)
+}
+
+// checkDeadline: a pending transfer known applied and resolved was resolved
+// before its deadline.
+func (ref *Ref) checkDeadline(pk refKey) {
+	prt := ref.transfers[pk]
+	if prt.applied == nil || prt.resolvedAt == 0 {
+		return
+	}
+	if d := deadline(&prt.applied.t, prt.ts); d != 0 && prt.resolvedTS >= d {
+		ref.bad("pending %s (shard %d) applied at %d with timeout %ds resolved by %s at %d, after its deadline",
+			pk.id, pk.ds, rel(prt.ts), prt.applied.t.Timeout, prt.resolvedBy.id, rel(prt.resolvedTS))
+	}
+}
+
 // settle is the end of the run: every transfer whose outcome no client saw
-// is looked up on its debit shard, then every balance must equal the
-// model's, and every applied transfer must be stored exactly once.
+// is looked up on its shard, every record must be one some client sent,
+// every pending transfer must have ended as its posts, voids and timeout
+// say, and every balance must equal the sums of the records.
 func (ref *Ref) settle() {
 	w := ref.w
 	keys := slices.SortedFunc(maps.Keys(ref.transfers), func(a, b refKey) int {
 		return cmp.Or(cmp.Compare(a.ds, b.ds), cmp.Compare(a.id, b.id))
 	})
 	stored := map[uint32]int{}
+	records := map[refKey]transport.Transfer{}
 	for _, k := range keys {
 		rt := ref.transfers[k]
-		st := w.group(k.ds).leader.r.st
-		found := st.LookupTransfers([]string{k.id})
-		if rt.applied == nil {
-			if len(found) == 0 {
-				continue
-			}
-			v := ref.find(k.ds, &found[0])
-			if v == nil || v.copies == 0 || v.field != transport.CodeOK {
-				w.fail("final", "shard %d stores transfer %s with fields no client delivered: %+v", k.ds, k.id, found[0])
+		found := w.group(k.ds).leader.r.st.LookupTransfers([]string{k.id})
+		if len(found) == 0 {
+			if rt.tsKnown {
+				w.fail("final", "transfer %s (shard %d) was acknowledged but is not stored", k.id, k.ds)
 				return
 			}
-			if why := ref.validForOK(v); why != "" {
-				w.fail("final", "shard %d stores transfer %s, but %s", k.ds, k.id, why)
-				return
-			}
-			ref.apply(rt, v, found[0].Timestamp)
+			continue
 		}
+		f := found[0]
+		if rt.tsKnown && f.Timestamp != rt.ts {
+			w.fail("final", "transfer %s (shard %d) is stored at %d, acknowledged at %d", k.id, k.ds, f.Timestamp, rt.ts)
+			return
+		}
+		if why := ref.storedAsSent(k, rt, &f); why != "" {
+			w.fail("final", "shard %d stores transfer %s as %+v: %s", k.ds, k.id, f, why)
+			return
+		}
+		records[k] = f
 		stored[k.ds]++
-		if len(found) != 1 {
-			w.fail("final", "transfer %s (shard %d) was acknowledged but is not stored", k.id, k.ds)
-			return
-		}
-		if !sameFields(&found[0], &rt.applied.t) || found[0].Timestamp != rt.ts {
-			w.fail("final", "transfer %s (shard %d) is stored as %+v, acknowledged as %+v at %d", k.id, k.ds, found[0], rt.applied.t, rt.ts)
-			return
-		}
 	}
 	for _, g := range w.groups {
 		_, n, _, _ := g.leader.r.st.Counts()
 		if n != stored[g.id] {
-			w.fail("final", "%s stores %d transfers, the model applied %d with it as debit shard", g.name(), n, stored[g.id])
+			w.fail("final", "%s stores %d transfers, the model found %d with it as debit shard", g.name(), n, stored[g.id])
 			return
+		}
+	}
+	type sums struct{ dPosted, cPosted, dPending, cPending uint64 }
+	bal := map[string]*sums{}
+	add := func(id string) *sums {
+		if bal[id] == nil {
+			bal[id] = &sums{}
+		}
+		return bal[id]
+	}
+	for _, k := range keys {
+		f, ok := records[k]
+		if !ok {
+			continue
+		}
+		switch {
+		case isPending(&f):
+			if why := ref.pendingEnded(k, &f, records); why != "" {
+				w.fail("final", "pending %s (shard %d) %+v: %s", k.id, k.ds, f, why)
+				return
+			}
+			if f.State == transport.StatePending {
+				add(f.DebitAccountID).dPending += f.Amount
+				add(f.CreditAccountID).cPending += f.Amount
+			}
+		case isResolution(&f):
+			if isPost(&f) {
+				add(f.DebitAccountID).dPosted += f.Amount
+				add(f.CreditAccountID).cPosted += f.Amount
+			}
+		default:
+			add(f.DebitAccountID).dPosted += f.Amount
+			add(f.CreditAccountID).cPosted += f.Amount
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(ref.accounts)) {
 		ra := ref.accounts[id]
 		g := w.group(w.shardOf(id))
 		found := g.leader.r.st.LookupAccounts([]string{id})
+		want := add(id)
 		if ra.ghost {
 			if len(found) != 0 {
 				w.fail("final", "account %s was never sent, but exists", id)
@@ -552,7 +974,7 @@ func (ref *Ref) settle() {
 			continue
 		}
 		if len(found) == 0 {
-			if ra.created || ra.ackedCredits+ra.ackedDebits > 0 {
+			if ra.created || *want != (sums{}) {
 				w.fail("final", "account %s is acknowledged but does not exist", id)
 			}
 			continue
@@ -561,12 +983,159 @@ func (ref *Ref) settle() {
 		if !sameAccount(&a, &ra.canon) {
 			w.fail("final", "account %s stored as %+v, sent as %+v", id, a, ra.canon)
 		}
-		if a.DebitsPosted != ra.ackedDebits || a.CreditsPosted != ra.ackedCredits || a.DebitsPending != 0 || a.CreditsPending != 0 {
-			w.fail("final", "account %s: debits %d posted %d pending, credits %d posted %d pending; the model applied debits %d credits %d",
-				id, a.DebitsPosted, a.DebitsPending, a.CreditsPosted, a.CreditsPending, ra.ackedDebits, ra.ackedCredits)
+		if a.DebitsPosted != want.dPosted || a.CreditsPosted != want.cPosted || a.DebitsPending != want.dPending || a.CreditsPending != want.cPending {
+			w.fail("final", "account %s: debits %d posted %d pending, credits %d posted %d pending; its transfers explain debits %d %d, credits %d %d",
+				id, a.DebitsPosted, a.DebitsPending, a.CreditsPosted, a.CreditsPending, want.dPosted, want.dPending, want.cPosted, want.cPending)
+		}
+		if ra.ackedDebits > a.DebitsPosted || ra.ackedCredits > a.CreditsPosted {
+			w.fail("final", "account %s: debits %d credits %d posted, less than the %d and %d acknowledged", id, a.DebitsPosted, a.CreditsPosted, ra.ackedDebits, ra.ackedCredits)
 		}
 		if w.failure != nil {
 			return
 		}
 	}
+}
+
+// storedAsSent says why a stored record is none that clients delivered
+// under its key (or not the one the model knows applied), or "".
+func (ref *Ref) storedAsSent(k refKey, rt *refTransfer, f *transport.Transfer) string {
+	if !isResolution(f) {
+		v := ref.find(k.ds, f)
+		switch {
+		case v == nil || v.copies == 0:
+			return "no client delivered these fields"
+		case rt.applied != nil && rt.applied != v:
+			return fmt.Sprintf("the model knows %+v applied", rt.applied.t)
+		}
+		if why := ref.validForOK(v); why != "" {
+			return why
+		}
+		if rt.applied == nil {
+			if v.ewdf {
+				ref.w.reached["exists_with_different_fields, then applied"]++
+			}
+			rt.applied, rt.ts, rt.tsKnown = v, f.Timestamp, true
+		}
+		return ""
+	}
+	// A post or void is stored with its pending transfer's fields and the
+	// amount it moved: some delivered copy must give exactly it.
+	ps := ref.w.group(k.ds).leader.r.st.LookupTransfers([]string{f.PendingID})
+	if len(ps) == 0 || !isPending(&ps[0]) {
+		return "its pending transfer is not stored"
+	}
+	p := &ps[0]
+	for _, u := range rt.variants {
+		if rt.applied != nil && u != rt.applied || u.copies == 0 || u.field != transport.CodeOK || !isResolution(&u.t) || !canResolve(&u.t, p) {
+			continue
+		}
+		s := u.t
+		s.DebitAccountID, s.CreditAccountID, s.Ledger, s.Code, s.Amount = p.DebitAccountID, p.CreditAccountID, p.Ledger, p.Code, effAmount(&u.t, p)
+		if sameFields(&s, f) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("no delivered post or void of %+v gives it", *p)
+}
+
+// pendingEnded says why a stored pending transfer did not end as its posts,
+// voids and timeout say, or "": posted or voided by exactly one stored post
+// or void (as the model learnt), expired only after its deadline's time
+// came, never still pending with a timeout at the end.
+func (ref *Ref) pendingEnded(k refKey, p *transport.Transfer, records map[refKey]transport.Transfer) string {
+	var by []refKey
+	for _, rk := range ref.resolutionOf[k] {
+		if r, ok := records[rk]; ok && isResolution(&r) && r.PendingID == k.id {
+			by = append(by, rk)
+		}
+	}
+	prt := ref.transfers[k]
+	d := deadline(p, p.Timestamp)
+	switch p.State {
+	case transport.StatePending, transport.StateExpired:
+		if len(by) != 0 {
+			return fmt.Sprintf("%s, but %s resolved it", p.State, by[0].id)
+		}
+		if p.State == transport.StatePending && p.Timeout != 0 {
+			return "still pending at the end, with a timeout"
+		}
+		if p.State == transport.StateExpired && p.Timeout == 0 {
+			return "expired without a timeout"
+		}
+		if prt.resolvedAt != 0 {
+			return fmt.Sprintf("%s, but a client was told %s resolved it", p.State, prt.resolvedBy.id)
+		}
+	case transport.StatePosted, transport.StateVoided:
+		if len(by) != 1 {
+			return fmt.Sprintf("%s by %d posts and voids", p.State, len(by))
+		}
+		r := records[by[0]]
+		switch {
+		case isPost(&r) != (p.State == transport.StatePosted):
+			return fmt.Sprintf("%s by %+v", p.State, r)
+		case prt.resolvedAt != 0 && prt.resolvedBy != by[0]:
+			return fmt.Sprintf("resolved by %s, but a client was told %s resolved it", by[0].id, prt.resolvedBy.id)
+		case d != 0 && r.Timestamp >= d:
+			return fmt.Sprintf("resolved by %s at %d, at or after its deadline %d", r.ID, rel(r.Timestamp), rel(d))
+		case r.Amount > p.Amount || !isPost(&r) && r.Amount != p.Amount:
+			return fmt.Sprintf("%s by %s moving %d", p.State, r.ID, r.Amount)
+		}
+	default:
+		return "in no state a pending transfer can be in"
+	}
+	return ""
+}
+
+// drawn records a transfer the workload made, for later repeats, posts
+// and voids.
+func (ref *Ref) drawn(t transport.Transfer) {
+	ref.history = append(ref.history, t)
+	if fieldCode(&t) != transport.CodeOK {
+		return
+	}
+	switch {
+	case isPending(&t):
+		if _, ok := ref.pendingByID[t.ID]; !ok {
+			ref.pendingByID[t.ID] = t
+		}
+	case isResolution(&t):
+		ref.resolutions = append(ref.resolutions, t)
+	}
+}
+
+// lookedUp checks the router's lookup of ids on shard s, sent at sentAt:
+// the leader that answers (it confirmed its leadership and has applied
+// everything committed) finds every transfer the model knew stored there
+// before the lookup was sent. Else the router would send a post or void to
+// the wrong shard, which answers pending_transfer_not_found.
+func (ref *Ref) lookedUp(s uint32, ids []string, rep lookupReply, sentAt uint64) {
+	for _, id := range ids {
+		if slices.ContainsFunc(rep.found, func(t transport.Transfer) bool { return t.ID == id }) {
+			continue
+		}
+		rt := ref.transfers[refKey{s, id}]
+		if rt == nil || !rt.tsKnown || rt.appliedAt >= sentAt {
+			continue
+		}
+		ref.w.fail("lookup", "shard %d's leader (term %d) did not find transfer %s, acknowledged before the lookup was sent", s, rep.term, id)
+		return
+	}
+}
+
+// reach counts a two-phase outcome.
+func (ref *Ref) reach(v *refVariant, code transport.Code) {
+	var kind string
+	switch {
+	case isPending(&v.t) && ref.w.shardOf(v.t.CreditAccountID) != v.key.ds:
+		kind = "pending across shards"
+	case isPending(&v.t):
+		kind = "pending"
+	case isPost(&v.t):
+		kind = "post"
+	case isResolution(&v.t):
+		kind = "void"
+	default:
+		return
+	}
+	ref.w.reached[kind+" "+code.String()]++
 }

@@ -112,6 +112,30 @@ func TestSeeds(t *testing.T) {
 		}
 		report(t, f, m)
 	}
+	if m == "" && res.Ran >= 100 {
+		var missing []string
+		for _, k := range twoPhaseOutcomes {
+			if res.Reached[k] == 0 {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) > 0 {
+			t.Errorf("the two-phase mix of %d seeds never reached: %q", res.Ran, missing)
+		}
+	}
+}
+
+// twoPhaseOutcomes are what the two-phase workload is there to reach: 100
+// seeds reach each of them many times over (simrun -reached counts them).
+var twoPhaseOutcomes = []string{
+	"pending ok", "pending exceeds_credits", "pending exists", "pending across shards flags_invalid",
+	"post ok", "void ok", "posted in part", "expired", "post exists", "void exists",
+	"post exists_with_different_fields", "void exists_with_different_fields",
+	"post pending_transfer_already_posted", "post pending_transfer_already_voided", "void pending_transfer_already_posted",
+	"post pending_transfer_expired", "void pending_transfer_expired", "post pending_transfer_mismatch",
+	"void pending_transfer_mismatch", "post pending_transfer_not_found", "post pending_transfer_not_pending",
+	"post exceeds_pending_transfer_amount", "void exceeds_pending_transfer_amount",
+	"refused expired before its expiry entry", "resolved in the last second before its deadline",
 }
 
 // TestRegressionSeeds replays every seed that once found a bug since fixed

@@ -58,6 +58,7 @@ type SweepResult struct {
 	FailsAnyway []Result
 	Elapsed     time.Duration
 	Events      uint64
+	Reached     map[string]int // summed over every seed
 }
 
 // Sweep runs seeds SeedAt(Base, 0), SeedAt(Base, 1), ... on Workers
@@ -75,7 +76,7 @@ func Sweep(o SweepOptions) SweepResult {
 	var events atomic.Uint64
 	var stop atomic.Bool
 	var mu sync.Mutex
-	var res SweepResult
+	res := SweepResult{Reached: map[string]int{}}
 	var wg sync.WaitGroup
 	for range o.Workers {
 		wg.Add(1)
@@ -89,11 +90,14 @@ func Sweep(o SweepOptions) SweepResult {
 				r := Run(Options{Seed: SeedAt(o.Base, i), Mutation: o.Mutation})
 				ran.Add(1)
 				events.Add(r.Stats.Events)
-				if o.OnResult != nil {
-					mu.Lock()
-					o.OnResult(r)
-					mu.Unlock()
+				mu.Lock()
+				for k, v := range r.Reached {
+					res.Reached[k] += v
 				}
+				if o.OnResult != nil {
+					o.OnResult(r)
+				}
+				mu.Unlock()
 				if r.Err != nil && o.MutationOnly && o.Mutation != "" {
 					if clean := Run(Options{Seed: r.Seed}); clean.Err != nil {
 						mu.Lock()

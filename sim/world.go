@@ -42,6 +42,8 @@ type Stats struct {
 	Partitions                    uint64
 	Transfers, CrossShard         uint64
 	Posted, Voided, Aborts        uint64
+	Pending, PendingPosted        uint64
+	PendingVoided, Expired        uint64
 	SimTime                       uint64
 }
 
@@ -54,6 +56,9 @@ type Result struct {
 	// Digest sums the run (event times, final state hashes): two runs of a
 	// seed must give the same digest.
 	Digest uint64
+	// Reached counts the two-phase outcomes the run reached ("post ok",
+	// "void pending_transfer_expired", ...), to show the mix covers them.
+	Reached map[string]int
 }
 
 // Failure is the error of a failed check.
@@ -136,18 +141,20 @@ type World struct {
 	ref     *Ref
 	chk     *Checker
 
-	liveness bool
-	done     bool
-	failure  *Failure
-	trace    io.Writer
-	stats    Stats
-	digest   uint64
+	liveness   bool
+	livenessAt uint64
+	done       bool
+	failure    *Failure
+	trace      io.Writer
+	stats      Stats
+	digest     uint64
+	reached    map[string]int
 }
 
 func stream(seed, n uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15*n+1)) }
 
 func newWorld(o Options) *World {
-	w := &World{seed: o.Seed, mut: o.Mutation, trace: o.Trace}
+	w := &World{seed: o.Seed, mut: o.Mutation, trace: o.Trace, reached: map[string]int{}}
 	w.p = drawParams(stream(o.Seed, 1))
 	if o.Tweak != nil {
 		o.Tweak(&w.p)
@@ -228,6 +235,7 @@ func Run(o Options) (res Result) {
 	w.stats.SimTime = w.now
 	res.Stats = w.stats
 	res.Digest = w.digest
+	res.Reached = w.reached
 	if w.failure != nil {
 		res.Err = w.failure
 	}
@@ -265,7 +273,7 @@ func (w *World) enterLiveness() {
 	if w.liveness {
 		return
 	}
-	w.liveness = true
+	w.liveness, w.livenessAt = true, w.now
 	w.tracef("=== liveness phase: faults off, heal everything")
 	w.p.faultFree()
 	w.net.healAll()
@@ -280,6 +288,10 @@ func (w *World) enterLiveness() {
 			w.done = true
 			return
 		}
+		if why := w.expiryOverdue(); why != "" {
+			w.fail("liveness", "%s", why)
+			return
+		}
 		if w.now >= deadline {
 			w.fail("liveness", "not quiet %s after the faults stopped: %s", dur(w.p.LivenessTimeMax), w.busyReport())
 			return
@@ -287,6 +299,30 @@ func (w *World) enterLiveness() {
 		w.after(100*ms, poll)
 	}
 	w.after(100*ms, poll)
+}
+
+// expiryGrace bounds, once faults have stopped, how long after its deadline
+// a pending transfer may stay open: the expire loop's period, clock skew, an
+// election and a commit each take far less.
+const expiryGrace = 30 * second
+
+// expiryOverdue: in the liveness phase, a serving leader's clock is past
+// the deadline of a pending transfer it has not expired by expiryGrace.
+func (w *World) expiryOverdue() string {
+	if w.now < w.livenessAt+expiryGrace {
+		return ""
+	}
+	for _, g := range w.groups {
+		t := g.leader
+		if t == nil || !t.serving {
+			continue
+		}
+		if next, ok := t.r.st.NextExpiry(); ok && t.r.clock() > next+expiryGrace {
+			return fmt.Sprintf("%s: a pending transfer due at %d is still open at leader clock %d, %s after the faults stopped",
+				g.name(), rel(next), rel(t.r.clock()), dur(w.now-w.livenessAt))
+		}
+	}
+	return ""
 }
 
 func (w *World) quiet() bool {

@@ -27,6 +27,7 @@ func main() {
 	workers := flag.Int("workers", 0, "parallel worlds (default GOMAXPROCS)")
 	mutation := flag.String("mutation", "", "inject a known bug into the leader-side model")
 	mutationOnly := flag.Bool("mutation-only", false, "with -mutation: count only seeds that pass without it")
+	showReached := flag.Bool("reached", false, "with a sweep: print how often each two-phase outcome was reached")
 	flag.Parse()
 	mut, err := sim.ParseMutation(*mutation)
 	if err != nil {
@@ -67,8 +68,12 @@ func main() {
 	fmt.Printf("sweep from base %d (%s), mutation %q\n", b, from, mut)
 	start, done := time.Now(), 0
 	byCheck := map[string]int{}
+	reached := map[string]int{}
 	onResult := func(r sim.Result) {
 		done++
+		for k, v := range r.Reached {
+			reached[k] += v
+		}
 		if r.Err != nil {
 			fmt.Printf("FAIL seed %d: %v\n  replay: go run ./sim/cmd/simrun -seed %d -trace\n", r.Seed, r.Err, r.Seed)
 			if f, ok := r.Err.(*sim.Failure); ok {
@@ -81,6 +86,11 @@ func main() {
 	}
 	res := sim.Sweep(sim.SweepOptions{Base: b, Count: *seeds, Budget: *budget, Workers: *workers, Mutation: mut,
 		MutationOnly: *mutationOnly, OnResult: onResult})
+	if *showReached {
+		for _, k := range slices.Sorted(maps.Keys(reached)) {
+			fmt.Printf("reached %-55s %d\n", k, reached[k])
+		}
+	}
 	for _, c := range slices.Sorted(maps.Keys(byCheck)) {
 		fmt.Printf("failures by check: %s %d\n", c, byCheck[c])
 	}
