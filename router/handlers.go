@@ -26,13 +26,22 @@ func (r *Router) createAccounts(ctx context.Context, body []byte) any {
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	parts := map[uint32]*part{}
-	for i := range req.Accounts {
-		p := partOf(parts, m.shardOf(req.Accounts[i].ID), shard.KindCreateAccounts)
-		p.cmd.Accounts = append(p.cmd.Accounts, req.Accounts[i])
-		p.index = append(p.index, i)
+	as := req.Accounts
+	results := make([]transport.Result, len(as))
+	shards := make([]uint32, len(as))
+	for i := range as {
+		shards[i] = m.shardOf(as[i].ID)
 	}
-	return r.sendParts(ctx, parts, len(req.Accounts))
+	sent := refuseChains(results, shards, nil, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 })
+	parts := map[uint32]*part{}
+	for i := range as {
+		if sent[i] {
+			p := partOf(parts, shards[i], shard.KindCreateAccounts)
+			p.cmd.Accounts = append(p.cmd.Accounts, as[i])
+			p.index = append(p.index, i)
+		}
+	}
+	return r.sendParts(ctx, parts, results)
 }
 
 func (r *Router) createTransfers(ctx context.Context, body []byte) any {
@@ -51,19 +60,76 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 	// A transfer goes to its debit account's shard, which owns the saga
 	// if the credit account lives elsewhere (DESIGN.md); a post or void goes
 	// where its pending transfer lives.
-	parts := map[uint32]*part{}
-	for i := range req.Transfers {
-		t := &req.Transfers[i]
+	ts := req.Transfers
+	results := make([]transport.Result, len(ts))
+	shards, creditShards := make([]uint32, len(ts)), make([]uint32, len(ts))
+	var leaves []bool // whether a transfer is one across shards
+	for i := range ts {
+		t := &ts[i]
 		debit := t.DebitAccountID
 		if d, ok := debitOf[t.PendingID]; ok && debit == "" {
 			debit = d
 		}
-		p := partOf(parts, m.shardOf(debit), shard.KindCreateTransfers)
-		p.cmd.Transfers = append(p.cmd.Transfers, *t)
-		p.cmd.CreditShards = append(p.cmd.CreditShards, m.shardOf(t.CreditAccountID))
-		p.index = append(p.index, i)
+		shards[i], creditShards[i] = m.shardOf(debit), m.shardOf(t.CreditAccountID)
+		leaves = append(leaves, t.Flags&resolves == 0 && creditShards[i] != shards[i])
+		if debit == "" && i > 0 && ts[i-1].Flags&transport.TransferLinked != 0 {
+			// A post or void of a pending transfer nobody found: it goes
+			// with its chain, whose shard answers it not found.
+			shards[i] = shards[i-1]
+		}
 	}
-	return r.sendParts(ctx, parts, len(req.Transfers))
+	sent := refuseChains(results, shards, leaves, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 })
+	parts := map[uint32]*part{}
+	for i := range ts {
+		if sent[i] {
+			p := partOf(parts, shards[i], shard.KindCreateTransfers)
+			p.cmd.Transfers = append(p.cmd.Transfers, ts[i])
+			p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
+			p.index = append(p.index, i)
+		}
+	}
+	return r.sendParts(ctx, parts, results)
+}
+
+const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+
+// refuseChains answers the linked chains a shard cannot apply as one and
+// reports which events are to be sent. A chain left open at the end of the
+// batch gets linked_event_chain_open on each event. A chain whose events
+// live on more than one shard, or with a transfer that would leave its
+// shard (leaves), is refused: flags_invalid on its first such event,
+// linked_event_failed on the others (all or nothing across shards needs a
+// coordinator, not built yet). A shard gets each chain whole and in order.
+func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool) []bool {
+	sent := make([]bool, len(results))
+	for i := 0; i < len(results); {
+		j := i
+		for j < len(results) && linked(j) {
+			j++
+		}
+		open := j == len(results)
+		j = min(j+1, len(results)) // the chain is [i, j)
+		bad := -1
+		for k := i; k < j && bad < 0 && j-i > 1; k++ {
+			if shards[k] != shards[i] || leaves != nil && leaves[k] {
+				bad = k
+			}
+		}
+		for k := i; k < j; k++ {
+			switch {
+			case open:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
+			case bad == k:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeFlagsInvalid}
+			case bad >= 0:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
+			default:
+				sent[k] = true
+			}
+		}
+		i = j
+	}
+	return sent
 }
 
 // locatePending finds the debit account of every pending transfer that a
@@ -71,7 +137,6 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 // one lookup across the shards. Unknown ones are left out: any shard then
 // answers pending_transfer_not_found.
 func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []transport.Transfer) (map[string]string, error) {
-	const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
 	debitOf := map[string]string{}
 	var ids []string
 	for i := range transfers {
@@ -112,8 +177,7 @@ func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
 // client's order. If any shard does not answer by the deadline the whole
 // request is answered timeout: the client retries it, and the parts that
 // were applied answer exists.
-func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, events int) any {
-	results := make([]transport.Result, events)
+func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, results []transport.Result) any {
 	err := scatter(parts, func(id uint32, p *part) error {
 		return r.sendPart(ctx, id, p, results)
 	})
@@ -136,8 +200,8 @@ func (r *Router) sendPart(ctx context.Context, id uint32, p *part, results []tra
 	if err != nil {
 		return err
 	}
-	if n := len(p.index); len(body) > commandBytesMax && n > 1 {
-		for _, half := range []*part{p.slice(0, n/2), p.slice(n/2, n)} {
+	if n, cut := len(p.index), p.chainBoundary(); len(body) > commandBytesMax && cut > 0 {
+		for _, half := range []*part{p.slice(0, cut), p.slice(cut, n)} {
 			if err := r.sendPart(ctx, id, half, results); err != nil {
 				return err
 			}
@@ -156,6 +220,26 @@ func (r *Router) sendPart(ctx context.Context, id uint32, p *part, results []tra
 		results[p.index[j]] = res
 	}
 	return nil
+}
+
+// chainBoundary returns where to cut the part in two, nearest its middle
+// without cutting a linked chain, or 0 if it is one chain.
+func (p *part) chainBoundary() int {
+	n := len(p.index)
+	linked := func(k int) bool {
+		if p.cmd.Accounts != nil {
+			return p.cmd.Accounts[k].Flags&transport.AccountLinked != 0
+		}
+		return p.cmd.Transfers[k].Flags&transport.TransferLinked != 0
+	}
+	for d := 0; d < n; d++ {
+		for _, cut := range []int{n/2 - d, n/2 + d} {
+			if cut > 0 && cut < n && !linked(cut-1) {
+				return cut
+			}
+		}
+	}
+	return 0
 }
 
 // slice returns the part's events [i, j).

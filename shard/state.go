@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -142,22 +143,26 @@ func (s *State) tick(now uint64) uint64 {
 
 func (s *State) createAccounts(now uint64, accounts []transport.Account) []EventResult {
 	res := make([]EventResult, len(accounts))
-	for i := range accounts {
-		a := &accounts[i]
-		code := s.checkAccount(a)
-		if code == transport.CodeOK {
-			stored := *a
-			stored.Timestamp = s.tick(now)
-			s.accounts[a.ID] = &stored
-			res[i] = EventResult{Code: code, Timestamp: stored.Timestamp}
-			continue
-		}
-		res[i] = EventResult{Code: code}
-		if code == transport.CodeExists {
-			res[i].Timestamp = s.accounts[a.ID].Timestamp
-		}
-	}
+	linked := func(k int) bool { return accounts[k].Flags&transport.AccountLinked != 0 }
+	touched := func(k int) ([]string, []string) { return []string{accounts[k].ID}, nil }
+	eachChain(len(accounts), linked, func(i, j int, open bool) {
+		s.applyChain(res, i, j, open, touched, func(k int, _ bool) EventResult { return s.createAccount(now, &accounts[k]) })
+	})
 	return res
+}
+
+func (s *State) createAccount(now uint64, a *transport.Account) EventResult {
+	code := s.checkAccount(a)
+	switch code {
+	case transport.CodeOK:
+		stored := *a
+		stored.Timestamp = s.tick(now)
+		s.accounts[a.ID] = &stored
+		return EventResult{Code: code, Timestamp: stored.Timestamp}
+	case transport.CodeExists:
+		return EventResult{Code: code, Timestamp: s.accounts[a.ID].Timestamp}
+	}
+	return EventResult{Code: code}
 }
 
 func (s *State) checkAccount(a *transport.Account) transport.Code {
@@ -165,9 +170,7 @@ func (s *State) checkAccount(a *transport.Account) transport.Code {
 	switch {
 	case !transport.ValidID(a.ID):
 		return transport.CodeIDInvalid
-	case !transport.AccountFlagsKnown(a.Flags) || a.Flags&bothLimits == bothLimits || a.Flags&transport.AccountLinked != 0:
-		// linked chains are not served yet (issue 3): refused rather than
-		// applied without their all-or-nothing guarantee.
+	case !transport.AccountFlagsKnown(a.Flags) || a.Flags&bothLimits == bothLimits:
 		return transport.CodeFlagsInvalid
 	case a.Ledger == 0:
 		return transport.CodeLedgerInvalid
@@ -181,7 +184,9 @@ func (s *State) checkAccount(a *transport.Account) transport.Code {
 		return transport.CodeBalancesMustBeZero
 	}
 	if old, ok := s.accounts[a.ID]; ok {
-		if old.Ledger == a.Ledger && old.Code == a.Code && old.Flags == a.Flags && maps.Equal(old.Metadata, a.Metadata) {
+		// closed is left out: a closing transfer may have set it since.
+		const closed = transport.AccountClosed
+		if old.Ledger == a.Ledger && old.Code == a.Code && old.Flags&^closed == a.Flags&^closed && maps.Equal(old.Metadata, a.Metadata) {
 			return transport.CodeExists
 		}
 		return transport.CodeExistsWithDifferentFields
@@ -191,21 +196,39 @@ func (s *State) checkAccount(a *transport.Account) transport.Code {
 
 func (s *State) createTransfers(now uint64, transfers []transport.Transfer, creditShards []uint32, out *Output) []EventResult {
 	res := make([]EventResult, len(transfers))
-	for i := range transfers {
-		t := &transfers[i]
+	apply := func(k int, chained bool) EventResult {
+		t := &transfers[k]
 		creditShard := s.id
-		if i < len(creditShards) {
-			creditShard = creditShards[i]
+		if k < len(creditShards) {
+			creditShard = creditShards[k]
 		}
-		res[i] = s.createTransfer(now, t, creditShard)
-		if res[i].InFlight && !res[i].Retry {
+		r := s.createTransfer(now, t, creditShard, chained)
+		if r.InFlight && !r.Retry {
 			out.Reserved = append(out.Reserved, *s.outbox[t.ID])
 		}
+		return r
 	}
+	linked := func(k int) bool { return transfers[k].Flags&transport.TransferLinked != 0 }
+	touched := func(k int) (accounts, ids []string) {
+		t := &transfers[k]
+		accounts, ids = []string{t.DebitAccountID, t.CreditAccountID}, []string{t.ID}
+		if t.PendingID != "" {
+			ids = append(ids, t.PendingID)
+			if p, ok := s.transfers[t.PendingID]; ok {
+				accounts = append(accounts, p.DebitAccountID, p.CreditAccountID)
+			}
+		}
+		return accounts, ids
+	}
+	eachChain(len(transfers), linked, func(i, j int, open bool) {
+		s.applyChain(res, i, j, open, touched, apply)
+	})
 	return res
 }
 
-func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard uint32) EventResult {
+// createTransfer applies one transfer event; chained reports that it is one
+// of a chain of several.
+func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard uint32, chained bool) EventResult {
 	if code := checkTransferFields(t); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
@@ -216,7 +239,7 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
 	}
 	if row, ok := s.outbox[t.ID]; ok {
-		if sameTransfer(&row.Transfer, t) {
+		if sameTransfer(&row.Transfer, t) && !chained { // a chain never waits on a saga
 			return EventResult{InFlight: true, Retry: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
@@ -229,10 +252,10 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		return EventResult{Code: transport.CodeDebitAccountNotFound}
 	}
 	if creditShard != s.id {
-		if t.Flags&transport.TransferPending != 0 {
-			// Two-phase transfers across shards need their own saga
-			// messages (issue #3, next increment): refused until then,
-			// never half-applied.
+		if t.Flags&crossShardRefused != 0 || chained {
+			// Two-phase, linked and balancing transfers across shards need
+			// messages of their own (issue #3): refused until then, never
+			// half-applied.
 			return EventResult{Code: transport.CodeFlagsInvalid}
 		}
 		return s.reserve(now, t, dr, creditShard)
@@ -241,24 +264,25 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	if !ok {
 		return EventResult{Code: transport.CodeCreditAccountNotFound}
 	}
-	if code := checkAccounts(t, dr, cr); code != transport.CodeOK {
+	stored := *t
+	if code := checkBalancedAccounts(&stored, dr, cr); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
-	stored := *t
 	stored.Timestamp = s.tick(now)
 	stored.State = transport.StatePosted
 	pending := t.Flags&transport.TransferPending != 0
 	if pending {
-		dr.DebitsPending += t.Amount
-		cr.CreditsPending += t.Amount
+		dr.DebitsPending += stored.Amount
+		cr.CreditsPending += stored.Amount
+		closeAccounts(&stored, dr, cr, true)
 		stored.State = transport.StatePending
 		if t.Timeout > 0 {
 			s.expiring[t.ID] = expiresAt(&stored)
 		}
 		s.transfers[t.ID] = &stored
 	} else {
-		dr.DebitsPosted += t.Amount
-		cr.CreditsPosted += t.Amount
+		dr.DebitsPosted += stored.Amount
+		cr.CreditsPosted += stored.Amount
 	}
 	s.stored++
 	s.recordTransfer(&stored, !pending, stored.Timestamp)
@@ -314,22 +338,95 @@ func checkTransferFields(t *transport.Transfer) transport.Code {
 	return transport.CodeOK
 }
 
-// transferFlagsServed reports whether flags are defined, compatible, and
-// served. Linked chains, balancing and closing transfers are refused until
-// they are served with their guarantees (issue #3); undefined bits forever.
+const (
+	resolveFlags   = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
+	balancingFlags = transport.TransferBalancingDebit | transport.TransferBalancingCredit
+	closingFlags   = transport.TransferClosingDebit | transport.TransferClosingCredit
+	// crossShardRefused are the flags a transfer across shards may not have
+	// yet (closing ones come with pending).
+	crossShardRefused = transport.TransferPending | transport.TransferLinked | balancingFlags
+)
+
+// transferFlagsServed reports whether flags are defined and compatible:
+// pending, post and void exclude each other; a post or void is neither
+// balancing nor closing (it takes its pending transfer's amount and
+// accounts); closing needs pending (the account is closed while it is
+// pending and stays closed once it is posted).
 func transferFlagsServed(flags uint32) bool {
-	const twoPhase = transport.TransferPending | transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
-	if flags&^twoPhase != 0 {
+	switch {
+	case !transport.TransferFlagsKnown(flags):
+		return false
+	case bits.OnesCount32(flags&(transport.TransferPending|resolveFlags)) > 1:
+		return false
+	case flags&resolveFlags != 0 && flags&(balancingFlags|closingFlags) != 0:
+		return false
+	case flags&closingFlags != 0 && flags&transport.TransferPending == 0:
 		return false
 	}
-	return bits.OnesCount32(flags) <= 1 // pending, post and void exclude each other
+	return true
 }
 
-// sameTransfer compares the fields a client sends (metadata included).
+// sameTransfer reports whether b repeats a (metadata included). a may be
+// the stored copy of a balancing transfer, whose amount was clamped: b
+// repeats it with any amount at least that.
 func sameTransfer(a, b *transport.Transfer) bool {
+	sameAmount := a.Amount == b.Amount || a.Flags&balancingFlags != 0 && a.Amount <= b.Amount
 	return a.DebitAccountID == b.DebitAccountID && a.CreditAccountID == b.CreditAccountID &&
-		a.Amount == b.Amount && a.Ledger == b.Ledger && a.Code == b.Code && a.Flags == b.Flags &&
+		sameAmount && a.Ledger == b.Ledger && a.Code == b.Code && a.Flags == b.Flags &&
 		a.PendingID == b.PendingID && a.Timeout == b.Timeout && maps.Equal(a.Metadata, b.Metadata)
+}
+
+// checkBalancedAccounts checks a transfer on this shard against its
+// accounts, after clamping the amount of a balancing one: balancing_debit
+// debits at most what keeps the debit account's debits (pending included)
+// within its posted credits, balancing_credit credits at most what keeps
+// the credit account's credits within its posted debits, whether or not
+// the account has the limit flag (as TigerBeetle). A clamp to 0 is refused
+// with the limit's code.
+func checkBalancedAccounts(t *transport.Transfer, dr, cr *transport.Account) transport.Code {
+	zero := transport.CodeOK
+	if t.Flags&transport.TransferBalancingDebit != 0 {
+		t.Amount = min(t.Amount, headroom(dr.CreditsPosted, dr.DebitsPending, dr.DebitsPosted))
+		if t.Amount == 0 {
+			zero = transport.CodeExceedsCredits
+		}
+	}
+	if t.Flags&transport.TransferBalancingCredit != 0 && zero == transport.CodeOK {
+		t.Amount = min(t.Amount, headroom(cr.DebitsPosted, cr.CreditsPending, cr.CreditsPosted))
+		if t.Amount == 0 {
+			zero = transport.CodeExceedsDebits
+		}
+	}
+	if code := checkAccounts(t, dr, cr); code != transport.CodeOK || zero != transport.CodeOK {
+		return cmp.Or(code, zero) // ledger and closed come before the limits
+	}
+	return transport.CodeOK
+}
+
+// headroom is limit - (a + b), or 0 if that is negative or a + b overflows.
+func headroom(limit, a, b uint64) uint64 {
+	used, carry := bits.Add64(a, b, 0)
+	if carry != 0 || used >= limit {
+		return 0
+	}
+	return limit - used
+}
+
+// closeAccounts closes (close) or reopens the accounts a closing pending
+// transfer names.
+func closeAccounts(p *transport.Transfer, dr, cr *transport.Account, close bool) {
+	for _, c := range [2]struct {
+		flag uint32
+		a    *transport.Account
+	}{{transport.TransferClosingDebit, dr}, {transport.TransferClosingCredit, cr}} {
+		switch {
+		case p.Flags&c.flag == 0:
+		case close:
+			c.a.Flags |= transport.AccountClosed
+		default:
+			c.a.Flags &^= transport.AccountClosed
+		}
+	}
 }
 
 // checkAccounts checks a transfer against its accounts in the protocol's

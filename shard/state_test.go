@@ -49,7 +49,7 @@ func TestCreateAccountResultCodes(t *testing.T) {
 		{"id with star", with(func(a *transport.Account) { a.ID = "a*" }), transport.CodeIDInvalid},
 		{"id with NUL", with(func(a *transport.Account) { a.ID = "a\x00" }), transport.CodeIDInvalid},
 		{"id non-ASCII", with(func(a *transport.Account) { a.ID = "caf\u00e9" }), transport.CodeIDInvalid},
-		{"flag linked", with(func(a *transport.Account) { a.Flags = transport.AccountLinked }), transport.CodeFlagsInvalid},
+		{"flag linked, last of its batch", with(func(a *transport.Account) { a.Flags = transport.AccountLinked }), transport.CodeLinkedEventChainOpen},
 		{"flag unknown bit 5", with(func(a *transport.Account) { a.Flags = 1 << 5 }), transport.CodeFlagsInvalid},
 		{"flag unknown bit 31", with(func(a *transport.Account) { a.Flags = 1 << 31 }), transport.CodeFlagsInvalid},
 		{"both limit flags", with(func(a *transport.Account) {
@@ -245,13 +245,18 @@ func TestCreateTransferResultCodes(t *testing.T) {
 		{"debit limit with overflow", l3("over", "wmax", "m5", 10), transport.CodeExceedsCredits},
 		{"credit limit with overflow", l3("over", "m5", "cmax", 10), transport.CodeExceedsDebits},
 	}
-	for _, bit := range []int{0, 4, 5, 6, 7} { // linked, balancing, closing: not served yet
+	for _, bit := range []int{6, 7} {
 		cases = append(cases, tcase{
-			"defined flag refused until served: bit " + string(rune('0'+bit)),
+			"closing without pending: bit " + string(rune('0'+bit)),
 			with(func(x *transport.Transfer) { x.Flags = 1 << bit }),
 			transport.CodeFlagsInvalid,
 		})
 	}
+	cases = append(cases,
+		tcase{"linked, last of its batch", with(func(x *transport.Transfer) { x.Flags = transport.TransferLinked }), transport.CodeLinkedEventChainOpen},
+		tcase{"balancing_debit from an account without credits", with(func(x *transport.Transfer) { x.Flags = transport.TransferBalancingDebit }), transport.CodeExceedsCredits},
+		tcase{"balancing_credit to an account without debits", with(func(x *transport.Transfer) { x.Flags = transport.TransferBalancingCredit }), transport.CodeExceedsDebits},
+	)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s, c, fixtureTS := transferFixture(t)
@@ -377,7 +382,7 @@ func TestTransferCodePrecedence(t *testing.T) {
 func TestAccountCodePrecedence(t *testing.T) {
 	s, c, ts := accountFixture(t)
 	a := transport.Account{
-		ID: "", Flags: transport.AccountLinked, Metadata: map[string]string{"": "x"},
+		ID: "", Flags: 1 << 5, Metadata: map[string]string{"": "x"},
 		Timestamp: 9, DebitsPosted: 1, CreditsPending: 2,
 	}
 	steps := []struct {

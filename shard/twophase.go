@@ -46,6 +46,7 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 		stored.State, resolved.State = transport.StatePosted, transport.StatePosted
 	} else {
 		stored.State, resolved.State = transport.StateVoided, transport.StateVoided
+		closeAccounts(p, dr, cr, false)
 	}
 	s.stored++
 	s.recordTransfer(&stored, true, stored.Timestamp)
@@ -106,6 +107,7 @@ func (s *State) expire(now uint64, out *Output) {
 		dr, cr := s.accounts[p.DebitAccountID], s.accounts[p.CreditAccountID]
 		dr.DebitsPending -= p.Amount
 		cr.CreditsPending -= p.Amount
+		closeAccounts(p, dr, cr, false)
 		expired := *p
 		expired.State = transport.StateExpired
 		ts := s.tick(now)

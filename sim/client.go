@@ -381,7 +381,7 @@ func (c *Client) badAccount() transport.Account {
 	case 1:
 		a.Ledger = 0
 	case 2:
-		a.Flags = transport.AccountLinked
+		a.Flags = 1 << 5 // undefined
 	default:
 		a.DebitsPosted = 5
 	}
@@ -463,8 +463,10 @@ func (c *Client) makeTransfer() transport.Transfer {
 		case 0:
 			t.Amount = 0
 		case 1:
-			// Not served yet (issue 3), or two of pending, post, void.
-			t.Flags = []uint32{transport.TransferLinked, transport.TransferBalancingDebit, transport.TransferPending | transport.TransferPostPendingTransfer}[c.w.rngWork.IntN(3)]
+			// Undefined, closing without pending, or two of pending,
+			// post, void. (Linked chains and balancing transfers are not
+			// in the workload yet.)
+			t.Flags = []uint32{1 << 8, transport.TransferClosingDebit, transport.TransferPending | transport.TransferPostPendingTransfer}[c.w.rngWork.IntN(3)]
 		case 2:
 			t.CreditAccountID = t.DebitAccountID
 		case 3:

@@ -213,7 +213,7 @@ func fieldCode(t *transport.Transfer) transport.Code {
 	case !transport.ValidID(t.ID):
 		return transport.CodeIDInvalid
 	case t.Flags&^twoPhase != 0 || t.Flags&(t.Flags-1) != 0:
-		return transport.CodeFlagsInvalid // not served (issue 3), or two of pending, post, void
+		return transport.CodeFlagsInvalid // the workload's: undefined, closing alone, or two of pending, post, void
 	case t.Ledger == 0 && !res:
 		return transport.CodeLedgerInvalid
 	case t.Code == 0 && !res:
@@ -235,7 +235,7 @@ func accountFieldCode(a *transport.Account) transport.Code {
 	switch {
 	case !transport.ValidID(a.ID):
 		return transport.CodeIDInvalid
-	case a.Flags&both == both || a.Flags&transport.AccountLinked != 0:
+	case a.Flags&both == both || !transport.AccountFlagsKnown(a.Flags):
 		return transport.CodeFlagsInvalid
 	case a.Ledger == 0:
 		return transport.CodeLedgerInvalid
