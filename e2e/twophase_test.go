@@ -106,3 +106,48 @@ func TestPendingTransferExpiresAfterItsTimeout(t *testing.T) {
 		t.Fatalf("post after expiry: %v", r[0].Code)
 	}
 }
+
+// Two-phase transfers whose accounts live on two shards: the hold reserves
+// on both, a post or void settles the credit shard before it is answered,
+// and an expiry settles it too.
+func TestTwoPhaseTransfersAcrossShards(t *testing.T) {
+	c := startCluster(t, 2)
+	bank, wallet, shop := c.accountOn("bank", 1), c.accountOn("wallet", 1), c.accountOn("shop", 2)
+	c.mustCreateAccounts(acct(bank, 0), acct(wallet, limitDebits), acct(shop, 0))
+	c.transfer(xfer("fund", bank, wallet, 100))
+	res := c.transfer(pendingXfer("hold-a", wallet, shop, 60, 0), pendingXfer("hold-b", wallet, shop, 30, 0),
+		pendingXfer("hold-c", wallet, shop, 10, 1))
+	wantCodes(t, res, transport.CodeOK, transport.CodeOK, transport.CodeOK)
+	if a := c.account(shop); a.CreditsPending != 100 || a.CreditsPosted != 0 {
+		t.Fatalf("shop while held: %+v", a)
+	}
+	if r := c.transfer(xfer("too-much", wallet, shop, 1)); r[0].Code != transport.CodeExceedsCredits {
+		t.Fatalf("spending held money: %v", r[0].Code)
+	}
+	res = c.transfer(resolveXfer("capture-a", "hold-a", transport.TransferPostPendingTransfer, 45),
+		resolveXfer("release-b", "hold-b", transport.TransferVoidPendingTransfer, 0))
+	wantCodes(t, res, transport.CodeOK, transport.CodeOK)
+	// Answered ok: the credit shard has settled both.
+	if a := c.account(shop); a.CreditsPosted != 45 || a.CreditsPending != 10 {
+		t.Fatalf("shop after capture and release: %+v", a)
+	}
+	if a := c.account(wallet); a.DebitsPosted != 45 || a.DebitsPending != 10 {
+		t.Fatalf("wallet after capture and release: %+v", a)
+	}
+	res = c.transfer(resolveXfer("capture-a", "hold-a", transport.TransferPostPendingTransfer, 45))
+	wantCodes(t, res, transport.CodeExists)
+	deadline := time.Now().Add(30 * time.Second) // a hang guard, not a bound on the expiry
+	for c.transferState("hold-c") != transport.StateExpired || c.account(shop).CreditsPending != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hold-c never expired on both shards: %+v", c.account(shop))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for id, st := range map[string]string{"hold-a": transport.StatePosted, "capture-a": transport.StatePosted,
+		"hold-b": transport.StateVoided, "release-b": transport.StateVoided} {
+		if got := c.transferState(id); got != st {
+			t.Fatalf("%s is %s, want %s", id, got, st)
+		}
+	}
+	c.quiesce()
+}

@@ -179,8 +179,17 @@ func (s *shardServer) expireLoop(ctx context.Context) {
 		var due bool
 		s.m.Read(func(st *shard.State, _ uint64) { next, due = st.NextExpiry() })
 		if due && uint64(time.Now().UnixNano()) >= next {
-			if _, err := s.g.ProposeWait(ctx, cmd); err != nil && ctx.Err() == nil {
+			res, err := s.g.ProposeWait(ctx, cmd)
+			if err != nil && ctx.Err() == nil {
 				s.log.Warn("propose expiry", "err", err) // tried again next tick
+			}
+			// Expiries of pending transfers across shards are settled on
+			// their credit shards: send those at once.
+			s.mu.Lock()
+			disp := s.disp
+			s.mu.Unlock()
+			if out, ok := res.(*shard.Output); ok && err == nil && len(out.Reserved) > 0 && disp != nil {
+				disp.enqueue(out.Reserved)
 			}
 		}
 	}

@@ -18,9 +18,11 @@ import (
 // #3). On top of the saga mix, a run sends pending transfers on one shard
 // (random timeouts, seconds, while the clock moves in random steps, some of
 // them seconds long), posts and voids (whole, partial, too large, naming
-// unknown, plain or already resolved transfers, retried), pending transfers
-// across shards (refused with flags_invalid), and KindExpire entries at
-// random times and right at the next expiry. A reference model tracks every
+// unknown, plain or already resolved transfers, retried), and KindExpire
+// entries at
+// random times and right at the next expiry. (Pending transfers across
+// shards are tested in twophase_remote_test.go and in package sim.) A
+// reference model tracks every
 // pending transfer the shards accepted and predicts the exact result code of
 // every two-phase event; the audit after every step explains every balance,
 // pending included, with the model. One snapshot is taken mid-run: the run
@@ -113,14 +115,8 @@ func (tp *tpSim) newID(m *sim) string {
 // newEvent is a two-phase event for debit shard sh.
 func (tp *tpSim) newEvent(m *sim, sh uint32) simTransfer {
 	switch n := m.rng.IntN(100); {
-	case n < 40:
+	case n < 44:
 		return tp.newPending(m, sh, sh)
-	case n < 46:
-		other := uint32(m.rng.IntN(simShards-1)) + 1
-		if other >= sh {
-			other++
-		}
-		return tp.newPending(m, sh, other) // refused until served
 	default:
 		return tp.newResolution(m, sh)
 	}
@@ -556,8 +552,6 @@ func (b *tpBatch) predict(i int, now uint64) (transport.Code, bool) {
 	switch {
 	case dr == nil:
 		return transport.CodeDebitAccountNotFound, true
-	case st.creditShard != b.shard:
-		return transport.CodeFlagsInvalid, true // not served across shards yet
 	case cr == nil:
 		return transport.CodeCreditAccountNotFound, true
 	case dr.Ledger != x.Ledger || cr.Ledger != x.Ledger:
@@ -819,7 +813,7 @@ func TestSimulatedTwoPhaseTransfers(t *testing.T) {
 	// The mix must reach every outcome it is meant to test.
 	var missing []string
 	for _, k := range []string{
-		"pending ok", "pending exceeds_credits", "pending flags_invalid", "pending amount_invalid",
+		"pending ok", "pending exceeds_credits", "pending amount_invalid",
 		"post ok", "post partial", "void ok", "expired", "final posted", "final voided", "final expired",
 		"post pending_transfer_not_found", "post pending_transfer_not_pending", "post pending_transfer_mismatch",
 		"post pending_transfer_already_posted", "post pending_transfer_already_voided", "post pending_transfer_expired",

@@ -104,6 +104,9 @@ func (s *State) Clone() *State {
 		inbox:      maps.Clone(s.inbox),
 		watermarks: maps.Clone(s.watermarks),
 		expiring:   maps.Clone(s.expiring),
+		remote:     maps.Clone(s.remote),
+
+		pendingCredits: maps.Clone(s.pendingCredits),
 	}
 	for id, a := range s.accounts {
 		cp := *a
@@ -113,8 +116,9 @@ func (s *State) Clone() *State {
 }
 
 // snapshotVersion is written first in every snapshot. Version 2: final
-// transfers live in the archive, not in the snapshot.
-const snapshotVersion = 2
+// transfers live in the archive, not in the snapshot. Version 3: two-phase
+// transfers across shards (remote, pendingCredits); Read takes 2 as well.
+const snapshotVersion = 3
 
 // WriteTo encodes the in-memory state deterministically (every table sorted
 // by key), so equal states encode to equal bytes. The archive is not part
@@ -157,6 +161,17 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 			return fail(err)
 		}
 	}
+	if err := enc.EncodeArrayLen(len(s.remote)); err != nil {
+		return fail(err)
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.remote)) {
+		if err := enc.EncodeMulti(id, s.remote[id]); err != nil {
+			return fail(err)
+		}
+	}
+	if err := encodeSorted(enc, s.pendingCredits); err != nil {
+		return fail(err)
+	}
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
@@ -185,8 +200,8 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	if err := dec.DecodeMulti(&version, &id); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
 	}
-	if version != snapshotVersion {
-		return nil, fmt.Errorf("shard snapshot version %d, want %d", version, snapshotVersion)
+	if version != 2 && version != snapshotVersion {
+		return nil, fmt.Errorf("shard snapshot version %d, want 2 or %d", version, snapshotVersion)
 	}
 	if err := dec.DecodeMulti(&last, &stored); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
@@ -233,6 +248,23 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 			return nil, err
 		}
 		s.watermarks[ds] = below
+	}
+	if version < 3 {
+		return s, nil
+	}
+	if n, err = dec.DecodeArrayLen(); err != nil {
+		return nil, err
+	}
+	for range n {
+		var id string
+		var cs uint32
+		if err := dec.DecodeMulti(&id, &cs); err != nil {
+			return nil, err
+		}
+		s.remote[id] = cs
+	}
+	if err := decodeRows(dec, s.pendingCredits, func(c *Credit) string { return inboxKey(c.DebitShard, c.Transfer.ID) }); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

@@ -29,6 +29,13 @@ type State struct {
 	// expiring: pending transfers with a timeout, by id, to their expiry
 	// time. Derived from transfers (rebuilt by Read), so not encoded.
 	expiring map[string]uint64
+	// Two-phase transfers across shards. remote: the open pending
+	// transfers debited here whose credit account lives on another shard,
+	// by id, to that shard. pendingCredits: on the credit shard, the
+	// credit halves of open pending transfers, by inboxKey(debit shard,
+	// id), until their post, void or expiry settles them.
+	remote         map[string]uint32
+	pendingCredits map[string]*Credit
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -62,6 +69,9 @@ func New(id uint32, archive Archive) *State {
 		inbox:      make(map[string]*InboxRow),
 		watermarks: make(map[uint32]uint64),
 		expiring:   make(map[string]uint64),
+		remote:     make(map[string]uint32),
+
+		pendingCredits: make(map[string]*Credit),
 	}
 }
 
@@ -232,20 +242,25 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	if code := checkTransferFields(t); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
+	// The outbox first: a post or void of a pending transfer across shards
+	// is stored here at once, and answered once its credit shard settled.
+	// (The settlement of an expiry is under the expired transfer's id,
+	// which is final: its repeats are judged against it below.)
+	if row, ok := s.outbox[t.ID]; ok && row.Transfer.PendingID != t.ID {
+		same := sameTransfer(&row.Transfer, t) || s.sameResolution(&row.Transfer, t)
+		if same && !chained { // a chain never waits on a saga
+			return EventResult{InFlight: true, Retry: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
+		}
+		return EventResult{Code: transport.CodeExistsWithDifferentFields}
+	}
 	if old, ok := s.lookupTransfer(t.ID); ok {
 		if sameTransfer(&old, t) || s.sameResolution(&old, t) {
 			return EventResult{Code: transport.CodeExists, Timestamp: old.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
 	}
-	if row, ok := s.outbox[t.ID]; ok {
-		if sameTransfer(&row.Transfer, t) && !chained { // a chain never waits on a saga
-			return EventResult{InFlight: true, Retry: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
-		}
-		return EventResult{Code: transport.CodeExistsWithDifferentFields}
-	}
-	if t.Flags&(transport.TransferPostPendingTransfer|transport.TransferVoidPendingTransfer) != 0 {
-		return s.resolvePending(now, t)
+	if t.Flags&resolveFlags != 0 {
+		return s.resolvePending(now, t, chained)
 	}
 	dr, ok := s.accounts[t.DebitAccountID]
 	if !ok {
@@ -253,7 +268,7 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 	}
 	if creditShard != s.id {
 		if t.Flags&crossShardRefused != 0 || chained {
-			// Two-phase, linked and balancing transfers across shards need
+			// Linked, balancing and closing transfers across shards need
 			// messages of their own (issue #3): refused until then, never
 			// half-applied.
 			return EventResult{Code: transport.CodeFlagsInvalid}
@@ -343,8 +358,8 @@ const (
 	balancingFlags = transport.TransferBalancingDebit | transport.TransferBalancingCredit
 	closingFlags   = transport.TransferClosingDebit | transport.TransferClosingCredit
 	// crossShardRefused are the flags a transfer across shards may not have
-	// yet (closing ones come with pending).
-	crossShardRefused = transport.TransferPending | transport.TransferLinked | balancingFlags
+	// yet.
+	crossShardRefused = transport.TransferLinked | balancingFlags | closingFlags
 )
 
 // transferFlagsServed reports whether flags are defined and compatible:
@@ -479,6 +494,9 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 		ans.Outcome = OutcomeStale
 		return ans
 	}
+	if t.Flags&resolveFlags != 0 {
+		return s.settle(now, c) // an abort cannot stop it: the debit side has decided
+	}
 	key := inboxKey(c.DebitShard, t.ID)
 	if row, ok := s.inbox[key]; ok {
 		switch {
@@ -505,10 +523,16 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 		if row.Code == transport.CodeOK {
 			row.Outcome = OutcomeCredited
 			cr := s.accounts[t.CreditAccountID]
-			cr.CreditsPosted += t.Amount
 			row.Timestamp = s.tick(now)
 			credited := *t
-			credited.State = transport.StatePosted
+			if t.Flags&transport.TransferPending != 0 {
+				cr.CreditsPending += t.Amount
+				credited.State = transport.StatePending
+				s.pendingCredits[key] = &Credit{Transfer: credited, DebitShard: c.DebitShard}
+			} else {
+				cr.CreditsPosted += t.Amount
+				credited.State = transport.StatePosted
+			}
 			s.archive.PutAccountTransfer(cr.ID, row.Timestamp, &credited)
 			s.recordBalance(cr, row.Timestamp)
 		}
@@ -550,23 +574,46 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 			continue
 		}
 		t := &row.Transfer
+		delete(s.outbox, a.ID)
+		if t.Flags&resolveFlags != 0 {
+			// A post, void or expiry settled on the credit shard: it was
+			// applied here when it was stored.
+			if a.Outcome != OutcomeCredited {
+				panic(fmt.Sprintf("shard %d: the settlement of %q was refused: %+v", s.id, t.PendingID, a))
+			}
+			out.Resolved = append(out.Resolved, Resolved{ID: a.ID, Attempt: a.Attempt, Code: transport.CodeOK, Timestamp: t.Timestamp})
+			continue
+		}
 		dr := s.accounts[t.DebitAccountID]
 		if dr == nil || dr.DebitsPending < t.Amount {
 			panic(fmt.Sprintf("shard %d: outbox row %q reserves %d that its debit account does not hold", s.id, t.ID, t.Amount))
 		}
-		dr.DebitsPending -= t.Amount
-		delete(s.outbox, a.ID)
+		pending := t.Flags&transport.TransferPending != 0
+		if !pending || a.Outcome != OutcomeCredited {
+			dr.DebitsPending -= t.Amount
+		}
 		// The settlement is an event of its own: the transfer becomes final
-		// and the debit account's balances change now, not at the attempt.
+		// (or, pending, open) and the debit account's balances change now,
+		// not at the attempt.
 		settled := s.tick(now)
 		r := Resolved{ID: a.ID, Attempt: a.Attempt}
 		switch a.Outcome {
 		case OutcomeCredited:
-			dr.DebitsPosted += t.Amount
 			stored := *t
-			stored.State = transport.StatePosted
 			s.stored++
-			s.recordTransfer(&stored, true, settled)
+			if pending {
+				stored.State = transport.StatePending
+				s.transfers[t.ID] = &stored
+				s.remote[t.ID] = row.CreditShard
+				if t.Timeout > 0 {
+					s.expiring[t.ID] = expiresAt(&stored)
+				}
+				s.recordTransfer(&stored, false, settled)
+			} else {
+				dr.DebitsPosted += t.Amount
+				stored.State = transport.StatePosted
+				s.recordTransfer(&stored, true, settled)
+			}
 			r.Code, r.Timestamp = transport.CodeOK, t.Timestamp
 		case OutcomeAborted:
 			r.Aborted = true

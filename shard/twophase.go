@@ -12,7 +12,13 @@ import (
 // resolvePending posts or voids a pending transfer on this shard. A post
 // moves up to the pending amount to posted and releases the rest; a void
 // releases it all. A pending transfer resolves at most once.
-func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
+//
+// When the pending transfer's credit account lives on another shard, only
+// the debit side changes here; the post or void is stored at once and goes
+// in the outbox as the settlement the credit shard must apply (it cannot
+// refuse: the pending credit reserved room for it). The event is answered
+// once it has.
+func (s *State) resolvePending(now uint64, t *transport.Transfer, chained bool) EventResult {
 	p, ok := s.transfers[t.PendingID]
 	if !ok {
 		final, ok := s.archived(t.PendingID)
@@ -24,12 +30,19 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 	if code := checkResolution(t, p, max(s.last+1, now)); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}
+	creditShard, remote := s.remote[p.ID]
+	if remote && chained {
+		return EventResult{Code: transport.CodeFlagsInvalid} // a chain never waits on a saga
+	}
 	post := t.Flags&transport.TransferPostPendingTransfer != 0
 	amount := t.Amount
 	if amount == 0 {
 		amount = p.Amount
 	}
 	dr, cr := s.accounts[p.DebitAccountID], s.accounts[p.CreditAccountID]
+	if remote {
+		cr = &transport.Account{CreditsPending: p.Amount} // settled on its own shard
+	}
 	if dr == nil || cr == nil || dr.DebitsPending < p.Amount || cr.CreditsPending < p.Amount {
 		panic(fmt.Sprintf("shard %d: pending transfer %q holds %d that its accounts do not", s.id, p.ID, p.Amount))
 	}
@@ -54,8 +67,40 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer) EventResult {
 	delete(s.transfers, p.ID)
 	delete(s.expiring, p.ID)
 	s.recordBalance(dr, stored.Timestamp)
+	if remote {
+		delete(s.remote, p.ID)
+		s.outbox[t.ID] = &OutboxRow{Transfer: stored, CreditShard: creditShard}
+		return EventResult{InFlight: true, ID: t.ID, Attempt: stored.Timestamp}
+	}
 	s.recordBalance(cr, stored.Timestamp)
 	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
+}
+
+// settle applies, on the credit shard, the post, void or expiry of a
+// pending transfer whose credit half it holds. A settlement seen before (the
+// pending credit is gone) is answered credited again: it changes nothing.
+func (s *State) settle(now uint64, c *Credit) Answer {
+	t := &c.Transfer
+	ans := Answer{ID: t.ID, Attempt: t.Timestamp, Outcome: OutcomeCredited}
+	key := inboxKey(c.DebitShard, t.PendingID)
+	pc, ok := s.pendingCredits[key]
+	if !ok {
+		return ans
+	}
+	p := &pc.Transfer
+	cr := s.accounts[p.CreditAccountID]
+	if cr == nil || cr.CreditsPending < p.Amount {
+		panic(fmt.Sprintf("shard %d: pending credit %q holds %d that its account does not", s.id, p.ID, p.Amount))
+	}
+	cr.CreditsPending -= p.Amount
+	if t.Flags&transport.TransferPostPendingTransfer != 0 {
+		cr.CreditsPosted += t.Amount
+	}
+	delete(s.pendingCredits, key)
+	ans.Timestamp = s.tick(now)
+	s.archive.PutAccountTransfer(cr.ID, ans.Timestamp, t)
+	s.recordBalance(cr, ans.Timestamp)
+	return ans
 }
 
 // checkResolution checks a post or void against its pending transfer, in
@@ -104,18 +149,31 @@ func (s *State) expire(now uint64, out *Output) {
 	})
 	for _, id := range due {
 		p := s.transfers[id]
-		dr, cr := s.accounts[p.DebitAccountID], s.accounts[p.CreditAccountID]
-		dr.DebitsPending -= p.Amount
-		cr.CreditsPending -= p.Amount
-		closeAccounts(p, dr, cr, false)
 		expired := *p
 		expired.State = transport.StateExpired
 		ts := s.tick(now)
+		dr := s.accounts[p.DebitAccountID]
+		dr.DebitsPending -= p.Amount
 		s.recordTransfer(&expired, true, ts)
 		delete(s.transfers, id)
 		delete(s.expiring, id)
 		out.Expired = append(out.Expired, id)
 		s.recordBalance(dr, ts)
+		if creditShard, remote := s.remote[id]; remote {
+			// The credit shard voids its half when the settlement
+			// arrives: a void under the pending transfer's own id.
+			delete(s.remote, id)
+			settle := transport.Transfer{ID: id, PendingID: id, Flags: transport.TransferVoidPendingTransfer,
+				DebitAccountID: p.DebitAccountID, CreditAccountID: p.CreditAccountID, Ledger: p.Ledger, Code: p.Code,
+				Amount: p.Amount, Timestamp: ts, State: transport.StateExpired}
+			row := &OutboxRow{Transfer: settle, CreditShard: creditShard}
+			s.outbox[id] = row
+			out.Reserved = append(out.Reserved, *row)
+			continue
+		}
+		cr := s.accounts[p.CreditAccountID]
+		cr.CreditsPending -= p.Amount
+		closeAccounts(p, dr, cr, false)
 		s.recordBalance(cr, ts)
 	}
 }

@@ -215,14 +215,18 @@ func TestExpiryIndexSurvivesSnapshot(t *testing.T) {
 	}
 }
 
-func TestPendingAcrossShardsIsRefusedUntilServed(t *testing.T) {
+// Closing transfers across shards are refused until they are served (the
+// credit shard would have to close its account).
+func TestClosingAcrossShardsIsRefusedUntilServed(t *testing.T) {
 	s, c := twoPhaseFixture(t)
 	before := s.Hash()
-	if r := c.createTransfers(s, 2, pending("x", "wallet", "remote", 1, 0)); r[0].Code != transport.CodeFlagsInvalid || r[0].InFlight {
-		t.Fatalf("cross-shard pending: %+v", r[0])
+	x := pending("x", "wallet", "remote", 1, 0)
+	x.Flags |= transport.TransferClosingDebit
+	if r := c.createTransfers(s, 2, x); r[0].Code != transport.CodeFlagsInvalid || r[0].InFlight {
+		t.Fatalf("cross-shard closing: %+v", r[0])
 	}
 	if s.Hash() != before {
-		t.Fatal("a refused cross-shard pending changed the state")
+		t.Fatal("a refused cross-shard transfer changed the state")
 	}
 }
 

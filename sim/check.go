@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -18,18 +19,35 @@ import (
 type Checker struct {
 	w    *World
 	resv map[resvKey]*resv
-	// open: unresolved attempts per debit shard.
+	// open: unresolved attempts per debit shard (reservations and the
+	// settlements of pending transfers across shards).
 	open map[uint32]map[resvKey]*resv
 	// Per ledger: amounts credited on credit shards whose debit is not
-	// posted yet, and amounts reserved and unresolved.
+	// posted yet, amounts reserved and unresolved, and amounts posted on
+	// debit shards whose settlement has not reached the credit shard yet.
 	creditedInFlight map[uint32]uint64
 	reserved         map[uint32]uint64
+	settling         map[uint32]uint64
 	totals           []map[uint32]transport.LedgerTotals
 	lastTS           []uint64
-	// pending: per shard, every pending transfer applied there, by id;
-	// pendingOpen: per ledger, the amounts of the open ones.
+	// pending: per shard, every pending transfer applied there (opened,
+	// for one across shards), by id; pendingOpen: per ledger, the amounts
+	// of the open ones (their debit halves).
 	pending     []map[string]*pendingRec
 	pendingOpen map[uint32]uint64
+	// held: the credit halves of pending transfers across shards, by
+	// debit shard and id, from their credit to their settlement;
+	// creditsHeld: per ledger, the amounts of the open pending transfers
+	// on one shard and of the credit halves held.
+	held        map[idKey]*heldCredit
+	creditsHeld map[uint32]uint64
+	// landed: transfers (by debit shard and id) whose credit half has been
+	// applied on their credit shard: a credit, a pending credit, or the
+	// settlement of a post or void. A client may hear ok only then.
+	landed map[idKey]bool
+	// settlements: the settlement of each post or void of a pending
+	// transfer across shards, by debit shard and the post's id.
+	settlements map[idKey]*resv
 	// Bounds of each shard's log time (the shard's last timestamp): logLow
 	// the largest timestamp its outputs showed, logHigh at least the
 	// largest it can have given (outputs do not show every tick).
@@ -42,6 +60,21 @@ type pendingRec struct {
 	deadline uint64             // 0: no timeout
 	state    string
 	by       string // the post or void that resolved it
+	remote   uint32 // the credit shard of a pending transfer across shards (0: this one)
+}
+
+// heldCredit is the credit half of a pending transfer across shards on its
+// credit shard, as the checks saw it credited.
+type heldCredit struct {
+	t         transport.Transfer // the pending transfer (Timestamp: the attempt)
+	cs        uint32
+	open      bool
+	settledBy string // the settlement (post, void, or the expiry under the pending id)
+}
+
+type idKey struct {
+	ds uint32
+	id string
 }
 
 type resvKey struct {
@@ -50,10 +83,14 @@ type resvKey struct {
 	attempt uint64
 }
 
-// resv is one attempt of a cross-shard transfer, as the checks saw it.
+// resv is one attempt of a cross-shard transfer, or the settlement of a
+// post, void or expiry of a pending transfer across shards (settle), as the
+// checks saw it. A settlement's t is its outbox row: the post or void as
+// stored, or the expiry's void under the pending id.
 type resv struct {
 	t        transport.Transfer
-	cs       uint32
+	ds, cs   uint32
+	settle   bool
 	credited bool
 	resolved bool
 	decision shard.Outcome // the credit shard's first decision
@@ -62,7 +99,9 @@ type resv struct {
 
 func newChecker(w *World) *Checker {
 	c := &Checker{w: w, resv: map[resvKey]*resv{}, open: map[uint32]map[resvKey]*resv{},
-		creditedInFlight: map[uint32]uint64{}, reserved: map[uint32]uint64{}, pendingOpen: map[uint32]uint64{}}
+		creditedInFlight: map[uint32]uint64{}, reserved: map[uint32]uint64{}, settling: map[uint32]uint64{},
+		pendingOpen: map[uint32]uint64{}, held: map[idKey]*heldCredit{}, creditsHeld: map[uint32]uint64{},
+		landed: map[idKey]bool{}, settlements: map[idKey]*resv{}}
 	for i := range w.p.Shards {
 		c.totals = append(c.totals, map[uint32]transport.LedgerTotals{})
 		c.open[uint32(i+1)] = map[resvKey]*resv{}
@@ -124,11 +163,34 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			t := &cmd.Transfers[i]
 			cs := cmd.CreditShards[i]
 			switch {
-			case e.InFlight && t.Flags != 0:
-				c.bad("two-phase", "%s: %s (flags %d) went in flight", what(), t.ID, t.Flags)
-				return
+			case e.InFlight && !e.Retry && t.Flags&resolves != 0:
+				// A post or void of a pending transfer across shards:
+				// applied on the debit side now, its settlement in flight.
+				if reserved >= len(out.Reserved) {
+					c.bad("output", "%s: %s went in flight without its outbox row in Output.Reserved", what(), t.ID)
+					return
+				}
+				p := c.resolution(g, t, e.Attempt, what)
+				if p == nil {
+					return
+				}
+				if !c.settlement(g, t, e.Attempt, p, &out.Reserved[reserved], what) {
+					return
+				}
+				reserved++
+				dl := d(p.t.Ledger)
+				dl.debitsPending -= int64(p.t.Amount)
+				if isPost(t) {
+					dl.debitsPosted += int64(effAmount(t, &p.t))
+				}
+				stamps = append(stamps, e.Attempt)
+				touched = append(touched, p.t.DebitAccountID)
 			case e.InFlight && !e.Retry:
 				key := resvKey{g.id, t.ID, e.Attempt}
+				if t.Flags&^transport.TransferPending != 0 {
+					c.bad("two-phase", "%s: %s (flags %d) went in flight", what(), t.ID, t.Flags)
+					return
+				}
 				if cs == g.id {
 					c.bad("saga", "%s: %s reserved for a credit on its own shard", what(), t.ID)
 				}
@@ -144,7 +206,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				reserved++
 				w.stats.CrossShard++
-				rv := &resv{t: *t, cs: cs}
+				rv := &resv{t: *t, ds: g.id, cs: cs}
 				rv.t.Timestamp = e.Attempt
 				c.resv[key] = rv
 				c.open[g.id][key] = rv
@@ -154,13 +216,16 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				touched = append(touched, t.DebitAccountID)
 			case e.InFlight:
 				rv := c.open[g.id][resvKey{g.id, t.ID, e.Attempt}]
-				if rv == nil || !sameFields(&rv.t, t) {
+				if rv == nil || !sameFields(&rv.t, t) && !c.repeatsSettlement(g, rv, t) {
 					c.bad("saga", "%s: %s joined attempt %d, which is not in flight with these fields", what(), t.ID, e.Attempt)
 					return
 				}
+				if rv.settle {
+					w.reached["cross-shard "+resolutionKind(isPost(t))+" joined its settlement in flight"]++
+				}
 			case e.Code == transport.CodeOK && isPending(t):
 				if cs != g.id {
-					c.bad("two-phase", "%s: pending %s applied although its credit account is on shard %d", what(), t.ID, cs)
+					c.bad("two-phase", "%s: pending %s applied at once although its credit account is on shard %d", what(), t.ID, cs)
 					return
 				}
 				if c.pending[g.id-1][t.ID] != nil {
@@ -173,6 +238,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				p.deadline = deadline(t, e.Timestamp)
 				c.pending[g.id-1][t.ID] = p
 				c.pendingOpen[t.Ledger] += t.Amount
+				c.creditsHeld[t.Ledger] += t.Amount
 				dl := d(t.Ledger)
 				dl.debitsPending += int64(t.Amount)
 				dl.creditsPending += int64(t.Amount)
@@ -183,6 +249,11 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				if p == nil {
 					return
 				}
+				if p.remote != 0 {
+					c.bad("two-phase", "%s: %s of %s answered ok at once, although its credit half is on shard %d", what(), t.ID, t.PendingID, p.remote)
+					return
+				}
+				c.creditsHeld[p.t.Ledger] -= p.t.Amount
 				dl := d(p.t.Ledger)
 				dl.debitsPending -= int64(p.t.Amount)
 				dl.creditsPending -= int64(p.t.Amount)
@@ -244,6 +315,22 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				continue
 			}
 			rv.decision, rv.code = a.Outcome, a.Code
+			if rv.settle {
+				// A post, void or expiry decided on the debit side: the
+				// credit shard applies it, even as an abort.
+				if a.Outcome != shard.OutcomeCredited {
+					c.bad("two-phase", "%s: the settlement %s of %s (shard %d) answered %d/%s (abort=%v): a settlement cannot be refused", what(), key.id, rv.t.PendingID, key.ds, a.Outcome, a.Code, abort)
+					return
+				}
+				rv.credited = true
+				c.landed[idKey{key.ds, key.id}] = true
+				if !c.settled(g, rv, abort, d, what) {
+					return
+				}
+				stamps = append(stamps, a.Timestamp)
+				touched = append(touched, rv.t.CreditAccountID)
+				continue
+			}
 			switch a.Outcome {
 			case shard.OutcomeCredited:
 				if abort {
@@ -253,9 +340,23 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 					c.bad("saga", "%s: %s attempt %d credited after its debit shard voided it: money created", what(), key.id, key.attempt)
 				}
 				rv.credited = true
-				d(rv.t.Ledger).creditsPosted += int64(rv.t.Amount)
-				if !rv.resolved {
-					c.creditedInFlight[rv.t.Ledger] += rv.t.Amount
+				c.landed[idKey{key.ds, key.id}] = true
+				if isPending(&rv.t) {
+					// The credit half of a pending transfer across shards:
+					// held pending until its settlement.
+					hk := idKey{key.ds, key.id}
+					if h := c.held[hk]; h != nil && h.open {
+						c.bad("two-phase", "%s: pending %s of shard %d credited again (attempt %d) while attempt %d is held", what(), key.id, key.ds, key.attempt, rel(h.t.Timestamp))
+						return
+					}
+					c.held[hk] = &heldCredit{t: rv.t, cs: g.id, open: true}
+					c.creditsHeld[rv.t.Ledger] += rv.t.Amount
+					d(rv.t.Ledger).creditsPending += int64(rv.t.Amount)
+				} else {
+					d(rv.t.Ledger).creditsPosted += int64(rv.t.Amount)
+					if !rv.resolved {
+						c.creditedInFlight[rv.t.Ledger] += rv.t.Amount
+					}
 				}
 				stamps = append(stamps, a.Timestamp)
 				touched = append(touched, rv.t.CreditAccountID)
@@ -281,6 +382,17 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			}
 			delete(c.open[g.id], key)
 			rv.resolved = true
+			if rv.settle {
+				// Nothing moves: the debit side moved when the post, void
+				// or expiry applied, the credit side when it landed.
+				switch {
+				case rv.decision == 0:
+					c.bad("two-phase", "%s: the settlement %s of %s resolved before its credit shard applied it", what(), r.ID, rv.t.PendingID)
+				case r.Aborted || r.Code != transport.CodeOK || r.Timestamp != rv.t.Timestamp:
+					c.bad("two-phase", "%s: the settlement %s of %s resolved aborted=%v %s at %d; stored at %d", what(), r.ID, rv.t.PendingID, r.Aborted, r.Code, rel(r.Timestamp), rel(rv.t.Timestamp))
+				}
+				continue
+			}
 			c.reserved[rv.t.Ledger] -= rv.t.Amount
 			dl := d(rv.t.Ledger)
 			dl.debitsPending -= int64(rv.t.Amount)
@@ -289,6 +401,13 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			switch {
 			case posted && !rv.credited:
 				c.bad("saga", "%s: %s attempt %d posted its debit without a credit: money destroyed", what(), r.ID, r.Attempt)
+			case posted && isPending(&rv.t):
+				// The pending transfer opens on the debit side: the
+				// reservation stays as its debits_pending.
+				if !c.openRemote(g, rv, r, what) {
+					return
+				}
+				dl.debitsPending += int64(rv.t.Amount)
 			case posted:
 				w.stats.Posted++
 				dl.debitsPosted += int64(rv.t.Amount)
@@ -317,7 +436,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			}
 		}
 	case shard.KindExpire:
-		touched = c.expire(g, ts, st, d, what)
+		touched = c.expire(g, ts, st, out, d, &stamps, what)
 	}
 	if w.failure != nil {
 		return
@@ -379,10 +498,120 @@ func (c *Checker) resolution(g *Group, t *transport.Transfer, ts uint64, what fu
 	return p
 }
 
+// settlement checks the outbox row of a post or void t of the pending
+// transfer p across shards, applied on the debit side at ts: the post or
+// void as stored (its pending transfer's accounts, ledger and code, the
+// amount it moved), to p's credit shard. It records the settlement in
+// flight, and false after a failure.
+func (c *Checker) settlement(g *Group, t *transport.Transfer, ts uint64, p *pendingRec, row *shard.OutboxRow, what func() string) bool {
+	want := *t
+	want.DebitAccountID, want.CreditAccountID = p.t.DebitAccountID, p.t.CreditAccountID
+	want.Ledger, want.Code, want.Amount = p.t.Ledger, p.t.Code, effAmount(t, &p.t)
+	if p.remote == 0 {
+		c.bad("two-phase", "%s: %s of %s went in flight, although %s is on one shard", what(), t.ID, t.PendingID, t.PendingID)
+		return false
+	}
+	if row.Transfer.ID != t.ID || row.Transfer.Timestamp != ts || row.CreditShard != p.remote || !sameFields(&row.Transfer, &want) {
+		c.bad("output", "%s: %s of %s went in flight with outbox row %+v to shard %d, want %+v to shard %d", what(), t.ID, t.PendingID, row.Transfer, row.CreditShard, want, p.remote)
+		return false
+	}
+	key := resvKey{g.id, t.ID, ts}
+	if c.resv[key] != nil {
+		c.bad("saga", "%s: settlement %s attempt %d written twice", what(), t.ID, rel(ts))
+		return false
+	}
+	rv := &resv{t: row.Transfer, ds: g.id, cs: p.remote, settle: true}
+	c.resv[key] = rv
+	c.open[g.id][key] = rv
+	c.settlements[idKey{g.id, t.ID}] = rv
+	if isPost(t) {
+		c.settling[p.t.Ledger] += want.Amount
+	}
+	c.w.stats.Settlements++
+	return true
+}
+
+// repeatsSettlement: t, joining the settlement rv in flight, repeats the
+// post or void stored there (shard.sameResolution: the fields it omits
+// resolved to the stored ones, amount 0 to the pending amount).
+func (c *Checker) repeatsSettlement(g *Group, rv *resv, t *transport.Transfer) bool {
+	p := c.pending[g.id-1][rv.t.PendingID]
+	if !rv.settle || rv.t.ID == rv.t.PendingID || p == nil {
+		return false
+	}
+	return equivalent(&rv.t, t, &p.t) && effAmount(t, &p.t) == rv.t.Amount
+}
+
+// settled applies, in the checks' view, the first landing of settlement rv
+// on credit shard g: the credit half it settles must be held there and
+// still open, and be settled by rv's pending transfer's end as the checks
+// saw it on the debit side. False after a failure.
+func (c *Checker) settled(g *Group, rv *resv, abort bool, d func(uint32) *delta, what func() string) bool {
+	ds := rv.ds
+	h := c.held[idKey{ds, rv.t.PendingID}]
+	p := c.pending[ds-1][rv.t.PendingID]
+	switch {
+	case h == nil || h.cs != g.id:
+		c.bad("two-phase", "%s: settlement %s of %s, whose credit half shard %d never held", what(), rv.t.ID, rv.t.PendingID, g.id)
+	case !h.open:
+		c.bad("two-phase", "%s: settlement %s of %s landed, but %s settled it already", what(), rv.t.ID, rv.t.PendingID, h.settledBy)
+	case p == nil || p.state == transport.StatePending:
+		c.bad("two-phase", "%s: settlement %s of %s landed while it is open on its debit shard", what(), rv.t.ID, rv.t.PendingID)
+	case p.by != rv.t.ID && !(p.state == transport.StateExpired && rv.t.ID == rv.t.PendingID):
+		c.bad("two-phase", "%s: settlement %s of %s landed, but the debit shard ended it %s by %q", what(), rv.t.ID, rv.t.PendingID, p.state, p.by)
+	case rv.t.Amount > h.t.Amount:
+		c.bad("two-phase", "%s: settlement %s moves %d out of %s, which holds %d", what(), rv.t.ID, rv.t.Amount, rv.t.PendingID, h.t.Amount)
+	}
+	if c.w.failure != nil {
+		return false
+	}
+	h.open, h.settledBy = false, rv.t.ID
+	c.creditsHeld[h.t.Ledger] -= h.t.Amount
+	dl := d(h.t.Ledger)
+	dl.creditsPending -= int64(h.t.Amount)
+	if isPost(&rv.t) {
+		dl.creditsPosted += int64(rv.t.Amount)
+		c.settling[h.t.Ledger] -= rv.t.Amount
+	}
+	if abort {
+		c.w.reached["cross-shard settlement landed by an abort"]++
+	}
+	return true
+}
+
+// openRemote: the debit shard resolved the credited attempt rv of a pending
+// transfer across shards, which opens there, pending, with its deadline
+// counted from the attempt. False after a failure.
+func (c *Checker) openRemote(g *Group, rv *resv, r shard.Resolved, what func() string) bool {
+	t := &rv.t
+	if r.Timestamp != t.Timestamp {
+		c.bad("two-phase", "%s: pending %s opened with timestamp %d, its attempt %d", what(), t.ID, rel(r.Timestamp), rel(t.Timestamp))
+		return false
+	}
+	if c.pending[g.id-1][t.ID] != nil {
+		c.bad("two-phase", "%s: pending %s applied twice", what(), t.ID)
+		return false
+	}
+	if h := c.held[idKey{g.id, t.ID}]; h == nil || !h.open || h.t.Timestamp != t.Timestamp {
+		c.bad("two-phase", "%s: pending %s opened, but its credit shard %d holds no credit for attempt %d", what(), t.ID, rv.cs, rel(t.Timestamp))
+		return false
+	}
+	c.w.stats.Pending++
+	p := &pendingRec{t: *t, state: transport.StatePending, remote: rv.cs}
+	p.deadline = deadline(t, t.Timestamp)
+	c.pending[g.id-1][t.ID] = p
+	c.pendingOpen[t.Ledger] += t.Amount
+	if p.deadline != 0 && p.deadline <= c.logHigh[g.id-1] {
+		c.w.reached["cross-shard pending opened past its deadline"]++
+	}
+	return true
+}
+
 // expire checks a KindExpire stamped ts against the shard's records: every
 // open pending transfer whose deadline has come in log time expired, and
-// none before it. It returns the accounts whose balances moved.
-func (c *Checker) expire(g *Group, ts uint64, st *shard.State, d func(uint32) *delta, what func() string) []string {
+// none before it; one across shards with its settlement in Output.Reserved.
+// It returns the accounts whose balances moved.
+func (c *Checker) expire(g *Group, ts uint64, st *shard.State, out *shard.Output, d func(uint32) *delta, stamps *[]uint64, what func() string) []string {
 	i := g.id - 1
 	nowLow, nowHigh := max(c.logLow[i]+1, ts), max(c.logHigh[i]+1, ts)
 	var ids []string
@@ -396,6 +625,10 @@ func (c *Checker) expire(g *Group, ts uint64, st *shard.State, d func(uint32) *d
 	if len(found) != len(ids) {
 		c.bad("two-phase", "%s: %d of %d open pending transfers found", what(), len(found), len(ids))
 		return nil
+	}
+	rows := map[string]*shard.OutboxRow{}
+	for j := range out.Reserved {
+		rows[out.Reserved[j].Transfer.ID] = &out.Reserved[j]
 	}
 	var touched []string
 	for _, f := range found {
@@ -411,8 +644,33 @@ func (c *Checker) expire(g *Group, ts uint64, st *shard.State, d func(uint32) *d
 			c.pendingOpen[p.t.Ledger] -= p.t.Amount
 			dl := d(p.t.Ledger)
 			dl.debitsPending -= int64(p.t.Amount)
-			dl.creditsPending -= int64(p.t.Amount)
-			touched = append(touched, p.t.DebitAccountID, p.t.CreditAccountID)
+			touched = append(touched, p.t.DebitAccountID)
+			if p.remote == 0 {
+				c.creditsHeld[p.t.Ledger] -= p.t.Amount
+				dl.creditsPending -= int64(p.t.Amount)
+				touched = append(touched, p.t.CreditAccountID)
+				continue
+			}
+			// Its credit half is voided by a settlement under its own id.
+			c.w.reached["cross-shard expired"]++
+			row := rows[f.ID]
+			delete(rows, f.ID)
+			want := transport.Transfer{ID: f.ID, PendingID: f.ID, Flags: transport.TransferVoidPendingTransfer,
+				DebitAccountID: p.t.DebitAccountID, CreditAccountID: p.t.CreditAccountID, Ledger: p.t.Ledger, Code: p.t.Code, Amount: p.t.Amount}
+			if row == nil || row.CreditShard != p.remote || !sameFields(&row.Transfer, &want) || row.Transfer.Timestamp <= c.logLow[i] {
+				c.bad("output", "%s: %s expired across shards with settlement row %+v, want %+v to shard %d", what(), f.ID, row, want, p.remote)
+				return nil
+			}
+			key := resvKey{g.id, f.ID, row.Transfer.Timestamp}
+			if c.resv[key] != nil {
+				c.bad("saga", "%s: settlement of the expiry of %s written twice", what(), f.ID)
+				return nil
+			}
+			rv := &resv{t: row.Transfer, ds: g.id, cs: p.remote, settle: true}
+			c.resv[key] = rv
+			c.open[g.id][key] = rv
+			c.w.stats.Settlements++
+			*stamps = append(*stamps, row.Transfer.Timestamp)
 		case f.State != transport.StatePending:
 			c.bad("two-phase", "%s: an expiry made %s %s", what(), f.ID, f.State)
 			return nil
@@ -421,14 +679,21 @@ func (c *Checker) expire(g *Group, ts uint64, st *shard.State, d func(uint32) *d
 			return nil
 		}
 	}
+	if len(rows) > 0 {
+		c.bad("output", "%s: %d outbox rows in Output.Reserved that no expiry across shards explains", what(), len(rows))
+		return nil
+	}
+	slices.Sort(*stamps) // expiries tick in deadline order, not by id
 	return touched
 }
 
 // balances checks the shard's totals moved exactly as the outputs say, then
 // conservation across shards: per ledger, credits posted = debits posted +
-// credits applied whose debit is still in flight; pending debits = the
-// amounts reserved and unresolved + the open pending transfers; pending
-// credits = the open pending transfers.
+// credits applied whose debit is still in flight - posts applied on their
+// debit shard whose settlement has not landed; pending debits = the amounts
+// reserved and unresolved + the open pending transfers; pending credits =
+// the open pending transfers on one shard + the credit halves held for
+// pending transfers across shards (open, or their settlement in flight).
 func (c *Checker) balances(g *Group, st *shard.State, deltas map[uint32]*delta, what func() string) {
 	before := c.totals[g.id-1]
 	after := make(map[uint32]transport.LedgerTotals, len(before))
@@ -465,9 +730,9 @@ func (c *Checker) balances(g *Group, st *shard.State, deltas map[uint32]*delta, 
 		}
 	}
 	for l, s := range sum {
-		if s.CreditsPosted != s.DebitsPosted+c.creditedInFlight[l] || s.DebitsPending != c.reserved[l]+c.pendingOpen[l] || s.CreditsPending != c.pendingOpen[l] {
-			c.bad("conservation", "after %s: ledger %d has credits posted %d, debits posted %d + credited in flight %d; debits pending %d, reserved %d + open pending %d; credits pending %d",
-				what(), l, s.CreditsPosted, s.DebitsPosted, c.creditedInFlight[l], s.DebitsPending, c.reserved[l], c.pendingOpen[l], s.CreditsPending)
+		if s.CreditsPosted+c.settling[l] != s.DebitsPosted+c.creditedInFlight[l] || s.DebitsPending != c.reserved[l]+c.pendingOpen[l] || s.CreditsPending != c.creditsHeld[l] {
+			c.bad("conservation", "after %s: ledger %d has credits posted %d + posts settling %d, debits posted %d + credited in flight %d; debits pending %d, reserved %d + open pending %d; credits pending %d, held %d",
+				what(), l, s.CreditsPosted, c.settling[l], s.DebitsPosted, c.creditedInFlight[l], s.DebitsPending, c.reserved[l], c.pendingOpen[l], s.CreditsPending, c.creditsHeld[l])
 			return
 		}
 	}
@@ -516,13 +781,19 @@ func (w *World) finalChecks() {
 		}
 		w.digest = w.digest*31 + want
 	}
-	for _, l := range sortedKeys(c.creditedInFlight) {
-		if v := c.creditedInFlight[l]; v != 0 || c.reserved[l] != 0 {
-			w.fail("conservation", "ledger %d: %d credited in flight, %d reserved at quiescence", l, v, c.reserved[l])
+	ledgers := map[uint32]bool{}
+	for _, m := range []map[uint32]uint64{c.creditedInFlight, c.reserved, c.settling} {
+		for l := range m {
+			ledgers[l] = true
+		}
+	}
+	for _, l := range sortedKeys(ledgers) {
+		if v := c.creditedInFlight[l]; v != 0 || c.reserved[l] != 0 || c.settling[l] != 0 {
+			w.fail("conservation", "ledger %d: %d credited in flight, %d reserved, %d posted and settling at quiescence", l, v, c.reserved[l], c.settling[l])
 			return
 		}
 	}
-	if !c.pendingsEnded() {
+	if !c.pendingsEnded() || !c.heldSettled() {
 		return
 	}
 	sum := map[uint32]*transport.LedgerTotals{}
@@ -539,7 +810,7 @@ func (w *World) finalChecks() {
 		}
 	}
 	for _, l := range sortedKeys(sum) {
-		if s := sum[l]; s.DebitsPosted != s.CreditsPosted || s.DebitsPending != c.pendingOpen[l] || s.CreditsPending != c.pendingOpen[l] {
+		if s := sum[l]; s.DebitsPosted != s.CreditsPosted || s.DebitsPending != c.pendingOpen[l] || s.CreditsPending != c.pendingOpen[l] || c.creditsHeld[l] != c.pendingOpen[l] {
 			w.fail("conservation", "ledger %d at quiescence: debits posted %d, credits posted %d; debits pending %d, credits pending %d, open pending transfers %d",
 				l, s.DebitsPosted, s.CreditsPosted, s.DebitsPending, s.CreditsPending, c.pendingOpen[l])
 			return
@@ -574,6 +845,31 @@ func (c *Checker) pendingsEnded() bool {
 				w.fail("two-phase", "%s: pending %s is stored %s, the checks saw it %s", g.name(), f.ID, f.State, p.state)
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// heldSettled: at quiescence the credit half of a pending transfer across
+// shards is held exactly while its pending transfer is open (without a
+// timeout), and every other was settled once, by the settlement of the
+// post, void or expiry that ended it.
+func (c *Checker) heldSettled() bool {
+	w := c.w
+	keys := slices.SortedFunc(maps.Keys(c.held), func(a, b idKey) int { return cmp.Or(cmp.Compare(a.ds, b.ds), cmp.Compare(a.id, b.id)) })
+	for _, k := range keys {
+		h := c.held[k]
+		p := c.pending[k.ds-1][k.id]
+		switch {
+		case p == nil:
+			w.fail("two-phase", "shard %d holds the credit half of %s (shard %d), which never opened on its debit shard", h.cs, k.id, k.ds)
+			return false
+		case h.open != (p.state == transport.StatePending):
+			w.fail("liveness", "pending %s (shard %d) is %s, and its credit half on shard %d open=%v at quiescence", k.id, k.ds, p.state, h.cs, h.open)
+			return false
+		case !h.open && h.settledBy != p.by && !(p.state == transport.StateExpired && h.settledBy == k.id):
+			w.fail("two-phase", "pending %s (shard %d) ended %s by %q, its credit half settled by %q", k.id, k.ds, p.state, p.by, h.settledBy)
+			return false
 		}
 	}
 	return true

@@ -482,9 +482,10 @@ func (c *Client) makeTransfer() transport.Transfer {
 	return t
 }
 
-// makePending turns an ordinary transfer into a pending one, mostly with
-// both accounts on one shard (across shards it is refused flags_invalid),
-// with a timeout of a few seconds or none.
+// makePending turns an ordinary transfer into a pending one, with both
+// accounts on one shard (half of them) or any two of its ledger (across
+// shards in most seeds of several shards), with a timeout of a few seconds
+// or none.
 func (c *Client) makePending(t *transport.Transfer) {
 	w := c.w
 	r := w.rngWork
@@ -492,7 +493,7 @@ func (c *Client) makePending(t *transport.Transfer) {
 	if w.p.PendingTimeoutMax > 0 && on(r, 0.6) {
 		t.Timeout = 1 + uint32(r.IntN(int(w.p.PendingTimeoutMax)))
 	}
-	if on(r, 0.85) {
+	if on(r, 0.5) {
 		dr := &w.ref.accounts[t.DebitAccountID].canon
 		if cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID)); cr != nil {
 			t.CreditAccountID = cr.ID

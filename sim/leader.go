@@ -81,7 +81,8 @@ func (t *Term) serve() {
 
 // expireLoop is shardServer.expireLoop: on every tick of its ticker, if the
 // leader's clock has passed the state's NextExpiry, propose KindExpire and
-// wait for it (a ticker drops the ticks missed meanwhile). Apply decides
+// wait for it (a ticker drops the ticks missed meanwhile), then hand the
+// settlements of expiries across shards to the dispatcher. Apply decides
 // what expires with the entry's timestamp; the leader's clock may be
 // skewed, and a deposed leader goes on proposing what never commits.
 func (t *Term) expireLoop() {
@@ -107,7 +108,14 @@ func (t *Term) expireLoop() {
 			w.tracef("%s t%d: propose expiry (next at %d)", t.g.name(), t.n, rel(next))
 		}
 		t.expiring = true
-		err := t.propose(shard.Command{Kind: shard.KindExpire}, func(*shard.Output, error) { t.expiring = false })
+		err := t.propose(shard.Command{Kind: shard.KindExpire}, func(out *shard.Output, err error) {
+			t.expiring = false
+			// Expiries of pending transfers across shards are settled on
+			// their credit shards: their rows go to the dispatcher at once.
+			if err == nil && len(out.Reserved) > 0 {
+				t.d.enqueue(out.Reserved)
+			}
+		})
 		if err != nil {
 			t.expiring = false // tried again next tick
 		}
@@ -257,7 +265,6 @@ func (t *Term) handleCommand(cmd *shard.Command, respond func(*shard.Reply)) {
 		respond(&shard.Reply{Retry: "outbox full"})
 		return
 	}
-	kind := cmd.Kind
 	err := t.propose(*cmd, func(out *shard.Output, err error) {
 		if err != nil {
 			// errNotLeader comes before the entry is proposed (the actor
@@ -265,19 +272,19 @@ func (t *Term) handleCommand(cmd *shard.Command, respond func(*shard.Reply)) {
 			respond(&shard.Reply{Retry: err.Error(), Unknown: err != errNotLeader})
 			return
 		}
-		t.applied(kind, out, respond)
+		t.applied(cmd, out, respond)
 	})
 	if err != nil {
 		respond(&shard.Reply{Retry: err.Error()})
 	}
 }
 
-func (t *Term) applied(kind shard.Kind, out *shard.Output, respond func(*shard.Reply)) {
-	switch kind {
+func (t *Term) applied(cmd *shard.Command, out *shard.Output, respond func(*shard.Reply)) {
+	switch cmd.Kind {
 	case shard.KindCreateAccounts:
 		respond(&shard.Reply{Results: results(out.Events[0])})
 	case shard.KindCreateTransfers:
-		t.transfersApplied(out, respond)
+		t.transfersApplied(cmd, out, respond)
 	case shard.KindCredit, shard.KindAbort:
 		respond(&shard.Reply{Answers: out.Answers[0]})
 	case shard.KindResolve:
@@ -296,12 +303,20 @@ func results(events []shard.EventResult) []transport.Result {
 	return rs
 }
 
-// transfersApplied: reply now, or wait for the in-flight transfers.
-func (t *Term) transfersApplied(out *shard.Output, respond func(*shard.Reply)) {
+// transfersApplied: reply now, or wait for the in-flight transfers (a
+// reservation's credit, a post's or void's settlement).
+func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond func(*shard.Reply)) {
+	w := t.g.w
 	events := out.Events[0]
-	p := &pendingReply{respond: respond, reply: shard.Reply{Results: results(events)}, expires: t.g.w.now + t.g.w.p.WaiterTTL}
+	p := &pendingReply{respond: respond, reply: shard.Reply{Results: results(events)}, expires: w.now + w.p.WaiterTTL}
 	for i, e := range events {
 		if !e.InFlight {
+			continue
+		}
+		if w.mut == MutPostOKBeforeSettlement && !e.Retry && cmd.Transfers[i].Flags&resolves != 0 {
+			// The bug: a settlement cannot be refused, so the post or
+			// void is answered as soon as its debit side applied.
+			p.reply.Results[i].Code, p.reply.Results[i].Timestamp = transport.CodeOK, e.Attempt
 			continue
 		}
 		if t.waiters == nil { // the term ended: the router retries elsewhere
@@ -518,6 +533,11 @@ func (d *dispatcher) send(rows []shard.OutboxRow, now uint64) {
 	for _, r := range rows {
 		d.sentAt[r.Transfer.ID] = now
 		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.t.g.id}
+		if w.mut == MutSettlementFireAndForget && r.Transfer.Flags&resolves != 0 {
+			// The bug: a settlement cannot be refused, so it is taken as
+			// landed once sent; a lost message is never sent again.
+			voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeCredited})
+		}
 		switch {
 		case now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > w.p.AbortAfter:
 			if w.mut == MutVoidOnTimer {

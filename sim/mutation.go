@@ -40,10 +40,21 @@ const (
 	// the leader), which may lag behind what was acknowledged: the router
 	// sends a post that names only its pending id to the wrong shard.
 	MutLookupFromFollower Mutation = "lookup-from-follower"
+	// MutPostOKBeforeSettlement: the shard server answers a post or void
+	// of a pending transfer across shards ok as soon as its debit side is
+	// applied (its settlement cannot be refused), not once the settlement
+	// has landed on the credit shard: ok before both halves committed.
+	MutPostOKBeforeSettlement Mutation = "post-ok-before-settlement"
+	// MutSettlementFireAndForget: the dispatcher proposes a settlement's
+	// resolve as soon as it sends it (it cannot be refused), so the row
+	// leaves the outbox before the credit shard applied it, and a lost
+	// message leaves the credit half pending forever.
+	MutSettlementFireAndForget Mutation = "settlement-fire-and-forget"
 )
 
 // Mutations lists every mutation.
-var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop, MutExpireClockSeconds, MutLookupFromFollower}
+var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop, MutExpireClockSeconds, MutLookupFromFollower,
+	MutPostOKBeforeSettlement, MutSettlementFireAndForget}
 
 // ParseMutation checks a mutation name ("" is none).
 func ParseMutation(s string) (Mutation, error) {

@@ -156,6 +156,11 @@ func drawParams(r *rand.Rand) Params {
 	p.HashEvery = []int{8, 16, 32, 64, 128}[r.IntN(5)]
 
 	p.RequestDeadline = between(r, 100*ms, 5*second)
+	// At least 12 network delays (production: thousands), so that a try's
+	// critical path fits: a lookup across every shard, then a saga of four
+	// hops and three commits. A refused cross-shard transfer redoes its
+	// saga on every retry, and below that no retry ever finished.
+	p.RequestDeadline = max(p.RequestDeadline, 12*(p.NetDelayMin+p.NetDelayMean))
 	p.ClientRetryMean = between(r, 1*ms, 200*ms)
 	// The dispatcher's periods keep production's ratios, scaled down in
 	// most seeds so that aborts (one minute in production) happen.

@@ -454,8 +454,6 @@ func (ref *Ref) validForOK(v *refVariant) string {
 		return "the ledgers differ"
 	case (dr.canon.Flags|cr.canon.Flags)&transport.AccountClosed != 0:
 		return "an account is closed"
-	case isPending(t) && ref.w.shardOf(t.CreditAccountID) != v.key.ds:
-		return "it is a pending transfer across shards (refused until served)"
 	}
 	return ""
 }
@@ -475,6 +473,11 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 		}
 		if rt.applied != nil && rt.applied != v {
 			ref.bad("transfer %s (shard %d): %s, but other fields were applied under its id", t.ID, v.key.ds, res.Code)
+			return
+		}
+		if cs := ref.w.shardOf(t.CreditAccountID); cs != v.key.ds && !ref.w.chk.landed[idKey{v.key.ds, t.ID}] {
+			// ok means both halves committed.
+			ref.bad("transfer %s (shard %d): %s before its credit landed on shard %d", t.ID, v.key.ds, res.Code, cs)
 			return
 		}
 		if res.Code == transport.CodeOK {
@@ -552,16 +555,6 @@ func (ref *Ref) refusalImpossible(v *refVariant, code transport.Code) string {
 	t := &v.t
 	dr, cr := ref.accounts[t.DebitAccountID], ref.accounts[t.CreditAccountID]
 	exists := func(a *refAccount) bool { return a != nil && !a.ghost }
-	if isPending(t) && ref.w.shardOf(t.CreditAccountID) != v.key.ds {
-		// Refused once the debit account is found, before anything else.
-		switch code {
-		case transport.CodeDebitAccountNotFound:
-		case transport.CodeFlagsInvalid:
-			return ""
-		default:
-			return "a pending transfer across shards is refused flags_invalid once its debit account is found"
-		}
-	}
 	switch code {
 	case transport.CodeDebitAccountNotFound:
 		if exists(dr) && v.debitCreated {
@@ -694,6 +687,9 @@ func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, log
 			ref.bad("%s: ok twice", what)
 			return
 		}
+		if !ref.settlementLanded(v, what, res.Code) {
+			return
+		}
 		if known {
 			ref.bad("%s: ok, but its id was stored before this copy was sent", what)
 			return
@@ -714,6 +710,9 @@ func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, log
 	case transport.CodeExists:
 		if rt.tsKnown && rt.ts != res.Timestamp {
 			ref.bad("%s: exists at %d, but its record was stored at %d", what, res.Timestamp, rt.ts)
+			return
+		}
+		if !ref.settlementLanded(v, what, res.Code) {
 			return
 		}
 		if !ref.couldBeStored(rt, v, ps, true) {
@@ -744,6 +743,18 @@ func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, log
 			ref.bad("%s: %s, but %s", what, res.Code, why)
 		}
 	}
+}
+
+// settlementLanded: a post or void of a pending transfer across shards is
+// answered ok (or exists) only once its settlement has landed on the
+// credit shard (the checks saw the credit shard apply it).
+func (ref *Ref) settlementLanded(v *refVariant, what string, code transport.Code) bool {
+	rv := ref.w.chk.settlements[idKey{v.key.ds, v.t.ID}]
+	if rv == nil || rv.credited {
+		return true
+	}
+	ref.bad("%s: %s before its settlement landed on shard %d", what, code, rv.cs)
+	return false
 }
 
 // couldBeStored: some post or void delivered under v's key may be stored
@@ -1127,13 +1138,14 @@ func (ref *Ref) reach(v *refVariant, code transport.Code) {
 	var kind string
 	switch {
 	case isPending(&v.t) && ref.w.shardOf(v.t.CreditAccountID) != v.key.ds:
-		kind = "pending across shards"
+		kind = "cross-shard pending"
 	case isPending(&v.t):
 		kind = "pending"
-	case isPost(&v.t):
-		kind = "post"
 	case isResolution(&v.t):
-		kind = "void"
+		kind = resolutionKind(isPost(&v.t))
+		if p, ok := ref.pendingByID[v.t.PendingID]; ok && ref.w.shardOf(p.DebitAccountID) == v.key.ds && ref.w.shardOf(p.CreditAccountID) != v.key.ds {
+			kind = "cross-shard " + kind
+		}
 	default:
 		return
 	}

@@ -128,7 +128,7 @@ func TestSeeds(t *testing.T) {
 // twoPhaseOutcomes are what the two-phase workload is there to reach: 100
 // seeds reach each of them many times over (simrun -reached counts them).
 var twoPhaseOutcomes = []string{
-	"pending ok", "pending exceeds_credits", "pending exists", "pending across shards flags_invalid",
+	"pending ok", "pending exceeds_credits", "pending exists",
 	"post ok", "void ok", "posted in part", "expired", "post exists", "void exists",
 	"post exists_with_different_fields", "void exists_with_different_fields",
 	"post pending_transfer_already_posted", "post pending_transfer_already_voided", "void pending_transfer_already_posted",
@@ -136,6 +136,10 @@ var twoPhaseOutcomes = []string{
 	"void pending_transfer_mismatch", "post pending_transfer_not_found", "post pending_transfer_not_pending",
 	"post exceeds_pending_transfer_amount", "void exceeds_pending_transfer_amount",
 	"refused expired before its expiry entry", "resolved in the last second before its deadline",
+	"cross-shard pending ok", "cross-shard pending exists", "cross-shard pending exceeds_debits",
+	"cross-shard pending opened past its deadline", "cross-shard post ok", "cross-shard void ok",
+	"cross-shard post exists", "cross-shard void exists", "cross-shard post joined its settlement in flight",
+	"cross-shard post pending_transfer_already_posted", "cross-shard void pending_transfer_expired", "cross-shard expired",
 }
 
 // TestRegressionSeeds replays every seed that once found a bug since fixed

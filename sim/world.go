@@ -44,6 +44,7 @@ type Stats struct {
 	Posted, Voided, Aborts        uint64
 	Pending, PendingPosted        uint64
 	PendingVoided, Expired        uint64
+	Settlements                   uint64 // posts, voids and expiries settled across shards
 	SimTime                       uint64
 }
 
