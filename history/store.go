@@ -15,21 +15,24 @@ package history
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/ledgerd/ledgerd/transport"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Key prefixes. Persisted: never change.
 const (
 	prefixTransfer = 't' // t id -> at(8) transfer
 	prefixAccount  = 'a' // a len(account) account ts(8) -> rowCopy transfer | rowRef id
-	prefixBalance  = 'b' // b len(account) account ts(8) -> 5 x u64
+	prefixBalance  = 'b' // b len(account) account ts(8) -> u64 x 4: debits pending, posted, credits pending, posted
 	prefixMeta     = 'm'
 )
 
@@ -48,19 +51,79 @@ var keyDurable = []byte{prefixMeta, 'd'} // -> applied index covered by the last
 // Apply committed.
 type Store struct {
 	db *pebble.DB
-	// The entry being applied (between Begin and Commit): its writes, the
+	// The entry being applied (between Begin and Commit): its rows, the
 	// transfers among them by id (read back within the entry), and one
 	// iterator over the store as it was when the entry began, reused for
 	// every id looked up (a Get per id costs 10x more: it builds its own
 	// iterator stack each time).
-	batch   *pebble.Batch
-	written map[string][]byte
-	it      *pebble.Iterator
+	applying bool
+	rows     rows
+	written  map[string][]byte
+	it       *pebble.Iterator
+	key      []byte           // the key looked up, reused
+	enc      *msgpack.Encoder // appends to rows
 }
+
+// rows are an entry's writes, kept until Commit hands them to Pebble in key
+// order: the memtable's skiplist inserts a sorted run for less than the same
+// keys scattered, each search walking nodes the last one left in the CPU
+// cache (measured: a quarter less time in Commit, the sort included).
+type rows struct {
+	buf  []byte // each row's key then value, back to back
+	rows []row
+}
+
+// row is a key at buf[key:value] and its value at buf[value:end].
+type row struct{ key, value, end int }
+
+// add ends the row whose key starts at key and whose value at value: the
+// value runs to the end of buf.
+func (r *rows) add(key, value int) []byte {
+	r.rows = append(r.rows, row{key, value, len(r.buf)})
+	return r.buf[value:len(r.buf):len(r.buf)]
+}
+
+// sort puts the rows in key order; rows of one key stay in the order they
+// were written, so the last one written still wins.
+func (r *rows) sort() {
+	slices.SortFunc(r.rows, func(a, b row) int {
+		if c := bytes.Compare(r.buf[a.key:a.value], r.buf[b.key:b.value]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.key, b.key)
+	})
+}
+
+// Write and WriteByte let an encoder append to buf.
+func (r *rows) Write(p []byte) (int, error) {
+	r.buf = append(r.buf, p...)
+	return len(p), nil
+}
+
+func (r *rows) WriteByte(c byte) error {
+	r.buf = append(r.buf, c)
+	return nil
+}
+
+// rowsBytesRetainedMax keeps one huge entry from pinning its rows' memory
+// (an entry of 1000 transfers writes about 250 KiB).
+const rowsBytesRetainedMax = 1 << 20
+
+func (r *rows) reset() {
+	if cap(r.buf) > rowsBytesRetainedMax {
+		r.buf, r.rows = nil, nil
+		return
+	}
+	r.buf, r.rows = r.buf[:0], r.rows[:0]
+}
+
+// memTablesMax bounds the memtables (the one written and those waiting to
+// be flushed) before writes wait.
+const memTablesMax = 2
 
 // Options size the store's memory. Zero values take the defaults.
 type Options struct {
-	CacheBytes    int64  // block cache; default 32 MiB
+	CacheBytes    int64  // block cache, besides the memtables; default 32 MiB
 	MemTableBytes uint64 // each memtable; default 16 MiB
 	Logger        *slog.Logger
 }
@@ -76,13 +139,17 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	cache := pebble.NewCache(o.CacheBytes)
+	// Pebble reserves its memtables in the block cache: sized CacheBytes
+	// alone, two 16 MiB memtables left the cache no room at all (0 blocks,
+	// a 16% hit rate over 1M lookups, each miss a filter block read again).
+	cache := pebble.NewCache(o.CacheBytes + memTablesMax*int64(o.MemTableBytes))
 	defer cache.Unref()
 	opts := &pebble.Options{
-		Cache:        cache,
-		MemTableSize: o.MemTableBytes,
-		DisableWAL:   true,
-		Logger:       logger{o.Logger.With("component", "history")},
+		Cache:                       cache,
+		MemTableSize:                o.MemTableBytes,
+		MemTableStopWritesThreshold: memTablesMax,
+		DisableWAL:                  true,
+		Logger:                      logger{o.Logger.With("component", "history")},
 	}
 	// Ids are looked up on every new transfer and almost never found:
 	// bloom filters answer those without reading a block.
@@ -93,16 +160,18 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open history store %s: %w", dir, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	s.enc = msgpack.NewEncoder(&s.rows)
+	return s, nil
 }
 
 // Close closes the store. Rows committed since the last Sync may be lost;
 // the Raft log still holds them.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Begin starts an entry: Apply's writes go to one batch until Commit.
+// Begin starts an entry: Apply's writes are kept until Commit.
 func (s *Store) Begin() {
-	s.batch = s.db.NewBatch()
+	s.applying = true
 	if s.written == nil {
 		s.written = make(map[string][]byte)
 	}
@@ -112,9 +181,8 @@ func (s *Store) Begin() {
 // first, then the store through the entry's iterator. Between entries (a
 // reader holding the machine's read lock): the store.
 func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
-	key := transferKey(id)
-	if s.batch == nil {
-		v, closer, err := s.db.Get(key)
+	if !s.applying {
+		v, closer, err := s.db.Get(appendTransferKey(nil, id))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return transport.Transfer{}, 0, false
 		}
@@ -134,7 +202,8 @@ func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
 		}
 		s.it = it
 	}
-	if !s.it.SeekPrefixGE(key) || !bytes.Equal(s.it.Key(), key) {
+	s.key = appendTransferKey(s.key[:0], id)
+	if !s.it.SeekPrefixGE(s.key) || !bytes.Equal(s.it.Key(), s.key) {
 		if err := s.it.Error(); err != nil {
 			panic(fmt.Sprintf("history: read transfer %q: %v", id, err))
 		}
@@ -157,52 +226,71 @@ func mustDecodeTransfer(id string, v []byte) (transport.Transfer, uint64, bool) 
 
 // PutTransfer implements shard.Archive.
 func (s *Store) PutTransfer(t *transport.Transfer, at uint64) {
-	v := appendTransfer(binary.BigEndian.AppendUint64(nil, at), t)
-	s.set(transferKey(t.ID), v)
-	s.written[t.ID] = v
+	r := &s.rows
+	key := len(r.buf)
+	r.buf = appendTransferKey(r.buf, t.ID)
+	value := len(r.buf)
+	r.buf = binary.BigEndian.AppendUint64(r.buf, at)
+	s.encode(t)
+	s.written[t.ID] = r.add(key, value)
 }
 
 // PutAccountTransfer implements shard.Archive.
 func (s *Store) PutAccountTransfer(account string, ts uint64, t *transport.Transfer) {
-	s.set(accountKey(prefixAccount, account, ts), appendTransfer([]byte{rowCopy}, t))
+	r := &s.rows
+	key := len(r.buf)
+	r.buf = appendAccountKey(r.buf, prefixAccount, account, ts)
+	value := len(r.buf)
+	r.buf = append(r.buf, rowCopy)
+	s.encode(t)
+	r.add(key, value)
 }
 
 // PutAccountTransferRef implements shard.Archive.
 func (s *Store) PutAccountTransferRef(account string, ts uint64, id string) {
-	s.set(accountKey(prefixAccount, account, ts), append([]byte{rowRef}, id...))
+	r := &s.rows
+	key := len(r.buf)
+	r.buf = appendAccountKey(r.buf, prefixAccount, account, ts)
+	value := len(r.buf)
+	r.buf = append(append(r.buf, rowRef), id...)
+	r.add(key, value)
 }
 
 // PutBalance implements shard.Archive.
 func (s *Store) PutBalance(account string, b *transport.Balance) {
-	v := make([]byte, 0, 32)
+	r := &s.rows
+	key := len(r.buf)
+	r.buf = appendAccountKey(r.buf, prefixBalance, account, b.Timestamp)
+	value := len(r.buf)
 	for _, x := range [4]uint64{b.DebitsPending, b.DebitsPosted, b.CreditsPending, b.CreditsPosted} {
-		v = binary.BigEndian.AppendUint64(v, x)
+		r.buf = binary.BigEndian.AppendUint64(r.buf, x)
 	}
-	s.set(accountKey(prefixBalance, account, b.Timestamp), v)
-}
-
-func (s *Store) set(key, value []byte) {
-	if err := s.batch.Set(key, value, nil); err != nil {
-		panic(fmt.Sprintf("history: write: %v", err))
-	}
+	r.add(key, value)
 }
 
 // Commit writes the entry's rows (not synced; see Sync) and ends it.
 func (s *Store) Commit() error {
-	b := s.batch
-	s.batch = nil
+	s.applying = false
 	clear(s.written)
+	defer s.rows.reset()
 	if s.it != nil {
 		err := s.it.Close()
 		s.it = nil
 		if err != nil {
-			b.Close()
 			return fmt.Errorf("history: iterator: %w", err)
 		}
 	}
-	defer b.Close()
-	if b.Empty() {
+	r := &s.rows
+	if len(r.rows) == 0 {
 		return nil
+	}
+	r.sort()
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, x := range r.rows {
+		if err := b.Set(r.buf[x.key:x.value], r.buf[x.value:x.end], nil); err != nil {
+			return fmt.Errorf("history: write: %w", err)
+		}
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("history: commit: %w", err)
@@ -255,7 +343,7 @@ func (s *Store) AccountTransfers(f *transport.AccountFilter, maxBytes int) ([]tr
 		kind, v := v[0], v[1:]
 		if kind == rowRef {
 			id := string(v)
-			ref, closer, err := s.db.Get(transferKey(id))
+			ref, closer, err := s.db.Get(appendTransferKey(nil, id))
 			if err != nil {
 				return fmt.Errorf("history: transfer %q of an account row: %w", id, err)
 			}
@@ -308,8 +396,8 @@ func (s *Store) scan(prefix byte, f *transport.AccountFilter, row func(ts uint64
 	if hi == 0 {
 		hi = ^uint64(0)
 	}
-	lower := accountKey(prefix, f.AccountID, f.TimestampMin)
-	upper := accountKey(prefix, f.AccountID, hi)
+	lower := appendAccountKey(nil, prefix, f.AccountID, f.TimestampMin)
+	upper := appendAccountKey(nil, prefix, f.AccountID, hi)
 	upper = append(upper, 0) // inclusive
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
@@ -335,25 +423,24 @@ func (s *Store) scan(prefix byte, f *transport.AccountFilter, row func(ts uint64
 	return it.Error()
 }
 
-func transferKey(id string) []byte {
-	return append([]byte{prefixTransfer}, id...)
+func appendTransferKey(dst []byte, id string) []byte {
+	return append(append(dst, prefixTransfer), id...)
 }
 
-// accountKey is prefix, the account id's length and bytes, then ts: one
-// account's rows are contiguous and in timestamp order.
-func accountKey(prefix byte, account string, ts uint64) []byte {
-	k := make([]byte, 0, 2+len(account)+8)
-	k = append(k, prefix, byte(len(account)))
-	k = append(k, account...)
-	return binary.BigEndian.AppendUint64(k, ts)
+// appendAccountKey appends prefix, the account id's length and bytes, then
+// ts: one account's rows are contiguous and in timestamp order.
+func appendAccountKey(dst []byte, prefix byte, account string, ts uint64) []byte {
+	dst = append(dst, prefix, byte(len(account)))
+	dst = append(dst, account...)
+	return binary.BigEndian.AppendUint64(dst, ts)
 }
 
-func appendTransfer(dst []byte, t *transport.Transfer) []byte {
-	b, err := transport.Marshal(t)
-	if err != nil {
+// encode appends t's wire encoding (transport.Marshal's bytes) to the
+// entry's rows.
+func (s *Store) encode(t *transport.Transfer) {
+	if err := t.EncodeMsgpack(s.enc); err != nil {
 		panic(fmt.Sprintf("history: encode transfer %q: %v", t.ID, err))
 	}
-	return append(dst, b...)
 }
 
 func decodeTransfer(v []byte) (transport.Transfer, uint64, error) {
