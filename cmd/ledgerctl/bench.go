@@ -33,6 +33,8 @@ const (
 	codeNoAnswer = math.MaxUint8
 	// problemsShownMax bounds the conservation problems printed.
 	problemsShownMax = 20
+	// legsDefault is a payment and its fee.
+	legsDefault = 2
 )
 
 // benchOptions are the flags of `bench`.
@@ -40,6 +42,8 @@ type benchOptions struct {
 	accounts, transfers, batch, clients int
 	crossShard                          float64
 	twoPhase, void, partial             float64
+	linked                              float64
+	legs                                int
 	ledger                              uint32
 	amount, seed                        uint64
 	idPrefix                            string
@@ -59,7 +63,14 @@ With --two-phase, that fraction of the transfers is sent as a pending transfer
 between two accounts of one shard, then resolved in the client's next request:
 posted whole, posted in part (--partial), or voided (--void). Each pending, post
 and void is one event of transfers/s; pairs/s counts the resolved ones. The
-audit then also wants every pending balance of the accounts back at 0.`,
+audit then also wants every pending balance of the accounts back at 0.
+
+With --linked, that fraction of the transfers is sent as linked chains of --legs
+transfers (a payment and its fee, for 2): one debit account, credit accounts of
+its shard, each leg but the last flagged linked, so the chain succeeds or fails
+as one. A request never cuts a chain. Each leg is one event of transfers/s;
+chains/s counts the chains whose every leg answered ok (or exists). A leg
+refused flags_invalid, or a chain answered or applied in part, fails the run.`,
 		Args: cobra.NoArgs,
 	}
 	o := addBenchFlags(cmd.Flags())
@@ -79,9 +90,11 @@ func addBenchFlags(f *pflag.FlagSet) *benchOptions {
 	f.IntVar(&o.batch, "batch", 1000, "events per request")
 	f.IntVar(&o.clients, "clients", 0, "concurrent requesters (default 64 if --batch is 1, else 8)")
 	f.Float64Var(&o.crossShard, "cross-shard", -1, "fraction 0..1 of the single-phase transfers between accounts on different shards (-1: uniformly random accounts)")
-	f.Float64Var(&o.twoPhase, "two-phase", 0, "fraction 0..1 of transfers sent as pending, between accounts on one shard, and resolved in a later request")
+	f.Float64Var(&o.twoPhase, "two-phase", 0, "fraction 0..1 of transfers (of those outside linked chains) sent as pending, between accounts on one shard, and resolved in a later request")
 	f.Float64Var(&o.void, "void", 0, "fraction 0..1 of the two-phase transfers voided rather than posted")
 	f.Float64Var(&o.partial, "partial", 0, "fraction 0..1 of the posted two-phase transfers that post half their amount (needs --amount 2 or more)")
+	f.Float64Var(&o.linked, "linked", 0, "fraction 0..1 of transfers sent as linked chains of --legs transfers from one debit account, all on its shard")
+	f.IntVar(&o.legs, "legs", legsDefault, "transfers per linked chain (2 or more, at most --batch)")
 	f.Uint32Var(&o.ledger, "ledger", 1, "ledger of the accounts and transfers")
 	f.Uint64Var(&o.amount, "amount", 1, "amount of every transfer")
 	f.Uint64Var(&o.seed, "seed", 0, "seed of the account pairs (0: random, printed)")
@@ -106,6 +119,9 @@ func (o *benchOptions) check() error {
 		return errors.New("--ledger and --amount must be more than 0")
 	}
 	if err := o.checkTwoPhase(); err != nil {
+		return err
+	}
+	if err := o.checkLinked(); err != nil {
 		return err
 	}
 	if o.clients == 0 {
@@ -147,8 +163,23 @@ func (o *benchOptions) checkTwoPhase() error {
 	return nil
 }
 
+// checkLinked bounds a chain by --batch, as the bench sends a chain in one
+// request, and by what one request holds, as the client refuses longer ones.
+func (o *benchOptions) checkLinked() error {
+	switch {
+	case o.linked < 0 || o.linked > 1:
+		return fmt.Errorf("--linked %v: want 0 to 1", o.linked)
+	case o.linked == 0 && o.legs != legsDefault:
+		return errors.New("--legs needs --linked")
+	case o.linked > 0 && (o.legs < 2 || o.legs > min(o.batch, transport.BatchEventsMax)):
+		return fmt.Errorf("--legs %d: want 2 to --batch (%d), at most %d", o.legs, o.batch, transport.BatchEventsMax)
+	}
+	return nil
+}
+
 func (o *benchOptions) mix() mix {
-	return mix{transfers: o.transfers, crossShard: o.crossShard, twoPhase: o.twoPhase, void: o.void, partial: o.partial}
+	return mix{transfers: o.transfers, crossShard: o.crossShard, twoPhase: o.twoPhase, void: o.void, partial: o.partial,
+		linked: o.linked, legs: o.legs}
 }
 
 // accountID, transferID and resolutionID name account i, transfer i (for a
@@ -162,8 +193,11 @@ func (o *benchOptions) resolutionID(i int) string { return o.idPrefix + "-r" + s
 func (o *benchOptions) transfer(p pair, accountIDs []string, i int) transport.Transfer {
 	t := transport.Transfer{ID: o.transferID(i), DebitAccountID: accountIDs[p.debit], CreditAccountID: accountIDs[p.credit],
 		Amount: o.amount, Ledger: o.ledger, Code: 1}
-	if p.kind.twoPhase() {
+	switch {
+	case p.kind.twoPhase():
 		t.Flags = transport.TransferPending
+	case p.kind == kindLeg:
+		t.Flags = transport.TransferLinked
 	}
 	return t
 }
@@ -205,7 +239,9 @@ type benchReport struct {
 	TwoPhase             int            `json:"two_phase"`         // transfers sent pending, then resolved
 	TwoPhaseVoid         int            `json:"two_phase_void"`    // of them, resolved by a void
 	TwoPhasePartial      int            `json:"two_phase_partial"` // of them, resolved by a post of part
-	Events               int            `json:"events"`            // transfers, pendings, posts and voids to send
+	Chains               int            `json:"chains"`            // linked chains sent, each of Legs transfers
+	Legs                 int            `json:"legs,omitempty"`
+	Events               int            `json:"events"` // transfers (chain legs included), pendings, posts and voids to send
 	Batch                int            `json:"batch"`
 	Clients              int            `json:"clients"`
 	Connections          int            `json:"connections"`
@@ -218,6 +254,9 @@ type benchReport struct {
 	TransfersPerSecond   float64        `json:"transfers_per_second"` // events answered ok or exists
 	PairsResolved        int            `json:"pairs_resolved"`       // posts and voids answered ok or exists
 	PairsPerSecond       float64        `json:"pairs_per_second"`
+	ChainsApplied        int            `json:"chains_applied"` // chains whose every leg answered ok or exists
+	ChainsPerSecond      float64        `json:"chains_per_second"`
+	LegsPerSecond        float64        `json:"legs_per_second"` // legs of the chains applied
 	LatencyMsP50         float64        `json:"latency_ms_p50"`
 	LatencyMsP99         float64        `json:"latency_ms_p99"`
 	LatencyMsMax         float64        `json:"latency_ms_max"`
@@ -277,7 +316,7 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	r := run.report(o)
 	r.Shards, r.Connections = len(st.Shards), len(conns)
 	r.count(pairs, shardOf)
-	r.Errors = refusedPendings(pairs, run.codes)
+	r.Errors = append(refusedOnOneShard(pairs, run.codes), r.countChains(pairs, run)...)
 	problems, noAnswerApplied, err := b.audit(ctx, pairs, run)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -314,27 +353,69 @@ func (r *benchReport) count(pairs []pair, shardOf []int32) {
 		if p.kind.twoPhase() {
 			r.TwoPhase++
 		}
+		if p.kind == kindLegLast {
+			r.Chains++
+		}
 	}
 	r.Events = r.Transfers + r.TwoPhase
 }
 
-// refusedPendings fails the run if the cluster refused a pending transfer
-// with flags_invalid: the bench put both its accounts on one shard, so the
-// shards it read from the cluster status are wrong, or the cluster does not
-// serve two-phase transfers.
-func refusedPendings(pairs []pair, codes []uint8) []string {
-	n, first := 0, -1
-	for i, p := range pairs {
-		if p.kind.twoPhase() && codes[i] == uint8(transport.CodeFlagsInvalid) {
-			if n++; first < 0 {
-				first = i
+// refusedOnOneShard fails the run if the cluster refused a pending transfer
+// or a chain's leg with flags_invalid: the bench put all the accounts of
+// each on one shard, so the shards it read from the cluster status are
+// wrong, or the cluster does not serve two-phase transfers or chains.
+func refusedOnOneShard(pairs []pair, codes []uint8) []string {
+	var errs []string
+	for _, c := range []struct {
+		what string
+		is   func(kind) bool
+	}{{"pending transfers", kind.twoPhase}, {"legs of linked chains", kind.inChain}} {
+		n, first := 0, -1
+		for i, p := range pairs {
+			if c.is(p.kind) && codes[i] == uint8(transport.CodeFlagsInvalid) {
+				if n++; first < 0 {
+					first = i
+				}
+			}
+		}
+		if n > 0 {
+			errs = append(errs, fmt.Sprintf("%d %s refused flags_invalid (the first is transfer %d), though the bench put all the accounts of each on one shard", n, c.what, first))
+		}
+	}
+	return errs
+}
+
+// countChains counts the chains whose every leg took effect, and fails the
+// run for each chain answered in part: some legs applied, some not.
+func (r *benchReport) countChains(pairs []pair, run *sendRun) (errs []string) {
+	inPart, first, legs := 0, -1, r.Legs
+	for last, p := range pairs {
+		if p.kind != kindLegLast {
+			continue
+		}
+		n := 0
+		for _, c := range run.codes[last+1-legs : last+1] {
+			if applied(c) {
+				n++
+			}
+		}
+		switch {
+		case n == legs:
+			r.ChainsApplied++
+		case n > 0:
+			if inPart++; first < 0 {
+				first = last + 1 - legs
 			}
 		}
 	}
-	if n == 0 {
-		return nil
+	if run.elapsed > 0 {
+		r.ChainsPerSecond = float64(r.ChainsApplied) / run.elapsed.Seconds()
+		r.LegsPerSecond = float64(r.ChainsApplied*r.Legs) / run.elapsed.Seconds()
 	}
-	return []string{fmt.Sprintf("%d pending transfers refused flags_invalid (the first is transfer %d), though the bench put both accounts of each on one shard", n, first)}
+	if inPart > 0 {
+		errs = append(errs, fmt.Sprintf("%d linked chains answered in part, some legs ok and others not (the first starts at transfer %d)", inPart, first))
+	}
+	return errs
 }
 
 // parallel calls fn for batches 0..n-1 from o.clients goroutines, each batch
@@ -412,7 +493,8 @@ type sendRun struct {
 // sendTransfers sends pairs from o.clients workers, each request under its
 // own --timeout. A worker's request holds up to --batch events: first the
 // post or void of each pending transfer of its previous request, then the
-// next transfers not yet taken by any worker. A pending transfer whose
+// next transfers not yet taken by any worker, in whole blocks of --legs
+// with --linked so that no request cuts a chain. A pending transfer whose
 // request got no answer may have been applied: it is resolved all the same
 // (a post of one never applied answers pending_transfer_not_found).
 func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
@@ -421,11 +503,14 @@ func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
 		run.codes[i], run.resolutionCodes[i] = codeNoAnswer, codeNoAnswer
 	}
 	var mu sync.Mutex // guards run.noAnswer
-	var next, done, resolved, requests atomic.Int64
+	var next atomic.Int64
+	var counts sendCounts
 	latencies := make([][]time.Duration, b.o.clients) // one per worker: no lock per request
+	block := b.o.mix().chainLegs()                    // chains start at multiples of it
 
 	start := time.Now()
-	stop := progress(b.stderr, start, &done, &resolved, &requests, slices.ContainsFunc(pairs, func(p pair) bool { return p.kind.twoPhase() }))
+	stop := progress(b.stderr, start, &counts, slices.ContainsFunc(pairs, func(p pair) bool { return p.kind.twoPhase() }),
+		slices.ContainsFunc(pairs, func(p pair) bool { return p.kind.inChain() }))
 	b.workers(len(pairs), func(c *client.Client, w int) {
 		var open []int // this worker's pending transfers, to resolve in its next request
 		var ts []transport.Transfer
@@ -434,7 +519,7 @@ func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
 			for _, i := range open {
 				ts = append(ts, b.o.resolution(pairs[i], b.accountIDs, i))
 			}
-			take := b.o.batch - len(open)
+			take := (b.o.batch - len(open)) / block * block
 			lo := min(int(next.Add(int64(take)))-take, len(pairs))
 			hi := min(lo+take, len(pairs))
 			for i := lo; i < hi; i++ {
@@ -452,7 +537,7 @@ func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
 				if e := int(r.Index); e < len(open) {
 					run.resolutionCodes[open[e]] = uint8(r.Code)
 					if applied(uint8(r.Code)) {
-						resolved.Add(1)
+						counts.resolved.Add(1)
 					}
 				} else {
 					run.codes[lo+e-len(open)] = uint8(r.Code)
@@ -465,12 +550,15 @@ func (b *bench) sendTransfers(ctx context.Context, pairs []pair) *sendRun {
 			}
 			open = open[:0]
 			for i := lo; i < hi; i++ {
-				if pairs[i].kind.twoPhase() && (applied(run.codes[i]) || run.codes[i] == codeNoAnswer) {
+				switch {
+				case pairs[i].kind.twoPhase() && (applied(run.codes[i]) || run.codes[i] == codeNoAnswer):
 					open = append(open, i)
+				case pairs[i].kind == kindLegLast && !slices.ContainsFunc(run.codes[i+1-b.o.legs:i+1], notApplied):
+					counts.chains.Add(1)
 				}
 			}
-			done.Add(int64(len(ts)))
-			requests.Add(1)
+			counts.done.Add(int64(len(ts)))
+			counts.requests.Add(1)
 		}
 	})
 	run.elapsed = time.Since(start)
@@ -485,6 +573,8 @@ func applied(code uint8) bool {
 	return code == uint8(transport.CodeOK) || code == uint8(transport.CodeExists)
 }
 
+func notApplied(code uint8) bool { return !applied(code) }
+
 // whyNoAnswer names the failure of a whole request for the report.
 func whyNoAnswer(err error) string {
 	var e *transport.Error
@@ -498,9 +588,14 @@ func whyNoAnswer(err error) string {
 	}
 }
 
+// sendCounts are what sending has done so far, for the progress lines:
+// events answered, two-phase transfers resolved, chains applied, requests.
+type sendCounts struct{ done, resolved, chains, requests atomic.Int64 }
+
 // progress prints a line a second on w until stop is called; with twoPhase
-// it also shows how many two-phase transfers were resolved.
-func progress(w io.Writer, start time.Time, done, resolved, requests *atomic.Int64, twoPhase bool) (stop func()) {
+// it also shows how many two-phase transfers were resolved, with linked how
+// many chains were applied.
+func progress(w io.Writer, start time.Time, c *sendCounts, twoPhase, linked bool) (stop func()) {
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -512,9 +607,13 @@ func progress(w io.Writer, start time.Time, done, resolved, requests *atomic.Int
 				return
 			case now := <-tick.C:
 				s := now.Sub(start).Seconds()
-				line := fmt.Sprintf("%6.0fs  %10d transfers  %8.0f/s  %8d requests", s, done.Load(), float64(done.Load())/s, requests.Load())
+				done, resolved, chains := c.done.Load(), c.resolved.Load(), c.chains.Load()
+				line := fmt.Sprintf("%6.0fs  %10d transfers  %8.0f/s  %8d requests", s, done, float64(done)/s, c.requests.Load())
 				if twoPhase {
-					line += fmt.Sprintf("  %10d pairs  %8.0f/s", resolved.Load(), float64(resolved.Load())/s)
+					line += fmt.Sprintf("  %10d pairs  %8.0f/s", resolved, float64(resolved)/s)
+				}
+				if linked {
+					line += fmt.Sprintf("  %10d chains  %8.0f/s", chains, float64(chains)/s)
 				}
 				fmt.Fprintln(w, line)
 			}
@@ -528,6 +627,9 @@ func (run *sendRun) report(o benchOptions) benchReport {
 		Clients: o.clients, Requests: len(run.latencies), Failed: map[string]int{}, ElapsedMs: ms(run.elapsed),
 		LatencyMsP50: ms(percentile(run.latencies, 0.50)), LatencyMsP99: ms(percentile(run.latencies, 0.99)),
 		LatencyMsMax: ms(percentile(run.latencies, 1))}
+	if o.linked > 0 {
+		r.Legs = o.legs
+	}
 	for _, c := range slices.Concat(run.codes, run.resolutionCodes) {
 		switch c {
 		case uint8(transport.CodeOK):
@@ -607,11 +709,34 @@ func (b *bench) audit(ctx context.Context, pairs []pair, run *sendRun) (problems
 			}
 		}
 	}
+	problems = append(problems, b.chainsAppliedInPart(pairs, posted)...)
 	accounts, err := lookupAll(ctx, b, b.accountIDs, (*client.Client).LookupAccounts)
 	if err != nil {
 		return nil, 0, err
 	}
 	return append(problems, checkBalances(b.accountIDs, accounts, pairs, posted)...), noAnswerApplied, nil
+}
+
+// chainsAppliedInPart names each chain of which the replay (answers, then
+// lookups) finds some legs applied and others not.
+func (b *bench) chainsAppliedInPart(pairs []pair, posted []uint64) []string {
+	var problems []string
+	for last, p := range pairs {
+		if p.kind != kindLegLast {
+			continue
+		}
+		first, n := last+1-b.o.legs, 0
+		for _, amount := range posted[first : last+1] {
+			if amount > 0 {
+				n++
+			}
+		}
+		if n > 0 && n < b.o.legs {
+			problems = append(problems, fmt.Sprintf("chain %s..%s: %d of its %d legs applied, though a chain succeeds or fails as one",
+				b.o.transferID(first), b.o.transferID(last), n, b.o.legs))
+		}
+	}
+	return problems
 }
 
 // replayLookedUp returns what transfer t, of kind k, moved by its state, or
@@ -692,6 +817,9 @@ func benchTable(w io.Writer, r benchReport) {
 		fmt.Fprintf(w, "two-phase\t%d pending, then %d posted whole, %d posted in part, %d voided: %d events\n",
 			r.TwoPhase, r.TwoPhase-r.TwoPhasePartial-r.TwoPhaseVoid, r.TwoPhasePartial, r.TwoPhaseVoid, r.Events)
 	}
+	if r.Chains > 0 {
+		fmt.Fprintf(w, "linked\t%d chains of %d legs: %d of the transfers\n", r.Chains, r.Legs, r.Chains*r.Legs)
+	}
 	fmt.Fprintf(w, "requests\t%d\n", r.Requests)
 	fmt.Fprintf(w, "ok\t%d\n", r.OK)
 	fmt.Fprintf(w, "exists\t%d\n", r.Exists)
@@ -702,11 +830,24 @@ func benchTable(w io.Writer, r benchReport) {
 		fmt.Fprintf(w, "no answer, applied\t%d (found by lookup)\n", r.NoAnswerApplied)
 	}
 	fmt.Fprintf(w, "elapsed\t%.3fs\n", r.ElapsedMs/1000)
+	var each []string
 	if r.TwoPhase > 0 {
-		fmt.Fprintf(w, "transfers/s\t%.0f (each pending, post and void one)\n", r.TransfersPerSecond)
-		fmt.Fprintf(w, "pairs/s\t%.0f (%d two-phase transfers resolved)\n", r.PairsPerSecond, r.PairsResolved)
+		each = append(each, "each pending, post and void one")
+	}
+	if r.Chains > 0 {
+		each = append(each, "each leg one")
+	}
+	if len(each) > 0 {
+		fmt.Fprintf(w, "transfers/s\t%.0f (%s)\n", r.TransfersPerSecond, strings.Join(each, ", "))
 	} else {
 		fmt.Fprintf(w, "transfers/s\t%.0f\n", r.TransfersPerSecond)
+	}
+	if r.TwoPhase > 0 {
+		fmt.Fprintf(w, "pairs/s\t%.0f (%d two-phase transfers resolved)\n", r.PairsPerSecond, r.PairsResolved)
+	}
+	if r.Chains > 0 {
+		fmt.Fprintf(w, "chains/s\t%.0f (%d of %d chains applied, every leg ok or exists; %.0f legs/s)\n",
+			r.ChainsPerSecond, r.ChainsApplied, r.Chains, r.LegsPerSecond)
 	}
 	fmt.Fprintf(w, "latency p50\t%.3fms\n", r.LatencyMsP50)
 	fmt.Fprintf(w, "latency p99\t%.3fms\n", r.LatencyMsP99)

@@ -41,21 +41,8 @@ func startServer(t *testing.T, shards uint32) *server.Server {
 // transfer was resolved and the posted balances equal the replay.
 func TestBenchTwoPhaseMixPassesTheAudit(t *testing.T) {
 	srv := startServer(t, 2)
-	var out, progress bytes.Buffer
-	a := &app{stdout: &out, stderr: &progress}
-	root := newRootCmd(a)
-	root.SetArgs([]string{"bench", "--server", srv.ClientURL(), "-o", "json", "--timeout", "20s",
-		"--accounts", "200", "--transfers", "2000", "--batch", "100", "--clients", "4", "--amount", "10",
-		"--cross-shard", "0.5", "--two-phase", "0.6", "--void", "0.25", "--partial", "0.5"})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := root.ExecuteContext(ctx); err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, out.String(), progress.String())
-	}
-	var r benchReport
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("report: %v\n%s", err, out.String())
-	}
+	r := runBench(t, srv, "--accounts", "200", "--transfers", "2000", "--batch", "100", "--clients", "4", "--amount", "10",
+		"--cross-shard", "0.5", "--two-phase", "0.6", "--void", "0.25", "--partial", "0.5")
 	// 1200 two-phase transfers: 300 voided, 450 of the 900 posts in part;
 	// 400 of the 800 single-phase ones across shards.
 	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.Shards != 2 ||
@@ -64,12 +51,39 @@ func TestBenchTwoPhaseMixPassesTheAudit(t *testing.T) {
 		t.Fatalf("report %+v", r)
 	}
 
-	// Nothing is left pending in the cluster either.
+	nothingPending(t, srv)
+}
+
+// runBench runs `ledgerctl bench` against srv with args and returns its
+// report, failing the test if the run fails.
+func runBench(t *testing.T, srv *server.Server, args ...string) benchReport {
+	t.Helper()
+	var out, progress bytes.Buffer
+	root := newRootCmd(&app{stdout: &out, stderr: &progress})
+	root.SetArgs(append([]string{"bench", "--server", srv.ClientURL(), "-o", "json", "--timeout", "20s"}, args...))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("bench %q: %v\n%s\n%s", args, err, out.String(), progress.String())
+	}
+	var r benchReport
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("report: %v\n%s", err, out.String())
+	}
+	return r
+}
+
+// nothingPending fails the test if any shard of srv holds a pending
+// balance or a cross-shard transfer in its outbox.
+func nothingPending(t *testing.T, srv *server.Server) {
+	t.Helper()
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	st, err := client.New(nc).Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -81,4 +95,31 @@ func TestBenchTwoPhaseMixPassesTheAudit(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Chains of legs on one shard of a 2-shard cluster are all served: every leg
+// answers ok, chains/s counts them, and the audit finds each chain applied
+// whole. Alone, and mixed with two-phase and cross-shard transfers, with a
+// --batch that is no multiple of --legs: a sender that took --batch
+// transfers rather than whole blocks of legs would cut chains.
+func TestBenchLinkedMixAppliesEveryChainWhole(t *testing.T) {
+	srv := startServer(t, 2)
+
+	r := runBench(t, srv, "--accounts", "100", "--transfers", "1000", "--batch", "50", "--clients", "4", "--linked", "1")
+	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.Shards != 2 ||
+		r.Chains != 500 || r.Legs != 2 || r.Events != 1000 || r.OK != 1000 || r.ChainsApplied != 500 ||
+		r.ChainsPerSecond <= 0 || r.LegsPerSecond != 2*r.ChainsPerSecond || r.TransfersCrossShard != 0 {
+		t.Fatalf("2-leg chains: report %+v", r)
+	}
+
+	// 667 blocks of 3: 333 chains, 999 legs; of the 1002 other transfers, 501
+	// two-phase and 250 of the 501 single-phase across shards.
+	r = runBench(t, srv, "--accounts", "100", "--transfers", "2001", "--batch", "100", "--clients", "4", "--amount", "10",
+		"--linked", "0.5", "--legs", "3", "--two-phase", "0.5", "--partial", "0.5", "--cross-shard", "0.5")
+	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 ||
+		r.Chains != 333 || r.Legs != 3 || r.TwoPhase != 501 || r.TransfersCrossShard != 250 ||
+		r.Events != 2502 || r.OK != 2502 || r.ChainsApplied != 333 || r.PairsResolved != 501 {
+		t.Fatalf("mixed: report %+v", r)
+	}
+	nothingPending(t, srv)
 }

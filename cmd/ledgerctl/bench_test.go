@@ -190,14 +190,15 @@ func TestReplayOfALookedUpTransferFollowsItsState(t *testing.T) {
 	}
 }
 
-func TestRefusedPendingFailsTheRun(t *testing.T) {
-	pairs := []pair{{kind: kindSingle}, {kind: kindPost}, {kind: kindVoid}}
-	flagsInvalid := uint8(transport.CodeFlagsInvalid)
-	if e := refusedPendings(pairs, []uint8{flagsInvalid, uint8(transport.CodeOK), codeNoAnswer}); e != nil {
-		t.Fatalf("errors %q, want none: only a pending refused flags_invalid fails the run", e)
+func TestRefusedPendingOrChainLegFailsTheRun(t *testing.T) {
+	pairs := []pair{{kind: kindSingle}, {kind: kindPost}, {kind: kindVoid}, {kind: kindLeg}, {kind: kindLegLast}}
+	ok, flagsInvalid, failed := uint8(transport.CodeOK), uint8(transport.CodeFlagsInvalid), uint8(transport.CodeLinkedEventFailed)
+	if e := refusedOnOneShard(pairs, []uint8{flagsInvalid, ok, codeNoAnswer, ok, ok}); e != nil {
+		t.Fatalf("errors %q, want none: only a pending or a chain's leg refused flags_invalid fails the run", e)
 	}
-	e := refusedPendings(pairs, []uint8{0, flagsInvalid, flagsInvalid})
-	if len(e) != 1 || !strings.HasPrefix(e[0], "2 pending transfers refused flags_invalid (the first is transfer 1)") {
+	e := refusedOnOneShard(pairs, []uint8{0, flagsInvalid, flagsInvalid, flagsInvalid, failed})
+	if len(e) != 2 || !strings.HasPrefix(e[0], "2 pending transfers refused flags_invalid (the first is transfer 1)") ||
+		!strings.HasPrefix(e[1], "1 legs of linked chains refused flags_invalid (the first is transfer 3)") {
 		t.Fatalf("errors %q", e)
 	}
 }
@@ -277,5 +278,122 @@ func TestReportCountsPendingsAndResolutionsAsEvents(t *testing.T) {
 	r := run.report(benchOptions{transfers: 4})
 	if r.OK != 4 || r.Exists != 1 || r.Failed["flags_invalid"] != 1 || r.TransfersPerSecond != 5 || r.PairsResolved != 2 || r.PairsPerSecond != 2 {
 		t.Fatalf("report %+v", r)
+	}
+}
+
+// A chain is a whole block of legs transfers starting at a multiple of legs
+// (so a sender taking whole blocks never cuts one), from one debit account
+// to accounts of its shard; the fractions of the other kinds count among the
+// transfers outside chains.
+func TestGenPairsPutsEachChainOnOneShardInWholeBlocks(t *testing.T) {
+	shardOf := randomShards(1000, 4)
+	const n = 10007
+	for _, m := range []mix{
+		{transfers: n, crossShard: -1, linked: 1, legs: 2},
+		{transfers: n, crossShard: 0.5, linked: 0.5, legs: 3, twoPhase: 0.4, void: 0.5},
+		{transfers: n, crossShard: -1, linked: 0.3, legs: 5},
+	} {
+		pairs, err := genPairs(rand.New(rand.NewPCG(9, 10)), shardOf, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chains, twoPhase, cross, singles := 0, 0, 0, 0
+		for i := 0; i < len(pairs); i++ {
+			p := pairs[i]
+			if p.debit == p.credit {
+				t.Fatalf("%+v: transfer %d has one account twice", m, i)
+			}
+			switch {
+			case p.kind.twoPhase():
+				twoPhase++
+			case p.kind == kindSingle:
+				singles++
+				if shardOf[p.debit] != shardOf[p.credit] {
+					cross++
+				}
+			}
+			if !p.kind.inChain() {
+				continue
+			}
+			if i%m.legs != 0 {
+				t.Fatalf("%+v: chain starts at transfer %d, not a multiple of %d", m, i, m.legs)
+			}
+			for j := i; j < i+m.legs; j++ {
+				want := kindLeg
+				if j == i+m.legs-1 {
+					want = kindLegLast
+				}
+				q := pairs[j]
+				if q.kind != want || q.debit != p.debit || shardOf[q.credit] != shardOf[p.debit] || q.credit == q.debit {
+					t.Fatalf("%+v: leg %d of the chain at %d is %+v; want kind %d, debit %d, a credit on shard %d", m, j-i, i, q, want, p.debit, shardOf[p.debit])
+				}
+			}
+			chains++
+			i += m.legs - 1
+		}
+		others := n - chains*m.legs
+		if want := int(float64(n/m.legs) * m.linked); chains != want {
+			t.Errorf("%+v: %d chains, want %d", m, chains, want)
+		}
+		if want := int(float64(others) * m.twoPhase); twoPhase != want {
+			t.Errorf("%+v: %d two-phase, want %d of the %d outside chains", m, twoPhase, want, others)
+		}
+		if m.crossShard >= 0 && cross != int(float64(singles)*m.crossShard) {
+			t.Errorf("%+v: %d cross-shard of %d single-phase", m, cross, singles)
+		}
+	}
+}
+
+func TestChainLegsAreLinkedButTheLast(t *testing.T) {
+	o := benchOptions{idPrefix: "run", ledger: 1, amount: 5}
+	ids := []string{"a", "b", "c"}
+	leg := o.transfer(pair{debit: 0, credit: 1, kind: kindLeg}, ids, 4)
+	last := o.transfer(pair{debit: 0, credit: 2, kind: kindLegLast}, ids, 5)
+	if leg.Flags != transport.TransferLinked || leg.ID != "run-t4" || last.Flags != 0 || last.CreditAccountID != "c" || last.Amount != 5 {
+		t.Fatalf("legs %+v %+v", leg, last)
+	}
+}
+
+// A chain counts as applied when every leg answered ok or exists; one that
+// failed as a whole is counted by its codes only; one answered in part
+// breaks the protocol and fails the run.
+func TestCountChainsWantsEveryLegApplied(t *testing.T) {
+	ok, exists, failed := uint8(transport.CodeOK), uint8(transport.CodeExists), uint8(transport.CodeLinkedEventFailed)
+	pairs := []pair{{kind: kindLeg}, {kind: kindLegLast}, {kind: kindLeg}, {kind: kindLegLast}, {kind: kindLeg}, {kind: kindLegLast},
+		{kind: kindLeg}, {kind: kindLegLast}, {kind: kindSingle}}
+	run := &sendRun{
+		codes:    []uint8{ok, exists, failed, uint8(transport.CodeCreditAccountNotFound), ok, failed, codeNoAnswer, codeNoAnswer, ok},
+		noAnswer: map[string]int{}, latencies: []time.Duration{time.Millisecond}, elapsed: time.Second,
+	}
+	r := run.report(benchOptions{transfers: 9, linked: 1, legs: 2})
+	r.count(pairs, make([]int32, 9))
+	errs := r.countChains(pairs, run)
+	if r.Chains != 4 || r.ChainsApplied != 1 || r.ChainsPerSecond != 1 || r.LegsPerSecond != 2 || r.Failed["linked_event_failed"] != 2 ||
+		r.Failed["credit_account_not_found"] != 1 || r.OK != 3 || r.TransfersPerSecond != 4 {
+		t.Fatalf("report %+v", r)
+	}
+	if len(errs) != 1 || !strings.HasPrefix(errs[0], "1 linked chains answered in part") || !strings.Contains(errs[0], "transfer 4") {
+		t.Fatalf("errors %q", errs)
+	}
+}
+
+func TestAuditFindsAChainAppliedInPart(t *testing.T) {
+	b := &bench{o: benchOptions{idPrefix: "run", legs: 3}}
+	pairs := []pair{{kind: kindLeg}, {kind: kindLeg}, {kind: kindLegLast}, {kind: kindLeg}, {kind: kindLeg}, {kind: kindLegLast}, {kind: kindSingle}}
+	p := b.chainsAppliedInPart(pairs, []uint64{1, 1, 1, 0, 1, 0, 0})
+	if len(p) != 1 || !strings.HasPrefix(p[0], "chain run-t3..run-t5: 1 of its 3 legs applied") {
+		t.Fatalf("problems %q", p)
+	}
+}
+
+func TestBenchTableShowsChains(t *testing.T) {
+	var out strings.Builder
+	benchTable(&out, benchReport{Transfers: 10, Chains: 5, Legs: 2, ChainsApplied: 4, ChainsPerSecond: 40, LegsPerSecond: 80,
+		TransfersPerSecond: 90, Failed: map[string]int{"linked_event_failed": 1, "exceeds_credits": 1}})
+	for _, want := range []string{"linked\t5 chains of 2 legs: 10 of the transfers\n", "transfers/s\t90 (each leg one)\n",
+		"chains/s\t40 (4 of 5 chains applied, every leg ok or exists; 80 legs/s)\n", "failed\t1 linked_event_failed\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -49,9 +49,9 @@ func TestAccountCreateRefusesFlagsWithNamedFlags(t *testing.T) {
 }
 
 func TestTransferCreateFlagsBuildTheTransfer(t *testing.T) {
-	o, _ := parse(t, addTransferFlags, "--id", "t1", "--debit", "alice", "--credit", "bob", "--amount", "18446744073709551615",
+	o, fs := parse(t, addTransferFlags, "--id", "t1", "--debit", "alice", "--credit", "bob", "--amount", "18446744073709551615",
 		"--ledger", "1", "--code", "9", "--flags", "1", "--metadata", "order=42")
-	got, err := o.build()
+	got, err := o.build(fs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,17 +79,28 @@ func TestBenchOptionsDefaultClientsByBatch(t *testing.T) {
 		if err := o.check(); err != nil || o.clients != want {
 			t.Errorf("--batch %s: clients %d, err %v; want %d", batch, o.clients, err, want)
 		}
-		if o.seed == 0 || o.crossShard != -1 || o.accounts != 10000 || o.transfers != 1000000 || o.twoPhase != 0 {
+		if o.seed == 0 || o.crossShard != -1 || o.accounts != 10000 || o.transfers != 1000000 || o.twoPhase != 0 || o.linked != 0 || o.legs != 2 {
 			t.Errorf("defaults %+v", o)
 		}
 	}
 	for _, args := range [][]string{{"--cross-shard", "1.5"}, {"--accounts", "1"}, {"--batch", "0"}, {"--id-prefix", "bad prefix"}, {"--amount", "0"},
 		{"--two-phase", "1.5"}, {"--two-phase", "-0.1"}, {"--void", "0.5"}, {"--two-phase", "1", "--void", "2"},
-		{"--two-phase", "1", "--partial", "0.5"}} {
+		{"--two-phase", "1", "--partial", "0.5"}, {"--linked", "1.5"}, {"--linked", "-1"}, {"--legs", "3"}, {"--linked", "1", "--legs", "1"},
+		{"--linked", "1", "--legs", "11", "--batch", "10"}} {
 		o, _ := parse(t, addBenchFlags, args...)
 		if err := o.check(); err == nil {
 			t.Errorf("%q accepted", args)
 		}
+	}
+}
+
+func TestBenchOptionsAcceptChainsUpToTheBatch(t *testing.T) {
+	o, _ := parse(t, addBenchFlags, "--linked", "1", "--legs", "10", "--batch", "10", "--id-prefix", "run1")
+	if err := o.check(); err != nil {
+		t.Fatal(err)
+	}
+	if m := o.mix(); m.linked != 1 || m.legs != 10 || m.chainLegs() != 10 {
+		t.Fatalf("mix %+v", m)
 	}
 }
 
@@ -135,22 +146,22 @@ func testApp(output string) (*app, *bytes.Buffer) {
 }
 
 func TestTransferCreateTwoPhaseFlags(t *testing.T) {
-	o, _ := parse(t, addTransferFlags, "--id", "h", "--debit", "a", "--credit", "b", "--amount", "5", "--ledger", "1", "--code", "1",
+	o, fs := parse(t, addTransferFlags, "--id", "h", "--debit", "a", "--credit", "b", "--amount", "5", "--ledger", "1", "--code", "1",
 		"--pending", "--pending-timeout", "30")
-	x, err := o.build()
+	x, err := o.build(fs)
 	if err != nil || x.Flags != transport.TransferPending || x.Timeout != 30 {
 		t.Fatalf("pending: %+v %v", x, err)
 	}
-	o, _ = parse(t, addTransferFlags, "--id", "p", "--post", "h", "--amount", "3")
-	if x, err = o.build(); err != nil || x.Flags != transport.TransferPostPendingTransfer || x.PendingID != "h" || x.Amount != 3 {
+	o, fs = parse(t, addTransferFlags, "--id", "p", "--post", "h", "--amount", "3")
+	if x, err = o.build(fs); err != nil || x.Flags != transport.TransferPostPendingTransfer || x.PendingID != "h" || x.Amount != 3 {
 		t.Fatalf("post: %+v %v", x, err)
 	}
-	o, _ = parse(t, addTransferFlags, "--id", "v", "--void", "h")
-	if x, err = o.build(); err != nil || x.Flags != transport.TransferVoidPendingTransfer || x.PendingID != "h" {
+	o, fs = parse(t, addTransferFlags, "--id", "v", "--void", "h")
+	if x, err = o.build(fs); err != nil || x.Flags != transport.TransferVoidPendingTransfer || x.PendingID != "h" {
 		t.Fatalf("void: %+v %v", x, err)
 	}
-	o, _ = parse(t, addTransferFlags, "--id", "x", "--post", "h", "--void", "h")
-	if _, err = o.build(); err == nil {
+	o, fs = parse(t, addTransferFlags, "--id", "x", "--post", "h", "--void", "h")
+	if _, err = o.build(fs); err == nil {
 		t.Fatal("--post with --void accepted")
 	}
 }

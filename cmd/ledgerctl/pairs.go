@@ -15,8 +15,8 @@ type pair struct {
 	kind          kind
 }
 
-// kind says whether a transfer is posted at once or two-phase, and how the
-// bench resolves a two-phase one.
+// kind says whether a transfer is posted at once, two-phase (and how the
+// bench resolves it), or a leg of a linked chain.
 type kind uint8
 
 const (
@@ -24,9 +24,12 @@ const (
 	kindPost                    // pending, then posted whole (amount 0)
 	kindPostPartial             // pending, then posted in part
 	kindVoid                    // pending, then voided
+	kindLeg                     // posted at once, linked to the next transfer: a leg of a chain but its last
+	kindLegLast                 // posted at once, the last leg of a chain
 )
 
-func (k kind) twoPhase() bool { return k != kindSingle }
+func (k kind) twoPhase() bool { return k == kindPost || k == kindPostPartial || k == kindVoid }
+func (k kind) inChain() bool  { return k == kindLeg || k == kindLegLast }
 
 // mix is what bench sends: how many transfers, and which fractions of them
 // are of each kind.
@@ -34,11 +37,25 @@ type mix struct {
 	transfers int
 	// crossShard is the fraction of the single-phase transfers whose accounts
 	// are on different shards; -1 picks their accounts uniformly at random.
-	// Two-phase transfers always keep both accounts on one shard.
+	// Two-phase transfers and chains always keep their accounts on one shard.
 	crossShard float64
-	twoPhase   float64 // of the transfers
+	twoPhase   float64 // of the transfers outside chains
 	void       float64 // of the two-phase transfers
 	partial    float64 // of the two-phase transfers that are posted
+	// linked is the fraction of the blocks of legs transfers (the first
+	// ⌊transfers/legs⌋ blocks) sent as a linked chain: legs transfers from
+	// one debit account, all on its shard, that succeed or fail as one.
+	linked float64
+	legs   int // 2 or more if linked > 0
+}
+
+// chainLegs is how many transfers a chain of m holds, and the alignment of
+// its chains in the sequence of transfers: 1 when m has none.
+func (m mix) chainLegs() int {
+	if m.linked > 0 {
+		return m.legs
+	}
+	return 1
 }
 
 // evenly reports whether the i-th of a sequence is one of the ⌊n·fraction⌋
@@ -48,15 +65,19 @@ func evenly(i int, fraction float64) bool {
 }
 
 // kinds gives each transfer of m its kind, and says which single-phase ones
-// are cross-shard: exactly ⌊n·twoPhase⌋ transfers are two-phase, of those
-// ⌊·void⌋ voided, of the posted ones ⌊·partial⌋ posted in part, and of the
-// single-phase ones ⌊·crossShard⌋ cross-shard, each spread evenly.
+// are cross-shard. The transfers fall in blocks of m.legs (of 1 without
+// chains): exactly ⌊⌊n/legs⌋·linked⌋ whole blocks are chains. Of the r
+// transfers outside chains, ⌊r·twoPhase⌋ are two-phase, of those ⌊·void⌋
+// voided, of the posted ones ⌊·partial⌋ posted in part, and of the
+// single-phase ones ⌊·crossShard⌋ cross-shard, each spread evenly. A chain
+// starts at a multiple of legs, so a sender that takes transfers in
+// multiples of legs never cuts one.
 func (m mix) kinds() (kinds []kind, cross []bool) {
 	kinds, cross = make([]kind, m.transfers), make([]bool, m.transfers)
-	var singles, twoPhase, posts int
-	for i := range kinds {
+	var others, singles, twoPhase, posts int
+	other := func(i int) { // transfer i, the others-th outside chains
 		switch {
-		case !evenly(i, m.twoPhase):
+		case !evenly(others, m.twoPhase):
 			cross[i] = m.crossShard >= 0 && evenly(singles, m.crossShard)
 			singles++
 		case evenly(twoPhase, m.void):
@@ -70,6 +91,21 @@ func (m mix) kinds() (kinds []kind, cross []bool) {
 			twoPhase++
 			posts++
 		}
+		others++
+	}
+	size := m.chainLegs()
+	for lo := 0; lo < len(kinds); lo += size {
+		hi := min(lo+size, len(kinds))
+		if m.linked == 0 || hi-lo < size || !evenly(lo/size, m.linked) {
+			for i := lo; i < hi; i++ {
+				other(i)
+			}
+			continue
+		}
+		for i := lo; i < hi-1; i++ {
+			kinds[i] = kindLeg
+		}
+		kinds[hi-1] = kindLegLast
 	}
 	return kinds, cross
 }
@@ -100,9 +136,11 @@ func accountShards(st *transport.StatusReply, ids []string) ([]int32, error) {
 
 // genPairs picks the debit/credit pairs of distinct accounts of the
 // transfers of m; shardOf[i] is account i's shard. A two-phase transfer has
-// both accounts on one shard. A single-phase one has them uniformly random
-// if m.crossShard < 0, else on different shards or on one as m.kinds says.
-// The debit account is uniform over the accounts that can take part.
+// both accounts on one shard. The legs of a chain share their debit account
+// and credit accounts of its shard (a payment and its fee, say). Any other
+// transfer has its accounts uniformly random if m.crossShard < 0, else on
+// different shards or on one as m.kinds says. The debit account is uniform
+// over the accounts that can take part.
 func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 	accounts := len(shardOf)
 	if accounts < 2 {
@@ -139,19 +177,21 @@ func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 	kinds, cross := m.kinds()
 	needCross, needSame := slices.Contains(cross, true), false
 	for i, k := range kinds {
-		needSame = needSame || k.twoPhase() || (m.crossShard >= 0 && !cross[i])
+		needSame = needSame || k != kindSingle || (m.crossShard >= 0 && !cross[i])
 	}
 	switch {
 	case needCross && busy < 2:
 		return nil, fmt.Errorf("--cross-shard %v needs accounts on 2 shards or more; they are on %d", m.crossShard, busy)
 	case needSame && len(paired) == 0:
-		return nil, fmt.Errorf("--cross-shard %v --two-phase %v: same-shard and two-phase transfers need 2 accounts on one shard; no shard has them", m.crossShard, m.twoPhase)
+		return nil, fmt.Errorf("--cross-shard %v --two-phase %v --linked %v: same-shard, two-phase and linked transfers need 2 accounts on one shard; no shard has them",
+			m.crossShard, m.twoPhase, m.linked)
 	}
 
 	pairs := make([]pair, m.transfers)
+	dp := 0 // position in order of the debit account of the last same-shard transfer
 	for i := range pairs {
 		switch {
-		case m.crossShard < 0 && !kinds[i].twoPhase():
+		case m.crossShard < 0 && kinds[i] == kindSingle:
 			d := rng.IntN(accounts)
 			c := rng.IntN(accounts - 1)
 			if c >= d {
@@ -167,14 +207,16 @@ func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 				c += size // skip d's shard
 			}
 			pairs[i] = pair{debit: int32(d), credit: order[c]}
-		default: // same shard
-			d := paired[rng.IntN(len(paired))]
-			s := shardOf[order[d]]
-			c := lo[s] + rng.IntN(lo[s+1]-lo[s]-1)
-			if c >= d {
-				c++ // any account of d's shard but d
+		default: // same shard; a chain's legs after its first keep its debit account
+			if i == 0 || kinds[i-1] != kindLeg {
+				dp = paired[rng.IntN(len(paired))]
 			}
-			pairs[i] = pair{debit: order[d], credit: order[c]}
+			s := shardOf[order[dp]]
+			c := lo[s] + rng.IntN(lo[s+1]-lo[s]-1)
+			if c >= dp {
+				c++ // any account of the debit's shard but the debit
+			}
+			pairs[i] = pair{debit: order[dp], credit: order[c]}
 		}
 		pairs[i].kind = kinds[i]
 	}

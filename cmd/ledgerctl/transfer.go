@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -45,29 +48,46 @@ type transferOptions struct {
 	pending  bool
 	post     string
 	void     string
+	file     string
 }
 
 func newTransferCreateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create",
-		Short: "Create one transfer and print its result code",
-		Args:  cobra.NoArgs,
+		Short: "Create one transfer, or a batch of them from --file, and print the result codes",
+		Long: `Create the transfer the flags describe and print its result code.
+
+With --file, create the transfers of a JSON array instead (fields named as in
+'transfer get -o json', without timestamp and state; "-" reads standard input),
+sent as one batch in order, and print each one's result. A transfer with flags 1 (linked) chains with the
+next: a chain succeeds or fails as one, so this is how to send one.`,
+		Args: cobra.NoArgs,
 	}
 	o := addTransferFlags(cmd.Flags())
-	// Only the id is required: a post or void may leave accounts, ledger and
-	// code empty, and the cluster answers a specific code for what is missing.
-	_ = cmd.MarkFlagRequired("id")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		transfer, err := o.build()
+		if o.file == "" {
+			transfer, err := o.build(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+				results, err := c.CreateTransfers(ctx, []transport.Transfer{transfer})
+				if err != nil {
+					return err
+				}
+				return a.printResult(results)
+			})
+		}
+		transfers, err := o.readFile(cmd.LocalNonPersistentFlags(), cmd.InOrStdin())
 		if err != nil {
 			return err
 		}
 		return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
-			results, err := c.CreateTransfers(ctx, []transport.Transfer{transfer})
+			results, err := c.CreateTransfers(ctx, transfers)
 			if err != nil {
 				return err
 			}
-			return a.printResult(results)
+			return a.printResults(results, transfers)
 		})
 	}
 	return cmd
@@ -87,11 +107,18 @@ func addTransferFlags(f *pflag.FlagSet) *transferOptions {
 	f.Uint32Var(&o.transfer.Timeout, "pending-timeout", 0, "`seconds` after which the cluster voids a pending transfer (0: never)")
 	f.StringVar(&o.post, "post", "", "post the pending transfer with this `id` (--amount 0 or absent: the whole amount)")
 	f.StringVar(&o.void, "void", "", "void the pending transfer with this `id`")
+	f.StringVar(&o.file, "file", "", "create the transfers of this JSON array `file` as one batch (- for standard input), not one from the flags")
 	return o
 }
 
-func (o *transferOptions) build() (transport.Transfer, error) {
+// build returns the one transfer the flags describe. Only the id is
+// required: a post or void may leave accounts, ledger and code empty, and
+// the cluster answers a specific code for what is missing.
+func (o *transferOptions) build(fs *pflag.FlagSet) (transport.Transfer, error) {
 	t := o.transfer
+	if !fs.Changed("id") {
+		return t, errors.New("--id or --file is required")
+	}
 	var err error
 	if t.Metadata, err = parseMetadata(o.metadata); err != nil {
 		return t, err
@@ -116,6 +143,63 @@ func (o *transferOptions) build() (transport.Transfer, error) {
 		t.PendingID = o.void
 	}
 	return t, nil
+}
+
+// readFile reads the transfers of --file from its file, or from stdin for
+// "-". The other flags of fs (those of `transfer create`) would describe a
+// transfer of their own, so they are refused with it.
+func (o *transferOptions) readFile(fs *pflag.FlagSet, stdin io.Reader) ([]transport.Transfer, error) {
+	var others []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed && f.Name != "file" {
+			others = append(others, "--"+f.Name)
+		}
+	})
+	if len(others) > 0 {
+		return nil, fmt.Errorf("--file excludes %v: give each transfer's fields in the file", others)
+	}
+	r := stdin
+	if o.file != "-" {
+		f, err := os.Open(o.file)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var transfers []transport.Transfer
+	if err := dec.Decode(&transfers); err != nil {
+		return nil, fmt.Errorf("--file %s: want a JSON array of transfers: %w", o.file, err)
+	}
+	if len(transfers) == 0 {
+		return nil, fmt.Errorf("--file %s: no transfers", o.file)
+	}
+	return transfers, nil
+}
+
+// printResults prints the result of each of transfers and fails the command
+// unless every one is ok or exists.
+func (a *app) printResults(results []transport.Result, transfers []transport.Transfer) error {
+	if len(results) != len(transfers) {
+		return fmt.Errorf("%d results for %d transfers", len(results), len(transfers))
+	}
+	err := a.print(results, func(w io.Writer) {
+		fmt.Fprintln(w, "INDEX\tID\tCODE")
+		for i, r := range results { // one per transfer, in order
+			fmt.Fprintf(w, "%d\t%s\t%s\n", r.Index, transfers[i].ID, r.Code)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range results {
+		if r.Code != transport.CodeOK && r.Code != transport.CodeExists {
+			return errReported
+		}
+	}
+	return nil
 }
 
 func transferTable(w io.Writer, transfers []transport.Transfer) {
