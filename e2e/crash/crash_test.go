@@ -114,6 +114,7 @@ type cluster struct {
 	t                  *testing.T
 	bin, dataDir       string
 	natsAddr, raftAddr string
+	shards             int // --shards; 0 means shardCount
 	runs               []*process
 	cur                *process
 }
@@ -127,6 +128,13 @@ type process struct {
 
 func (cl *cluster) url() string { return "nats://" + cl.natsAddr }
 
+func (cl *cluster) shardsWanted() int {
+	if cl.shards == 0 {
+		return shardCount
+	}
+	return cl.shards
+}
+
 // start runs the binary and waits for its "ledgerd ready" line.
 func (cl *cluster) start() {
 	t := cl.t
@@ -137,7 +145,7 @@ func (cl *cluster) start() {
 		"--nats-listen", cl.natsAddr,
 		"--raft-listen", cl.raftAddr,
 		"--node-id", "node-1",
-		"--shards", strconv.Itoa(shardCount),
+		"--shards", strconv.Itoa(cl.shardsWanted()),
 		"--log-level", "info",
 	)
 	cmd.Env = childEnv()
@@ -258,7 +266,7 @@ func (cl *cluster) waitQuiet(c *client.Client) *transport.StatusReply {
 		st, err := c.Status(ctx)
 		cancel()
 		if err == nil {
-			quiet := len(st.Shards) == shardCount
+			quiet := len(st.Shards) == cl.shardsWanted()
 			for _, s := range st.Shards {
 				quiet = quiet && s.Error == "" && s.OutboxDepth == 0 && s.InboxDepth == 0
 			}
