@@ -25,6 +25,11 @@ const (
 	heapPerAccountMax  = 1024     // bytes per account (10,000 in the test)
 	heapGrowthMax      = 16 << 20 // from 1M to 3M transfers
 	memoryTestAccounts = 10_000
+	// Bytes per open pending transfer (with a timeout: it is in the
+	// expiry index too) and per credit half held for a pending transfer of
+	// another shard, checked by TestHeapPerAccountAndOpenTransfer.
+	heapPerOpenTransferMax  = 1024
+	heapPerPendingCreditMax = 1024
 )
 
 // TestMemoryDoesNotGrowWithHistory applies 1,000,000 and then 3,000,000
@@ -111,6 +116,86 @@ func TestMemoryDoesNotGrowWithHistory(t *testing.T) {
 		t.Fatalf("t-0 sent again after 3M transfers: %v, want exists", out.Events[0][0].Code)
 	}
 }
+
+// TestHeapPerAccountAndOpenTransfer measures what the shard's state holds
+// on the heap per account, per open pending transfer and per credit half of
+// a pending transfer across shards: these, not the history (on disk, bounded
+// by TestMemoryDoesNotGrowWithHistory), size a shard's memory. The history
+// rows go to an archive that keeps nothing, so they are not measured.
+func TestHeapPerAccountAndOpenTransfer(t *testing.T) {
+	const n = 100_000
+	st := shard.New(1, discardArchive{})
+	now := uint64(1_700_000_000_000_000_000)
+	batches := func(k func(i int) shard.Command) {
+		for i := 0; i < n; i += 1000 {
+			now += 1000
+			out := st.Apply(&shard.Entry{Timestamp: now, Commands: []shard.Command{k(i)}})
+			for _, evs := range out.Events {
+				for _, e := range evs {
+					if e.Code != transport.CodeOK {
+						t.Fatalf("event: %+v", e)
+					}
+				}
+			}
+			for _, ans := range out.Answers {
+				for _, a := range ans {
+					if a.Outcome != shard.OutcomeCredited {
+						t.Fatalf("credit: %+v", a)
+					}
+				}
+			}
+		}
+	}
+	id := func(prefix string, i int) string { return prefix + "-" + strconv.Itoa(i) }
+	base := liveHeap()
+	batches(func(i int) shard.Command {
+		cmd := shard.Command{Kind: shard.KindCreateAccounts}
+		for j := i; j < i+1000; j++ {
+			cmd.Accounts = append(cmd.Accounts, transport.Account{ID: id("acct", j), Ledger: 1, Code: 1})
+		}
+		return cmd
+	})
+	withAccounts := liveHeap()
+	batches(func(i int) shard.Command {
+		cmd := shard.Command{Kind: shard.KindCreateTransfers}
+		for j := i; j < i+1000; j++ {
+			cmd.Transfers = append(cmd.Transfers, transport.Transfer{ID: id("hold", j), DebitAccountID: id("acct", j),
+				CreditAccountID: id("acct", (j+1)%n), Amount: 1, Ledger: 1, Code: 1, Flags: transport.TransferPending, Timeout: 3600})
+		}
+		return cmd
+	})
+	withOpen := liveHeap()
+	batches(func(i int) shard.Command { // credit halves of shard 2's pending transfers
+		cmd := shard.Command{Kind: shard.KindCredit}
+		for j := i; j < i+1000; j++ {
+			cmd.Credits = append(cmd.Credits, shard.Credit{DebitShard: 2, Transfer: transport.Transfer{ID: id("remote", j),
+				DebitAccountID: id("elsewhere", j), CreditAccountID: id("acct", j), Amount: 1, Ledger: 1, Code: 1,
+				Flags: transport.TransferPending, Timestamp: uint64(j + 1)}})
+		}
+		return cmd
+	})
+	withCredits := liveHeap()
+	runtime.KeepAlive(st)
+	per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / n }
+	perAccount, perOpen, perCredit := per(base, withAccounts), per(withAccounts, withOpen), per(withOpen, withCredits)
+	t.Logf("live heap per account %.0f B, per open pending transfer %.0f B, per pending credit held (with its inbox row) %.0f B",
+		perAccount, perOpen, perCredit)
+	if perAccount > heapPerAccountMax || perOpen > heapPerOpenTransferMax || perCredit > heapPerPendingCreditMax {
+		t.Fatalf("over the bounds: %d B per account, %d per open transfer, %d per pending credit",
+			heapPerAccountMax, heapPerOpenTransferMax, heapPerPendingCreditMax)
+	}
+}
+
+// discardArchive keeps no history.
+type discardArchive struct{}
+
+func (discardArchive) Transfer(string) (transport.Transfer, uint64, bool) {
+	return transport.Transfer{}, 0, false
+}
+func (discardArchive) PutTransfer(*transport.Transfer, uint64)                {}
+func (discardArchive) PutAccountTransfer(string, uint64, *transport.Transfer) {}
+func (discardArchive) PutAccountTransferRef(string, uint64, string)           {}
+func (discardArchive) PutBalance(string, *transport.Balance)                  {}
 
 func memoryMachine(t testing.TB) (*ShardMachine, func()) {
 	t.Helper()
