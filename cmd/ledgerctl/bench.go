@@ -42,6 +42,7 @@ type benchOptions struct {
 	accounts, transfers, batch, clients int
 	crossShard                          float64
 	twoPhase, void, partial             float64
+	twoPhaseCross                       float64
 	linked                              float64
 	legs                                int
 	ledger                              uint32
@@ -90,7 +91,8 @@ func addBenchFlags(f *pflag.FlagSet) *benchOptions {
 	f.IntVar(&o.batch, "batch", 1000, "events per request")
 	f.IntVar(&o.clients, "clients", 0, "concurrent requesters (default 64 if --batch is 1, else 8)")
 	f.Float64Var(&o.crossShard, "cross-shard", -1, "fraction 0..1 of the single-phase transfers between accounts on different shards (-1: uniformly random accounts)")
-	f.Float64Var(&o.twoPhase, "two-phase", 0, "fraction 0..1 of transfers (of those outside linked chains) sent as pending, between accounts on one shard, and resolved in a later request")
+	f.Float64Var(&o.twoPhase, "two-phase", 0, "fraction 0..1 of transfers (of those outside linked chains) sent as pending, between accounts on one shard (but see --two-phase-cross-shard), and resolved in a later request")
+	f.Float64Var(&o.twoPhaseCross, "two-phase-cross-shard", 0, "fraction 0..1 of the two-phase transfers whose two accounts are on different shards")
 	f.Float64Var(&o.void, "void", 0, "fraction 0..1 of the two-phase transfers voided rather than posted")
 	f.Float64Var(&o.partial, "partial", 0, "fraction 0..1 of the posted two-phase transfers that post half their amount (needs --amount 2 or more)")
 	f.Float64Var(&o.linked, "linked", 0, "fraction 0..1 of transfers sent as linked chains of --legs transfers from one debit account, all on its shard")
@@ -149,14 +151,14 @@ func (o *benchOptions) checkTwoPhase() error {
 	for _, f := range []struct {
 		name  string
 		value float64
-	}{{"two-phase", o.twoPhase}, {"void", o.void}, {"partial", o.partial}} {
+	}{{"two-phase", o.twoPhase}, {"two-phase-cross-shard", o.twoPhaseCross}, {"void", o.void}, {"partial", o.partial}} {
 		if f.value < 0 || f.value > 1 {
 			return fmt.Errorf("--%s %v: want 0 to 1", f.name, f.value)
 		}
 	}
 	switch {
-	case o.twoPhase == 0 && (o.void > 0 || o.partial > 0):
-		return errors.New("--void and --partial need --two-phase")
+	case o.twoPhase == 0 && (o.void > 0 || o.partial > 0 || o.twoPhaseCross > 0):
+		return errors.New("--void, --partial and --two-phase-cross-shard need --two-phase")
 	case o.partial > 0 && o.amount < 2:
 		return fmt.Errorf("--partial needs --amount 2 or more to post part of it, not %d", o.amount)
 	}
@@ -179,7 +181,7 @@ func (o *benchOptions) checkLinked() error {
 
 func (o *benchOptions) mix() mix {
 	return mix{transfers: o.transfers, crossShard: o.crossShard, twoPhase: o.twoPhase, void: o.void, partial: o.partial,
-		linked: o.linked, legs: o.legs}
+		twoPhaseCross: o.twoPhaseCross, linked: o.linked, legs: o.legs}
 }
 
 // accountID, transferID and resolutionID name account i, transfer i (for a
@@ -236,10 +238,11 @@ type benchReport struct {
 	Accounts             int            `json:"accounts"`
 	Transfers            int            `json:"transfers"`
 	TransfersCrossShard  int            `json:"transfers_cross_shard"`
-	TwoPhase             int            `json:"two_phase"`         // transfers sent pending, then resolved
-	TwoPhaseVoid         int            `json:"two_phase_void"`    // of them, resolved by a void
-	TwoPhasePartial      int            `json:"two_phase_partial"` // of them, resolved by a post of part
-	Chains               int            `json:"chains"`            // linked chains sent, each of Legs transfers
+	TwoPhase             int            `json:"two_phase"`             // transfers sent pending, then resolved
+	TwoPhaseVoid         int            `json:"two_phase_void"`        // of them, resolved by a void
+	TwoPhasePartial      int            `json:"two_phase_partial"`     // of them, resolved by a post of part
+	TwoPhaseCrossShard   int            `json:"two_phase_cross_shard"` // of them, accounts on two shards
+	Chains               int            `json:"chains"`                // linked chains sent, each of Legs transfers
 	Legs                 int            `json:"legs,omitempty"`
 	Events               int            `json:"events"` // transfers (chain legs included), pendings, posts and voids to send
 	Batch                int            `json:"batch"`
@@ -352,6 +355,9 @@ func (r *benchReport) count(pairs []pair, shardOf []int32) {
 		}
 		if p.kind.twoPhase() {
 			r.TwoPhase++
+			if shardOf[p.debit] != shardOf[p.credit] {
+				r.TwoPhaseCrossShard++
+			}
 		}
 		if p.kind == kindLegLast {
 			r.Chains++
@@ -814,8 +820,8 @@ func benchTable(w io.Writer, r benchReport) {
 	fmt.Fprintf(w, "load\t%d accounts, %d transfers (%d cross-shard), %d per request, %d clients on %d connections\n",
 		r.Accounts, r.Transfers, r.TransfersCrossShard, r.Batch, r.Clients, r.Connections)
 	if r.TwoPhase > 0 {
-		fmt.Fprintf(w, "two-phase\t%d pending, then %d posted whole, %d posted in part, %d voided: %d events\n",
-			r.TwoPhase, r.TwoPhase-r.TwoPhasePartial-r.TwoPhaseVoid, r.TwoPhasePartial, r.TwoPhaseVoid, r.Events)
+		fmt.Fprintf(w, "two-phase\t%d pending (%d cross-shard), then %d posted whole, %d posted in part, %d voided: %d events\n",
+			r.TwoPhase, r.TwoPhaseCrossShard, r.TwoPhase-r.TwoPhasePartial-r.TwoPhaseVoid, r.TwoPhasePartial, r.TwoPhaseVoid, r.Events)
 	}
 	if r.Chains > 0 {
 		fmt.Fprintf(w, "linked\t%d chains of %d legs: %d of the transfers\n", r.Chains, r.Legs, r.Chains*r.Legs)

@@ -52,6 +52,15 @@ func TestBenchTwoPhaseMixPassesTheAudit(t *testing.T) {
 	}
 
 	nothingPending(t, srv)
+
+	// Two-phase transfers across shards: the audit replays them too.
+	r = runBench(t, srv, "--accounts", "200", "--transfers", "1000", "--batch", "100", "--clients", "4", "--amount", "10",
+		"--two-phase", "1", "--two-phase-cross-shard", "0.5", "--void", "0.25", "--partial", "0.5")
+	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.TwoPhase != 1000 || r.TwoPhaseCrossShard != 500 ||
+		r.OK != 2000 || r.PairsResolved != 1000 {
+		t.Fatalf("cross-shard two-phase report %+v", r)
+	}
+	nothingPending(t, srv)
 }
 
 // runBench runs `ledgerctl bench` against srv with args and returns its

@@ -37,11 +37,14 @@ type mix struct {
 	transfers int
 	// crossShard is the fraction of the single-phase transfers whose accounts
 	// are on different shards; -1 picks their accounts uniformly at random.
-	// Two-phase transfers and chains always keep their accounts on one shard.
+	// Chains always keep their accounts on one shard.
 	crossShard float64
 	twoPhase   float64 // of the transfers outside chains
-	void       float64 // of the two-phase transfers
-	partial    float64 // of the two-phase transfers that are posted
+	// twoPhaseCross is the fraction of the two-phase transfers whose
+	// accounts are on different shards (the others keep them on one).
+	twoPhaseCross float64
+	void          float64 // of the two-phase transfers
+	partial       float64 // of the two-phase transfers that are posted
 	// linked is the fraction of the blocks of legs transfers (the first
 	// ⌊transfers/legs⌋ blocks) sent as a linked chain: legs transfers from
 	// one debit account, all on its shard, that succeed or fail as one.
@@ -82,12 +85,14 @@ func (m mix) kinds() (kinds []kind, cross []bool) {
 			singles++
 		case evenly(twoPhase, m.void):
 			kinds[i] = kindVoid
+			cross[i] = evenly(twoPhase, m.twoPhaseCross)
 			twoPhase++
 		default:
 			kinds[i] = kindPost
 			if evenly(posts, m.partial) {
 				kinds[i] = kindPostPartial
 			}
+			cross[i] = evenly(twoPhase, m.twoPhaseCross)
 			twoPhase++
 			posts++
 		}
@@ -136,7 +141,7 @@ func accountShards(st *transport.StatusReply, ids []string) ([]int32, error) {
 
 // genPairs picks the debit/credit pairs of distinct accounts of the
 // transfers of m; shardOf[i] is account i's shard. A two-phase transfer has
-// both accounts on one shard. The legs of a chain share their debit account
+// both accounts on one shard, or on two as m.kinds says. The legs of a chain share their debit account
 // and credit accounts of its shard (a payment and its fee, say). Any other
 // transfer has its accounts uniformly random if m.crossShard < 0, else on
 // different shards or on one as m.kinds says. The debit account is uniform
@@ -177,11 +182,11 @@ func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 	kinds, cross := m.kinds()
 	needCross, needSame := slices.Contains(cross, true), false
 	for i, k := range kinds {
-		needSame = needSame || k != kindSingle || (m.crossShard >= 0 && !cross[i])
+		needSame = needSame || (k != kindSingle || m.crossShard >= 0) && !cross[i]
 	}
 	switch {
 	case needCross && busy < 2:
-		return nil, fmt.Errorf("--cross-shard %v needs accounts on 2 shards or more; they are on %d", m.crossShard, busy)
+		return nil, fmt.Errorf("--cross-shard %v --two-phase-cross-shard %v need accounts on 2 shards or more; they are on %d", m.crossShard, m.twoPhaseCross, busy)
 	case needSame && len(paired) == 0:
 		return nil, fmt.Errorf("--cross-shard %v --two-phase %v --linked %v: same-shard, two-phase and linked transfers need 2 accounts on one shard; no shard has them",
 			m.crossShard, m.twoPhase, m.linked)
