@@ -38,6 +38,8 @@ type Config struct {
 	// SagaFault, for fault-injection tests only, is asked about every saga
 	// message (credit, abort, forget) this node sends; nil in production.
 	SagaFault func(to uint32, kind shard.Kind) Fault
+	// Snapshots is every group's snapshot policy (zero: the defaults).
+	Snapshots raftfsm.SnapshotPolicy
 }
 
 // Fault is what happens to one saga message in a fault-injection test.
@@ -152,6 +154,7 @@ func (n *Node) openGroup(id uint32, dir string, m raftfsm.Machine, onLeader func
 		Machine:   m,
 		Logger:    n.log,
 		OnLeader:  onLeader,
+		Snapshots: n.cfg.Snapshots,
 	})
 }
 

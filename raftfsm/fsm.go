@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/hashicorp/raft"
 )
@@ -85,7 +86,10 @@ func decodeEntry(data []byte) (ts uint64, cmds [][]byte, err error) {
 }
 
 // fsm adapts a Machine to raft.FSM and raft.BatchingFSM.
-type fsm struct{ m Machine }
+type fsm struct {
+	m   Machine
+	log *slog.Logger
+}
 
 var _ raft.BatchingFSM = (*fsm)(nil)
 
@@ -114,5 +118,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return f.m.Snapshot() }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	return f.m.Restore(rc)
+	if err := f.m.Restore(rc); err != nil {
+		return err
+	}
+	f.log.Info("restored from snapshot")
+	return nil
 }

@@ -52,6 +52,30 @@ type GroupConfig struct {
 	// group's leader, after every earlier entry is applied (a barrier). Its
 	// ctx is cancelled when leadership ends; it should return then.
 	OnLeader func(ctx context.Context)
+	// Snapshots: when to take them; zero values take the defaults.
+	Snapshots SnapshotPolicy
+}
+
+// SnapshotPolicy says when a group snapshots its state and compacts its
+// log: once Threshold entries have gone by since the last snapshot, checked
+// every Interval (jittered), keeping TrailingLogs entries behind it.
+type SnapshotPolicy struct {
+	Threshold    uint64        // default 4096
+	Interval     time.Duration // default 30 s
+	TrailingLogs uint64        // default 2048
+}
+
+func (p SnapshotPolicy) withDefaults() SnapshotPolicy {
+	if p.Threshold == 0 {
+		p.Threshold = 4096
+	}
+	if p.Interval == 0 {
+		p.Interval = 30 * time.Second
+	}
+	if p.TrailingLogs == 0 {
+		p.TrailingLogs = 2048
+	}
+	return p
 }
 
 // Group is one Raft group hosted on this node.
@@ -83,6 +107,11 @@ func Open(cfg GroupConfig) (*Group, error) {
 		return nil, err
 	}
 	hlog := raftmux.HCLogger(cfg.Logger, "raft", cfg.ID)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("raft_group", cfg.ID)
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(cfg.Dir, "raft.db"),
 		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: 5 * time.Second},
@@ -103,7 +132,7 @@ func Open(cfg GroupConfig) (*Group, error) {
 		store.Close()
 		return nil, err
 	}
-	rc := raftConfig(cfg.NodeID, hlog)
+	rc := raftConfig(cfg.NodeID, hlog, cfg.Snapshots.withDefaults())
 	existing, err := raft.HasExistingState(logs, store, snaps)
 	if err != nil {
 		store.Close()
@@ -115,7 +144,7 @@ func Open(cfg GroupConfig) (*Group, error) {
 			return nil, fmt.Errorf("group %d: bootstrap: %w", cfg.ID, err)
 		}
 	}
-	r, err := raft.NewRaft(rc, &fsm{m: cfg.Machine}, logs, store, snaps, cfg.Transport)
+	r, err := raft.NewRaft(rc, &fsm{m: cfg.Machine, log: logger}, logs, store, snaps, cfg.Transport)
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("group %d: start raft: %w", cfg.ID, err)
@@ -147,16 +176,16 @@ func Open(cfg GroupConfig) (*Group, error) {
 // raftConfig keeps the library's failover timeouts (DESIGN.md: measured
 // tighter timeouts lose leadership under load on 2 cores) and sizes the log
 // for large batched entries.
-func raftConfig(nodeID string, hlog hclog.Logger) *raft.Config {
+func raftConfig(nodeID string, hlog hclog.Logger, snaps SnapshotPolicy) *raft.Config {
 	c := raft.DefaultConfig()
 	c.LocalID = raft.ServerID(nodeID)
 	c.Logger = hlog
 	c.BatchApplyCh = true
 	// Entries carry up to entryBytesMax of commands, so keep fewer of them
 	// between snapshots than the defaults (8192 / 10240) would.
-	c.SnapshotThreshold = 4096
-	c.TrailingLogs = 2048
-	c.SnapshotInterval = 30 * time.Second
+	c.SnapshotThreshold = snaps.Threshold
+	c.TrailingLogs = snaps.TrailingLogs
+	c.SnapshotInterval = snaps.Interval
 	return c
 }
 

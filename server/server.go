@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ledgerd/ledgerd/node"
+	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/router"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -45,6 +46,8 @@ type Config struct {
 	// RequestDeadline bounds one client request in the router (0:
 	// router.DefaultRequestDeadline).
 	RequestDeadline time.Duration
+	// Snapshots is every Raft group's snapshot policy (zero: the defaults).
+	Snapshots raftfsm.SnapshotPolicy
 	// SagaFault injects faults into saga messages (tests only).
 	SagaFault func(to uint32, kind shard.Kind) node.Fault
 }
@@ -103,6 +106,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.node, err = node.Start(ctx, node.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
+		Snapshots: cfg.Snapshots,
 	})
 	if err != nil {
 		return nil, err

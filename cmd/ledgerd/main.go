@@ -66,6 +66,9 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.Prefix, "prefix", "ledger", "NATS subject prefix")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&httpListen, "http-listen", "", "serve /healthz, /readyz and /debug/pprof on this address (off when empty)")
+	f.Uint64Var(&cfg.Snapshots.Threshold, "snapshot-threshold", 4096, "Raft entries between snapshots of a group")
+	f.DurationVar(&cfg.Snapshots.Interval, "snapshot-interval", 30*time.Second, "how often a group checks whether to snapshot (jittered up to twice that)")
+	f.Uint64Var(&cfg.Snapshots.TrailingLogs, "snapshot-trailing-logs", 2048, "Raft entries kept behind a snapshot")
 	return cmd
 }
 

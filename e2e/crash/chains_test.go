@@ -73,6 +73,10 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 		natsAddr: freePort(t),
 		raftAddr: freePort(t),
 		shards:   1,
+		// Snapshots every few entries, the log compacted behind them: a
+		// restart restores the latest snapshot, checks that the history
+		// store covers it, and replays the few entries after it.
+		args: []string{"--snapshot-threshold", "16", "--snapshot-interval", "100ms", "--snapshot-trailing-logs", "4"},
 	}
 	t.Cleanup(cl.cleanup)
 	cl.start()
@@ -116,6 +120,16 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 	}
 	nc.Close()
 	cl.stop()
+	restored := 0
+	for _, p := range cl.runs[1:] {
+		if p.log.contains("restored from snapshot") {
+			restored++
+		}
+	}
+	if restored == 0 {
+		t.Fatalf("no restart of %d restored a snapshot: the test did not reach the snapshot path", len(cl.runs)-1)
+	}
+	t.Logf("%d of %d restarts restored a snapshot", restored, len(cl.runs)-1)
 }
 
 // ---------------------------------------------------------------------------

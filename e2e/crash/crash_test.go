@@ -114,7 +114,8 @@ type cluster struct {
 	t                  *testing.T
 	bin, dataDir       string
 	natsAddr, raftAddr string
-	shards             int // --shards; 0 means shardCount
+	shards             int      // --shards; 0 means shardCount
+	args               []string // more flags
 	runs               []*process
 	cur                *process
 }
@@ -148,6 +149,7 @@ func (cl *cluster) start() {
 		"--shards", strconv.Itoa(cl.shardsWanted()),
 		"--log-level", "info",
 	)
+	cmd.Args = append(cmd.Args, cl.args...)
 	cmd.Env = childEnv()
 	cmd.Stdout, cmd.Stderr = lw, lw // the same writer: one pipe, one writer goroutine
 	if err := cmd.Start(); err != nil {

@@ -2,6 +2,7 @@ package raftmux
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"time"
@@ -47,6 +48,11 @@ type slogSink struct {
 }
 
 func (s slogSink) Accept(name string, level hclog.Level, msg string, args ...any) {
+	if level == hclog.Error && nothingToSnapshot(args) {
+		// Routine: the snapshot check counts log entries the state
+		// machine has not applied yet; the next check takes it.
+		level = hclog.Debug
+	}
 	if level < s.floor {
 		return
 	}
@@ -62,4 +68,13 @@ func (s slogSink) Accept(name string, level hclog.Level, msg string, args ...any
 		lv = slog.LevelError
 	}
 	s.l.Log(context.Background(), lv, msg, append([]any{"logger", name}, args...)...)
+}
+
+func nothingToSnapshot(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			return true
+		}
+	}
+	return false
 }
