@@ -272,15 +272,24 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				if cs != g.id {
 					c.bad("saga", "%s: %s posted at once although its credit account is on shard %d", what(), t.ID, cs)
 				}
+				amount := t.Amount
+				if isBalancing(t) {
+					if amount = c.balancing(g, cmd, events, i, st, what); amount == 0 {
+						return
+					}
+				}
 				dl := d(t.Ledger)
-				dl.debitsPosted += int64(t.Amount)
-				dl.creditsPosted += int64(t.Amount)
+				dl.debitsPosted += int64(amount)
+				dl.creditsPosted += int64(amount)
 				stamps = append(stamps, e.Timestamp)
 				touched = append(touched, t.DebitAccountID, t.CreditAccountID)
 			}
 		}
 		if reserved != len(out.Reserved) {
 			c.bad("output", "%s: %d outbox rows reported, %d reservations", what(), len(out.Reserved), reserved)
+			return
+		}
+		if !c.chains(cmd, events, st, c.lastTS[g.id-1], what) {
 			return
 		}
 	case shard.KindCredit, shard.KindAbort:
@@ -873,4 +882,114 @@ func (c *Checker) heldSettled() bool {
 		}
 	}
 	return true
+}
+
+// balancing checks the balancing transfer cmd.Transfers[i], just applied
+// ok, and returns the amount it moved (0 after a failure): the one stored,
+// more than 0 and at most the one sent. Unless a later event of the
+// command touched them, its accounts are as it left them: a
+// balancing_debit leaves the debit account's debits (pending included)
+// within its posted credits, a balancing_credit the credit account's
+// credits within its posted debits, and a clamped amount leaves no room.
+func (c *Checker) balancing(g *Group, cmd *shard.Command, events []shard.EventResult, i int, st *shard.State, what func() string) uint64 {
+	t := &cmd.Transfers[i]
+	found := st.LookupTransfers([]string{t.ID})
+	if len(found) != 1 || found[0].Timestamp != events[i].Timestamp {
+		c.bad("balancing", "%s: %s answered ok but is not stored", what(), t.ID)
+		return 0
+	}
+	f := &found[0]
+	if f.Amount == 0 || f.Amount > t.Amount {
+		c.bad("balancing", "%s: %s sent with amount %d, stored with %d", what(), t.ID, t.Amount, f.Amount)
+		return 0
+	}
+	clamped := f.Amount < t.Amount
+	if clamped {
+		c.w.reached["balancing clamped"]++
+	}
+	for k := i + 1; k < len(cmd.Transfers); k++ {
+		u := &cmd.Transfers[k]
+		if (events[k].Code == transport.CodeOK || events[k].InFlight) &&
+			(u.Flags&resolves != 0 || slices.Contains([]string{u.DebitAccountID, u.CreditAccountID}, t.DebitAccountID) ||
+				slices.Contains([]string{u.DebitAccountID, u.CreditAccountID}, t.CreditAccountID)) {
+			return f.Amount // its accounts moved since
+		}
+	}
+	as := st.LookupAccounts([]string{t.DebitAccountID, t.CreditAccountID})
+	if len(as) != 2 {
+		c.bad("balancing", "%s: %s applied without both its accounts", what(), t.ID)
+		return 0
+	}
+	dr, cr := &as[0], &as[1]
+	if dr.ID != t.DebitAccountID {
+		dr, cr = cr, dr
+	}
+	debits, credits := dr.DebitsPending+dr.DebitsPosted, cr.CreditsPending+cr.CreditsPosted
+	byDebit, byCredit := t.Flags&transport.TransferBalancingDebit != 0, t.Flags&transport.TransferBalancingCredit != 0
+	switch {
+	case byDebit && debits > dr.CreditsPosted:
+		c.bad("balancing", "%s: %s moved %d of %d: its debit account has %d debits for %d credits posted", what(), t.ID, f.Amount, t.Amount, debits, dr.CreditsPosted)
+		return 0
+	case byCredit && credits > cr.DebitsPosted:
+		c.bad("balancing", "%s: %s moved %d of %d: its credit account has %d credits for %d debits posted", what(), t.ID, f.Amount, t.Amount, credits, cr.DebitsPosted)
+		return 0
+	case clamped && !(byDebit && debits == dr.CreditsPosted || byCredit && credits == cr.DebitsPosted):
+		c.bad("balancing", "%s: %s (flags %d) clamped to %d of %d with room left: debits %d for %d credits posted, credits %d for %d debits posted",
+			what(), t.ID, t.Flags, f.Amount, t.Amount, debits, dr.CreditsPosted, credits, cr.DebitsPosted)
+		return 0
+	}
+	return f.Amount
+}
+
+// chains checks every linked chain of a create_transfers command just
+// applied: all or nothing, with the protocol's codes (ok on each event,
+// exists on each, one failing event's code and linked_event_failed on the
+// others, or linked_event_chain_open on each of a chain the batch left
+// open), and every event stored with its fields, or none stored by this
+// command (a timestamp after before, the shard's last) when it failed.
+func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, st *shard.State, before uint64, what func() string) bool {
+	ts := cmd.Transfers
+	ok := true
+	eachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
+		if !ok || j-i == 1 && !open {
+			return
+		}
+		n := j - i
+		count := map[transport.Code]int{}
+		failing := transport.CodeOK
+		var ids []string
+		for k := i; k < j; k++ {
+			count[events[k].Code]++
+			if code := events[k].Code; code != transport.CodeLinkedEventFailed {
+				failing = code
+			}
+			ids = append(ids, ts[k].ID)
+		}
+		stored := st.LookupTransfers(ids)
+		switch {
+		case open:
+			ok = count[transport.CodeLinkedEventChainOpen] == n &&
+				!slices.ContainsFunc(stored, func(f transport.Transfer) bool { return f.Timestamp > before })
+		case count[transport.CodeOK] == n:
+			ok = len(stored) == n
+			for k := i; k < j && ok; k++ {
+				f := stored[k-i]
+				ok = f.ID == ts[k].ID && f.Timestamp == events[k].Timestamp && sameFields(&f, &ts[k])
+			}
+		case count[transport.CodeExists] == n:
+			ok = len(stored) == n
+		case count[transport.CodeLinkedEventFailed] == n-1 && failing != transport.CodeOK:
+			ok = !slices.ContainsFunc(stored, func(f transport.Transfer) bool { return f.Timestamp > before })
+		default:
+			ok = false
+		}
+		if !ok {
+			var codes []transport.Code
+			for k := i; k < j; k++ {
+				codes = append(codes, events[k].Code)
+			}
+			c.bad("chain", "%s: chain %s..%s answered %v with %d of its %d events stored: not all or nothing", what(), ts[i].ID, ts[j-1].ID, codes, len(stored), n)
+		}
+	})
+	return ok
 }

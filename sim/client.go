@@ -182,7 +182,9 @@ func (c *Client) locate(call *routerCall, ids []string, debitOf map[string]strin
 }
 
 // route splits the batch by shard (a post or void goes to its pending
-// transfer's shard when the router found it) and sends every part.
+// transfer's shard when the router found it), answers the linked chains no
+// shard can apply as one (refuseChains), and sends every part: each chain
+// whole and in order, within one part.
 func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	w := c.w
 	req := call.req
@@ -197,29 +199,108 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 		return p
 	}
 	if req.kind == shard.KindCreateAccounts {
-		call.results = make([]transport.Result, len(req.accounts))
-		for i, a := range req.accounts {
-			p := add(w.shardOf(a.ID), i)
-			p.cmd.Accounts = append(p.cmd.Accounts, a)
+		as := req.accounts
+		call.results = make([]transport.Result, len(as))
+		shards := make([]uint32, len(as))
+		for i := range as {
+			shards[i] = w.shardOf(as[i].ID)
+		}
+		sent := refuseChains(call.results, shards, nil, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 }, false)
+		for i, a := range as {
+			if sent[i] {
+				p := add(shards[i], i)
+				p.cmd.Accounts = append(p.cmd.Accounts, a)
+			}
 		}
 	} else {
-		call.results = make([]transport.Result, len(req.transfers))
-		for i, t := range req.transfers {
+		ts := req.transfers
+		call.results = make([]transport.Result, len(ts))
+		shards, creditShards := make([]uint32, len(ts)), make([]uint32, len(ts))
+		leaves := make([]bool, len(ts))
+		for i := range ts {
+			t := &ts[i]
 			debit := t.DebitAccountID
 			if d, ok := debitOf[t.PendingID]; ok && debit == "" {
 				debit = d
 			}
-			p := add(w.shardOf(debit), i)
-			p.cmd.Transfers = append(p.cmd.Transfers, t)
-			p.cmd.CreditShards = append(p.cmd.CreditShards, w.shardOf(t.CreditAccountID))
+			shards[i], creditShards[i] = w.shardOf(debit), w.shardOf(t.CreditAccountID)
+			leaves[i] = t.Flags&resolves == 0 && creditShards[i] != shards[i]
+			if debit == "" && i > 0 && ts[i-1].Flags&transport.TransferLinked != 0 {
+				shards[i] = shards[i-1] // a post nobody found goes with its chain
+			}
+		}
+		sent := refuseChains(call.results, shards, leaves, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 },
+			w.mut == MutChainsAcrossShardsSent)
+		for i, t := range ts {
+			if sent[i] {
+				p := add(shards[i], i)
+				p.cmd.Transfers = append(p.cmd.Transfers, t)
+				p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
+			}
 		}
 	}
 	for _, s := range sortedKeys(byShard) {
 		call.parts = append(call.parts, byShard[s])
 	}
 	call.left = len(call.parts)
+	if call.left == 0 { // every event answered by the router
+		call.over = true
+		c.replied(call)
+		return
+	}
 	for _, p := range call.parts {
 		p.sendNow()
+	}
+}
+
+// refuseChains is router.refuseChains: it answers the linked chains a
+// shard cannot apply as one and reports which events are to be sent. A
+// chain left open at the end of the batch gets linked_event_chain_open on
+// each event; a chain whose events live on more than one shard, or with a
+// transfer that would leave its shard (leaves), flags_invalid on its first
+// such event and linked_event_failed on the others. With spanSent (the
+// mutation chains-across-shards-sent) chains across shards are sent as
+// they are, cut by shard.
+func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool, spanSent bool) []bool {
+	sent := make([]bool, len(results))
+	eachChain(len(results), linked, func(i, j int, open bool) {
+		bad := -1
+		for k := i; k < j && bad < 0 && j-i > 1 && !spanSent; k++ {
+			if shards[k] != shards[i] || leaves != nil && leaves[k] {
+				bad = k
+			}
+		}
+		for k := i; k < j; k++ {
+			switch {
+			case open:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
+			case bad == k:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeFlagsInvalid}
+			case bad >= 0:
+				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
+			default:
+				sent[k] = true
+			}
+		}
+	})
+	return sent
+}
+
+// eachChain calls f for each chain [i, j) of n events, as shard.eachChain:
+// a run of events each linked to the next, or one event that is not
+// linked; open reports a chain whose last event is linked.
+func eachChain(n int, linked func(int) bool, f func(i, j int, open bool)) {
+	for i := 0; i < n; {
+		j := i
+		for j < n && linked(j) {
+			j++
+		}
+		if j == n {
+			f(i, n, true)
+			return
+		}
+		f(i, j+1, false)
+		i = j + 1
 	}
 }
 
@@ -352,6 +433,12 @@ func (c *Client) makeRequest() *request {
 	req := &request{kind: shard.KindCreateTransfers}
 	n := 1 + r.IntN(w.p.BatchMax)
 	for range n {
+		if on(r, w.p.ChainP) {
+			if legs := c.makeChain(); legs != nil {
+				req.transfers = append(req.transfers, legs...)
+				continue
+			}
+		}
 		t := c.makeTransfer()
 		req.transfers = append(req.transfers, t)
 		if on(r, w.p.DoomP/8) { // the same event twice in one batch
@@ -364,7 +451,84 @@ func (c *Client) makeRequest() *request {
 			req.transfers = append(req.transfers, c.resolutionOf(&t))
 		}
 	}
+	if on(r, w.p.ChainP/6) {
+		// A chain still open at the end of the batch: the router answers
+		// linked_event_chain_open on each of its events.
+		if legs := c.makeChain(); legs != nil {
+			legs[len(legs)-1].Flags |= transport.TransferLinked
+			req.transfers = append(req.transfers, legs...)
+		}
+	}
 	return req
+}
+
+// makeChain draws a linked chain of 2 or 3 plain transfers whose accounts
+// live on one shard: a payment, its fee, and now and then the fee passed
+// on (spent from the credit the chain just gave). Some are built to fail
+// (a leg over the limits, or on another ledger: the whole chain is undone),
+// some have their fee go to an account of another shard (the router
+// refuses the chain). nil if the payer's shard holds no other account of
+// its ledger. Chains stay out of the history that doomed transfers repeat:
+// a leg sent alone would chain whatever follows it.
+func (c *Client) makeChain() []transport.Transfer {
+	w := c.w
+	r := w.rngWork
+	ref := w.ref
+	dr := ref.pick(r, nil)
+	s := w.shardOf(dr.ID)
+	cr, fee := ref.pickOnShard(r, dr, s), ref.pickOnShard(r, dr, s)
+	if cr == nil || fee == nil {
+		return nil
+	}
+	if w.p.Shards > 1 && on(r, 0.15) {
+		fee = ref.pick(r, dr) // often on another shard
+	}
+	leg := func(from, to *transport.Account, amount uint64) transport.Transfer {
+		return transport.Transfer{ID: c.freshID("c"), DebitAccountID: from.ID, CreditAccountID: to.ID,
+			Ledger: from.Ledger, Code: 1, Amount: amount, Flags: transport.TransferLinked}
+	}
+	legs := []transport.Transfer{leg(dr, cr, 1+r.Uint64N(100)), leg(dr, fee, 1+r.Uint64N(5))}
+	if on(r, 0.3) && fee.ID != cr.ID {
+		legs = append(legs, leg(fee, cr, 1+r.Uint64N(3)))
+	}
+	if on(r, max(w.p.DoomP, 0.15)) {
+		k := r.IntN(len(legs))
+		if w.p.Ledgers > 1 && on(r, 0.3) {
+			legs[k].Ledger = legs[k].Ledger%uint32(w.p.Ledgers) + 1 // ledger_mismatch
+		} else {
+			legs[k].Amount = 5_000 + r.Uint64N(100_000) // over a limit, if the account has one
+		}
+	}
+	legs[len(legs)-1].Flags = 0
+	return legs
+}
+
+// makeBalancing turns an ordinary transfer into a balancing one between
+// two accounts of one shard (now and then of two shards: refused
+// flags_invalid), of an amount the shard often clamps. Balancing transfers
+// stay out of the history too: a repeat with a larger amount answers
+// exists, not exists_with_different_fields.
+func (c *Client) makeBalancing(t *transport.Transfer) bool {
+	w := c.w
+	r := w.rngWork
+	dr := &w.ref.accounts[t.DebitAccountID].canon
+	if w.p.Shards == 1 || !on(r, 0.1) {
+		cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID))
+		if cr == nil {
+			return false
+		}
+		t.CreditAccountID = cr.ID
+	}
+	switch x := r.IntN(10); {
+	case x < 6:
+		t.Flags = transport.TransferBalancingDebit
+	case x < 9:
+		t.Flags = transport.TransferBalancingCredit
+	default:
+		t.Flags = transport.TransferBalancingDebit | transport.TransferBalancingCredit
+	}
+	t.Amount = 1 + r.Uint64N(2000)
+	return true
 }
 
 func (c *Client) freshID(prefix string) string {
@@ -416,6 +580,9 @@ func (c *Client) makeTransfer() transport.Transfer {
 		}
 	}
 	ordinary()
+	if on(r, w.p.BalancingP) && c.makeBalancing(&t) {
+		return t
+	}
 	if on(r, w.p.TwoPhaseP) {
 		if len(ref.pendings) > 0 && on(r, 0.55) {
 			return c.makeResolution()
@@ -464,8 +631,8 @@ func (c *Client) makeTransfer() transport.Transfer {
 			t.Amount = 0
 		case 1:
 			// Undefined, closing without pending, or two of pending,
-			// post, void. (Linked chains and balancing transfers are not
-			// in the workload yet.)
+			// post, void. (Chains and balancing transfers are drawn on
+			// their own: makeChain, makeBalancing.)
 			t.Flags = []uint32{1 << 8, transport.TransferClosingDebit, transport.TransferPending | transport.TransferPostPendingTransfer}[c.w.rngWork.IntN(3)]
 		case 2:
 			t.CreditAccountID = t.DebitAccountID

@@ -50,11 +50,16 @@ const (
 	// leaves the outbox before the credit shard applied it, and a lost
 	// message leaves the credit half pending forever.
 	MutSettlementFireAndForget Mutation = "settlement-fire-and-forget"
+	// MutChainsAcrossShardsSent: the router's refuseChains forgets chains
+	// that span shards and sends them cut by shard, as ordinary events: a
+	// shard gets part of a chain (open at the end of its command, or its
+	// last event alone, applied), so a chain is half applied.
+	MutChainsAcrossShardsSent Mutation = "chains-across-shards-sent"
 )
 
 // Mutations lists every mutation.
 var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop, MutExpireClockSeconds, MutLookupFromFollower,
-	MutPostOKBeforeSettlement, MutSettlementFireAndForget}
+	MutPostOKBeforeSettlement, MutSettlementFireAndForget, MutChainsAcrossShardsSent}
 
 // ParseMutation checks a mutation name ("" is none).
 func ParseMutation(s string) (Mutation, error) {

@@ -29,6 +29,8 @@ type Params struct {
 	DoomP              float64 // share of transfers built to be refused or repeated
 	IDReuseOtherShardP float64 // a reused id with a debit account on any shard
 	TwoPhaseP          float64 // share of transfer events that are pending, post or void
+	ChainP             float64 // share of transfer events that start a linked chain
+	BalancingP         float64 // share of ordinary transfers that are balancing ones, on one shard
 	PendingTimeoutMax  uint32  // seconds: pending timeouts are drawn up to it
 
 	// Network. Every message between two endpoints (client or shard).
@@ -185,6 +187,12 @@ func drawParams(r *rand.Rand) Params {
 		p.PendingTimeoutMax = []uint32{1, 2, 3, 5, 10}[r.IntN(5)]
 	}
 	p.ExpireEvery = []uint64{50 * ms, 250 * ms, 250 * ms, 1 * second}[r.IntN(4)]
+	if on(r, 0.8) {
+		p.ChainP = 0.05 + r.Float64()*0.2
+	}
+	if on(r, 0.7) {
+		p.BalancingP = 0.03 + r.Float64()*0.12
+	}
 	p.SafetyTimeMax = 120 * second
 	p.LivenessTimeMax = 15 * 60 * second
 	return p
@@ -220,6 +228,12 @@ func (p Params) String() string {
 	}
 	if p.TwoPhaseP > 0 {
 		fmt.Fprintf(&b, " two-phase=%.2f timeout<=%ds", p.TwoPhaseP, p.PendingTimeoutMax)
+	}
+	if p.ChainP > 0 {
+		fmt.Fprintf(&b, " chains=%.2f", p.ChainP)
+	}
+	if p.BalancingP > 0 {
+		fmt.Fprintf(&b, " balancing=%.2f", p.BalancingP)
 	}
 	fmt.Fprintf(&b, "\n  net delay=%s+exp(%s)", dur(p.NetDelayMin), dur(p.NetDelayMean))
 	if p.DropP > 0 {

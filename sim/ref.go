@@ -189,6 +189,12 @@ func sameFields(a, b *transport.Transfer) bool {
 
 const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
 
+// balancing are the flags of a balancing transfer, whose amount the shard
+// clamps: it is stored with at most the amount sent.
+const balancing = transport.TransferBalancingDebit | transport.TransferBalancingCredit
+
+func isBalancing(t *transport.Transfer) bool { return t.Flags&balancing != 0 }
+
 func isPending(t *transport.Transfer) bool { return t.Flags == transport.TransferPending }
 
 func isResolution(t *transport.Transfer) bool {
@@ -209,10 +215,11 @@ func resolutionKind(post bool) string {
 func fieldCode(t *transport.Transfer) transport.Code {
 	const twoPhase = transport.TransferPending | resolves
 	res := t.Flags&resolves != 0
+	tp := t.Flags & twoPhase
 	switch {
 	case !transport.ValidID(t.ID):
 		return transport.CodeIDInvalid
-	case t.Flags&^twoPhase != 0 || t.Flags&(t.Flags-1) != 0:
+	case t.Flags&^(twoPhase|transport.TransferLinked|balancing) != 0 || tp&(tp-1) != 0 || res && t.Flags&balancing != 0:
 		return transport.CodeFlagsInvalid // the workload's: undefined, closing alone, or two of pending, post, void
 	case t.Ledger == 0 && !res:
 		return transport.CodeLedgerInvalid
@@ -351,9 +358,18 @@ func (ref *Ref) check(call *routerCall) {
 			at[i] = sent{p.shard, p.sentAt, p.logAt}
 		}
 	}
+	var inChain []bool
+	if call.req.kind == shard.KindCreateTransfers {
+		inChain = ref.checkChains(call, func(i int) uint32 { return at[i].shard })
+		if ref.w.failure != nil {
+			return
+		}
+	}
 	for i, res := range call.results {
 		if call.req.kind == shard.KindCreateAccounts {
 			ref.checkAccount(&call.req.accounts[i], res)
+		} else if inChain[i] {
+			continue // judged as its chain
 		} else if v := ref.find(at[i].shard, &call.req.transfers[i]); v == nil {
 			ref.bad("transfer %s: answered by shard %d, where it was never sent", call.req.transfers[i].ID, at[i].shard)
 		} else if ref.reach(v, res.Code); isResolution(&v.t) && v.field == transport.CodeOK {
@@ -365,6 +381,97 @@ func (ref *Ref) check(call *routerCall) {
 			return
 		}
 	}
+}
+
+// checkChains judges the linked chains of a transfer request (each event
+// of a chain is flagged linked but the last) as wholes, and reports the
+// events it judged, which the caller leaves alone: the rest are judged one
+// by one. A chain open at the end of the batch answers
+// linked_event_chain_open on each event, from the router; a chain across
+// shards flags_invalid on its first event away from the first one's shard
+// (or with its credit account on another shard) and linked_event_failed on
+// the others, from the router; any other chain goes whole to one shard and
+// is applied all or nothing: ok on every event, exists on every event, or
+// one event's refusal (judged as that event's) and linked_event_failed on
+// the others. sentTo is the shard an event went to (0: none).
+func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool {
+	w := ref.w
+	ts, res := call.req.transfers, call.results
+	judged := make([]bool, len(ts))
+	codes := func(i, j int) []transport.Code {
+		var cs []transport.Code
+		for k := i; k < j; k++ {
+			cs = append(cs, res[k].Code)
+		}
+		return cs
+	}
+	eachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
+		if w.failure != nil || j-i == 1 && !open {
+			return
+		}
+		bad := -1
+		for k := i; k < j && bad < 0; k++ {
+			if ds := w.shardOf(ts[k].DebitAccountID); ds != w.shardOf(ts[i].DebitAccountID) || w.shardOf(ts[k].CreditAccountID) != ds {
+				bad = k
+			}
+		}
+		for k := i; k < j; k++ {
+			judged[k] = true
+			want := transport.CodeLinkedEventFailed
+			switch {
+			case open:
+				want = transport.CodeLinkedEventChainOpen
+			case bad < 0:
+				if s := sentTo(k); s != w.shardOf(ts[i].DebitAccountID) {
+					ref.bad("chain %s..%s: event %s answered by shard %d, not sent whole to shard %d: %v", ts[i].ID, ts[j-1].ID, ts[k].ID, s, w.shardOf(ts[i].DebitAccountID), codes(i, j))
+					return
+				}
+				continue
+			case k == bad:
+				want = transport.CodeFlagsInvalid
+			}
+			if s := sentTo(k); s != 0 || res[k].Code != want {
+				ref.bad("chain %s..%s (open %v, across shards from event %d): event %s answered %s by shard %d, want %s from the router: %v",
+					ts[i].ID, ts[j-1].ID, open, bad-i, ts[k].ID, res[k].Code, s, want, codes(i, j))
+				return
+			}
+		}
+		switch {
+		case open:
+			w.reached["chain open at the end of the batch"]++
+			return
+		case bad >= 0:
+			w.reached["chain across shards refused"]++
+			return
+		}
+		n := j - i
+		count := map[transport.Code]int{}
+		failing := -1
+		for k := i; k < j; k++ {
+			count[res[k].Code]++
+			if res[k].Code != transport.CodeLinkedEventFailed {
+				failing = k
+			}
+		}
+		switch {
+		case count[transport.CodeOK] == n:
+			w.reached["chain ok"]++
+		case count[transport.CodeExists] == n:
+			w.reached["chain exists"]++
+		case count[transport.CodeLinkedEventFailed] == n-1 && res[failing].Code != transport.CodeOK:
+			w.reached["chain linked_event_failed"]++
+			w.reached["chain failed on "+res[failing].Code.String()]++
+			judged[failing] = false
+			return
+		default:
+			ref.bad("chain %s..%s on shard %d: %v: neither applied as one nor refused as one", ts[i].ID, ts[j-1].ID, sentTo(i), codes(i, j))
+			return
+		}
+		for k := i; k < j; k++ {
+			judged[k] = false // each applied event is judged as any other
+		}
+	})
+	return judged
 }
 
 func (ref *Ref) checkAccount(a *transport.Account, res transport.Result) {
@@ -414,6 +521,11 @@ func (ref *Ref) apply(rt *refTransfer, v *refVariant, ts uint64) {
 	if isPending(&v.t) {
 		ref.accepted = append(ref.accepted, v.t)
 		ref.checkDeadline(v.key)
+		return
+	}
+	if isBalancing(&v.t) {
+		// The amount it moved is at most the one sent, and the reply does
+		// not say: the acknowledged sums stay a lower bound.
 		return
 	}
 	ref.acked(v.t.DebitAccountID, v.t.CreditAccountID, v.t.Amount, v.t.ID)
@@ -573,21 +685,39 @@ func (ref *Ref) refusalImpossible(v *refVariant, code transport.Code) string {
 			return "neither account is closed"
 		}
 	case transport.CodeExceedsCredits:
-		if !exists(dr) || dr.canon.Flags&transport.AccountDebitsMustNotExceedCredits == 0 {
+		// A balancing_debit is clamped, limit flag or not, and refused
+		// only when it would move nothing.
+		clamped := t.Flags&transport.TransferBalancingDebit != 0
+		if !exists(dr) || !clamped && dr.canon.Flags&transport.AccountDebitsMustNotExceedCredits == 0 {
 			return "the debit account has no such limit"
 		}
+		need := t.Amount
+		if clamped {
+			need = 1
+		}
 		others := dr.possibleDebits - min(dr.possibleDebits, ownShare(v))
-		if v.debitCredits >= others+t.Amount {
+		if v.debitCredits >= others+need {
 			return fmt.Sprintf("its %d acknowledged credits cover every debit ever sent from it (%d) and this one", v.debitCredits, others)
 		}
 	case transport.CodeExceedsDebits:
-		if !exists(cr) || cr.canon.Flags&transport.AccountCreditsMustNotExceedDebits == 0 {
+		clamped := t.Flags&transport.TransferBalancingCredit != 0
+		if !exists(cr) || !clamped && cr.canon.Flags&transport.AccountCreditsMustNotExceedDebits == 0 {
 			return "the credit account has no such limit"
 		}
+		need := t.Amount
+		if clamped {
+			need = 1
+		}
 		others := cr.possibleCredits - min(cr.possibleCredits, ownShare(v))
-		if v.creditDebits >= others+t.Amount {
+		if v.creditDebits >= others+need {
 			return fmt.Sprintf("its %d acknowledged debits cover every credit ever sent to it (%d) and this one", v.creditDebits, others)
 		}
+	case transport.CodeFlagsInvalid:
+		// Balancing (and linked) transfers across shards are refused.
+		if t.Flags&(balancing|transport.TransferLinked) == 0 || ref.w.shardOf(t.CreditAccountID) == v.key.ds {
+			return "its flags are served on one shard"
+		}
+		ref.w.reached["balancing across shards refused"]++
 	default:
 		return "no transfer the workload draws can earn it"
 	}
@@ -1012,6 +1142,9 @@ func (ref *Ref) settle() {
 func (ref *Ref) storedAsSent(k refKey, rt *refTransfer, f *transport.Transfer) string {
 	if !isResolution(f) {
 		v := ref.find(k.ds, f)
+		if isBalancing(f) {
+			v = ref.clampedFrom(k, rt, f)
+		}
 		switch {
 		case v == nil || v.copies == 0:
 			return "no client delivered these fields"
@@ -1047,6 +1180,20 @@ func (ref *Ref) storedAsSent(k refKey, rt *refTransfer, f *transport.Transfer) s
 		}
 	}
 	return fmt.Sprintf("no delivered post or void of %+v gives it", *p)
+}
+
+// clampedFrom is the delivered balancing transfer that stored record f can
+// be: the same fields with an amount at least f's (the shard clamps it), the
+// one the model knows applied if it knows it.
+func (ref *Ref) clampedFrom(k refKey, rt *refTransfer, f *transport.Transfer) *refVariant {
+	for _, u := range rt.variants {
+		s := u.t
+		s.Amount = f.Amount
+		if u.copies > 0 && (rt.applied == nil || u == rt.applied) && f.Amount > 0 && u.t.Amount >= f.Amount && sameFields(&s, f) {
+			return u
+		}
+	}
+	return nil
 }
 
 // pendingEnded says why a stored pending transfer did not end as its posts,
@@ -1141,6 +1288,8 @@ func (ref *Ref) reach(v *refVariant, code transport.Code) {
 		kind = "cross-shard pending"
 	case isPending(&v.t):
 		kind = "pending"
+	case isBalancing(&v.t):
+		kind = "balancing"
 	case isResolution(&v.t):
 		kind = resolutionKind(isPost(&v.t))
 		if p, ok := ref.pendingByID[v.t.PendingID]; ok && ref.w.shardOf(p.DebitAccountID) == v.key.ds && ref.w.shardOf(p.CreditAccountID) != v.key.ds {

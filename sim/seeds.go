@@ -13,10 +13,10 @@ var regressionSeeds = []struct {
 	{7655978328340571165, "dispatcher deadlock (fixed in 0454b70): senders kept their semaphore slot until " +
 		"the run loop took their answers, while the loop waited for a slot in send(); this seed deadlocks " +
 		"with mutation answers-through-loop (the old design) and must pass without it"},
-	{11858638666080505829, "reference model too strict (fixed in sim/ref.go): exists_with_different_fields " +
+	{13720894271696612594, "reference model too strict (fixed in sim/ref.go): exists_with_different_fields " +
 		"is right while other fields are in flight under the id, even if those are refused later and " +
 		"these fields applied (re-derived when two-phase transfers, then pending transfers across shards, " +
-		"changed the draw)"},
+		"then linked chains and balancing transfers changed the draw)"},
 	{6039828652964300823, "simulator draw (fixed in sim/params.go): a router deadline of 101.6 ms against a mean " +
 		"network delay of 27.8 ms; a request with a post to look up across 5 shards and a cross-shard transfer " +
 		"refused account_closed (which redoes its saga on every retry) never finished a try (6,733 timeouts, " +
@@ -43,5 +43,6 @@ var mutationSeeds = map[Mutation]uint64{
 	MutExpireClockSeconds:      8748894658767433429,
 	MutLookupFromFollower:      16934472341843718990,
 	MutPostOKBeforeSettlement:  2476628477891077985,
-	MutSettlementFireAndForget: 1346066267577507604,
+	MutSettlementFireAndForget: 14669083062885949296,
+	MutChainsAcrossShardsSent:  11338863303174330089,
 }

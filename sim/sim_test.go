@@ -140,6 +140,9 @@ var twoPhaseOutcomes = []string{
 	"cross-shard pending opened past its deadline", "cross-shard post ok", "cross-shard void ok",
 	"cross-shard post exists", "cross-shard void exists", "cross-shard post joined its settlement in flight",
 	"cross-shard post pending_transfer_already_posted", "cross-shard void pending_transfer_expired", "cross-shard expired",
+	"chain ok", "chain exists", "chain linked_event_failed", "chain failed on exceeds_credits", "chain failed on ledger_mismatch",
+	"chain across shards refused", "chain open at the end of the batch",
+	"balancing ok", "balancing clamped", "balancing across shards refused",
 }
 
 // TestRegressionSeeds replays every seed that once found a bug since fixed
