@@ -102,13 +102,7 @@ const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidP
 // coordinator, not built yet). A shard gets each chain whole and in order.
 func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool) []bool {
 	sent := make([]bool, len(results))
-	for i := 0; i < len(results); {
-		j := i
-		for j < len(results) && linked(j) {
-			j++
-		}
-		open := j == len(results)
-		j = min(j+1, len(results)) // the chain is [i, j)
+	shard.EachChain(len(results), linked, func(i, j int, open bool) {
 		bad := -1
 		for k := i; k < j && bad < 0 && j-i > 1; k++ {
 			if shards[k] != shards[i] || leaves != nil && leaves[k] {
@@ -127,8 +121,7 @@ func refuseChains(results []transport.Result, shards []uint32, leaves []bool, li
 				sent[k] = true
 			}
 		}
-		i = j
-	}
+	})
 	return sent
 }
 

@@ -18,10 +18,11 @@ import (
 // nothing across shards needs a coordinator's durable decision, which is not
 // built yet. The router refuses chains that span shards before sending them.
 
-// eachChain calls f for each chain [i, j) of n events: a run of events each
+// EachChain calls f for each chain [i, j) of n events: a run of events each
 // linked to the next, or one event that is not linked. open reports a chain
-// whose last event is linked (the batch ended inside it).
-func eachChain(n int, linked func(int) bool, f func(i, j int, open bool)) {
+// whose last event is linked (the batch ended inside it). The router and
+// the simulator cut batches into chains with it too.
+func EachChain(n int, linked func(int) bool, f func(i, j int, open bool)) {
 	for i := 0; i < n; {
 		j := i
 		for j < n && linked(j) {

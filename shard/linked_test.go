@@ -392,7 +392,7 @@ func chainProperty(t *testing.T, seed uint64) {
 		entry := &Entry{Timestamp: now, Commands: []Command{cmd}}
 		got := s.Apply(entry).Events[0]
 		want := make([]EventResult, len(cmd.Transfers))
-		eachChain(len(cmd.Transfers), func(k int) bool { return cmd.Transfers[k].Flags&linked != 0 }, func(i, j int, open bool) {
+		EachChain(len(cmd.Transfers), func(k int) bool { return cmd.Transfers[k].Flags&linked != 0 }, func(i, j int, open bool) {
 			refChain(ref, now, cmd.Transfers, cmd.CreditShards, want, i, j, open)
 			if j-i > 1 && !open {
 				switch want[i].Code {

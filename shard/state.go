@@ -155,7 +155,7 @@ func (s *State) createAccounts(now uint64, accounts []transport.Account) []Event
 	res := make([]EventResult, len(accounts))
 	linked := func(k int) bool { return accounts[k].Flags&transport.AccountLinked != 0 }
 	touched := func(k int) ([]string, []string) { return []string{accounts[k].ID}, nil }
-	eachChain(len(accounts), linked, func(i, j int, open bool) {
+	EachChain(len(accounts), linked, func(i, j int, open bool) {
 		s.applyChain(res, i, j, open, touched, func(k int, _ bool) EventResult { return s.createAccount(now, &accounts[k]) })
 	})
 	return res
@@ -230,7 +230,7 @@ func (s *State) createTransfers(now uint64, transfers []transport.Transfer, cred
 		}
 		return accounts, ids
 	}
-	eachChain(len(transfers), linked, func(i, j int, open bool) {
+	EachChain(len(transfers), linked, func(i, j int, open bool) {
 		s.applyChain(res, i, j, open, touched, apply)
 	})
 	return res

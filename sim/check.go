@@ -950,7 +950,7 @@ func (c *Checker) balancing(g *Group, cmd *shard.Command, events []shard.EventRe
 func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, st *shard.State, before uint64, what func() string) bool {
 	ts := cmd.Transfers
 	ok := true
-	eachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
+	shard.EachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
 		if !ok || j-i == 1 && !open {
 			return
 		}

@@ -263,7 +263,7 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 // they are, cut by shard.
 func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool, spanSent bool) []bool {
 	sent := make([]bool, len(results))
-	eachChain(len(results), linked, func(i, j int, open bool) {
+	shard.EachChain(len(results), linked, func(i, j int, open bool) {
 		bad := -1
 		for k := i; k < j && bad < 0 && j-i > 1 && !spanSent; k++ {
 			if shards[k] != shards[i] || leaves != nil && leaves[k] {
@@ -284,24 +284,6 @@ func refuseChains(results []transport.Result, shards []uint32, leaves []bool, li
 		}
 	})
 	return sent
-}
-
-// eachChain calls f for each chain [i, j) of n events, as shard.eachChain:
-// a run of events each linked to the next, or one event that is not
-// linked; open reports a chain whose last event is linked.
-func eachChain(n int, linked func(int) bool, f func(i, j int, open bool)) {
-	for i := 0; i < n; {
-		j := i
-		for j < n && linked(j) {
-			j++
-		}
-		if j == n {
-			f(i, n, true)
-			return
-		}
-		f(i, j+1, false)
-		i = j + 1
-	}
 }
 
 func appendTransfer(b []byte, t *transport.Transfer) []byte {

@@ -405,7 +405,7 @@ func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool 
 		}
 		return cs
 	}
-	eachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
+	shard.EachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
 		if w.failure != nil || j-i == 1 && !open {
 			return
 		}

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,19 +50,7 @@ const (
 // and that each account's transfer and balance history holds a row for
 // each of those transfers (and expiries) and no other.
 func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and kills the real binary; skipped in -short mode")
-	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("LEDGERD_CRASH_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("LEDGERD_CRASH_SEED: %v", err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (rerun with LEDGERD_CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := crashRNG(t, 0x9e3779b97f4a7c15)
 
 	cl := &cluster{
 		t:        t,
@@ -73,10 +59,7 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 		natsAddr: freePort(t),
 		raftAddr: freePort(t),
 		shards:   1,
-		// Snapshots every few entries, the log compacted behind them: a
-		// restart restores the latest snapshot, checks that the history
-		// store covers it, and replays the few entries after it.
-		args: []string{"--snapshot-threshold", "16", "--snapshot-interval", "100ms", "--snapshot-trailing-logs", "4"},
+		args:     snapshotOften,
 	}
 	t.Cleanup(cl.cleanup)
 	cl.start()

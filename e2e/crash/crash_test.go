@@ -52,19 +52,7 @@ const (
 // in flight at the kill were applied at most once, and that the balances are
 // exactly what the applied transfers say.
 func TestAcknowledgedTransfersSurviveKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and kills the real binary; skipped in -short mode")
-	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("LEDGERD_CRASH_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("LEDGERD_CRASH_SEED: %v", err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (rerun with LEDGERD_CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := crashRNG(t, 0x9e3779b97f4a7c15)
 
 	bin := buildLedgerd(t)
 	cl := &cluster{
@@ -398,6 +386,31 @@ func buildLedgerd(t *testing.T) string {
 	}
 	return bin
 }
+
+// crashRNG skips the test in -short mode (it builds and kills the real
+// binary), and returns its random source: seeded from the clock, or from
+// LEDGERD_CRASH_SEED to replay a run; stream tells the tests apart.
+func crashRNG(t *testing.T, stream uint64) *rand.Rand {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and kills the real binary; skipped in -short mode")
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("LEDGERD_CRASH_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("LEDGERD_CRASH_SEED: %v", err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (rerun with LEDGERD_CRASH_SEED=%d)", seed, seed)
+	return rand.New(rand.NewPCG(seed, seed^stream))
+}
+
+// snapshotOften makes every group snapshot each 16 entries and keep 4
+// behind, so a restart restores a snapshot, checks that the history store
+// covers it, and replays the few entries after it.
+var snapshotOften = []string{"--snapshot-threshold", "16", "--snapshot-interval", "100ms", "--snapshot-trailing-logs", "4"}
 
 // freePort returns a loopback address whose port was free a moment ago.
 func freePort(t *testing.T) string {

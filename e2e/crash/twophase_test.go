@@ -3,9 +3,7 @@ package crash
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -24,23 +22,11 @@ import (
 // the credit shard's shops hold exactly the open pending amounts, and
 // exactly the posted ones, with debits = credits per ledger.
 func TestTwoPhaseAcrossShardsSurvivesKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and kills the real binary; skipped in -short mode")
-	}
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("LEDGERD_CRASH_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("LEDGERD_CRASH_SEED: %v", err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (rerun with LEDGERD_CRASH_SEED=%d)", seed, seed)
-	rng := rand.New(rand.NewPCG(seed, seed^0x51ed2))
+	rng := crashRNG(t, 0x51ed2)
 	cl := &cluster{
 		t: t, bin: buildLedgerd(t), dataDir: filepath.Join(t.TempDir(), "data"),
 		natsAddr: freePort(t), raftAddr: freePort(t), shards: 2,
-		args: []string{"--snapshot-threshold", "16", "--snapshot-interval", "100ms", "--snapshot-trailing-logs", "4"},
+		args: snapshotOften,
 	}
 	t.Cleanup(cl.cleanup)
 	cl.start()
