@@ -28,7 +28,8 @@ func wantCodes(t *testing.T, res []transport.Result, want ...transport.Code) {
 
 // Linked chains through the router on two shards: a chain whose accounts
 // all live on one shard is applied as one there; one that spans shards is
-// refused whole; a chain left open is refused; a retry answers exists.
+// coordinated by its first debit account's shard, all or nothing; a chain
+// left open is refused; a retry answers exists.
 func TestLinkedChainsThroughTheCluster(t *testing.T) {
 	c := startCluster(t, 2)
 	var bank, wallet, shop [3]string
@@ -55,18 +56,33 @@ func TestLinkedChainsThroughTheCluster(t *testing.T) {
 	// The retry of a chain that held answers exists for each event.
 	res = c.transfer(link(xfer("pay-1", wallet[1], shop[1], 70), xfer("fee-1", wallet[1], bank[1], 30))...)
 	wantCodes(t, res, transport.CodeExists, transport.CodeExists)
-	// A chain across shards is refused whole, nothing sent.
-	res = c.transfer(link(xfer("x-1", bank[2], shop[2], 5), xfer("x-2", bank[1], shop[1], 5))...)
-	wantCodes(t, res, transport.CodeLinkedEventFailed, transport.CodeFlagsInvalid)
-	res = c.transfer(link(xfer("y-1", bank[2], shop[2], 5), xfer("y-2", bank[2], shop[1], 5))...)
-	wantCodes(t, res, transport.CodeLinkedEventFailed, transport.CodeFlagsInvalid)
+	// Chains across shards: legs on each shard, and legs that cross.
+	res = c.transfer(link(xfer("x-1", bank[2], shop[2], 5), xfer("x-2", bank[1], shop[1], 5), xfer("x-3", bank[2], shop[1], 5))...)
+	wantCodes(t, res, transport.CodeOK, transport.CodeOK, transport.CodeOK)
+	if a := c.account(shop[1]); a.CreditsPosted != 70+10 || a.CreditsPending != 0 {
+		t.Fatalf("shop 1 after the chain across shards: %+v", a)
+	}
+	res = c.transfer(link(xfer("x-1", bank[2], shop[2], 5), xfer("x-2", bank[1], shop[1], 5), xfer("x-3", bank[2], shop[1], 5))...)
+	wantCodes(t, res, transport.CodeExists, transport.CodeExists, transport.CodeExists)
+	// One failing across shards: wallet 2 holds 100, and its first leg is
+	// held while the second is refused: nothing stays.
+	res = c.transfer(link(xfer("y-1", wallet[2], shop[1], 60), xfer("y-2", wallet[1], shop[2], 1))...)
+	wantCodes(t, res, transport.CodeLinkedEventFailed, transport.CodeExceedsCredits)
+	for _, w := range []string{wallet[2], wallet[1], shop[1], shop[2]} {
+		if a := c.account(w); a.DebitsPending != 0 || a.CreditsPending != 0 {
+			t.Fatalf("%s after a failed chain across shards: %+v", w, a)
+		}
+	}
+	if ts, err := c.c.LookupTransfers(c.ctx(), []string{"y-1", "y-2"}); err != nil || len(ts) != 0 {
+		t.Fatalf("a failed chain across shards left transfers: %+v %v", ts, err)
+	}
 	// A chain open at the end of the batch.
 	open := link(xfer("o-1", bank[1], shop[1], 5), xfer("o-2", bank[1], shop[1], 5))
 	open[1].Flags |= transport.TransferLinked
 	res = c.transfer(append([]transport.Transfer{xfer("before-open", bank[1], shop[1], 1)}, open...)...)
 	wantCodes(t, res, transport.CodeOK, transport.CodeLinkedEventChainOpen, transport.CodeLinkedEventChainOpen)
 	// The ids of refused events stay free.
-	res = c.transfer(xfer("x-1", bank[2], shop[2], 5), xfer("pay-2", wallet[2], shop[2], 70))
+	res = c.transfer(xfer("y-1", bank[2], shop[2], 5), xfer("pay-2", wallet[2], shop[2], 70))
 	wantCodes(t, res, transport.CodeOK, transport.CodeOK)
 	c.quiesce()
 }

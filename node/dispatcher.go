@@ -114,7 +114,7 @@ func (d *dispatcher) send(ctx context.Context, rows []shard.OutboxRow, now time.
 	aborts := map[uint32][]shard.Credit{}
 	for _, r := range rows {
 		d.sentAt[r.Transfer.ID] = now
-		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.s.id}
+		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.s.id, Part: r.Part}
 		if now.Sub(time.Unix(0, int64(r.Transfer.Timestamp))) > abortAfter {
 			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
 		} else {
@@ -160,7 +160,8 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 	}()
 }
 
-// resolve proposes the answers; the completer wakes the waiting replies.
+// resolve proposes the answers; the completer wakes the waiting replies
+// and the rows they wrote (the next parts of chains) go out at once.
 func (d *dispatcher) resolve(ans []shard.Answer) {
 	b, err := transport.Marshal(&shard.Command{Kind: shard.KindResolve, Answers: ans})
 	if err != nil {
@@ -170,6 +171,9 @@ func (d *dispatcher) resolve(ans []shard.Answer) {
 	err = d.s.g.Propose(b, func(res any, err error) {
 		if out, ok := res.(*shard.Output); ok && err == nil {
 			d.s.resolved(out.Resolved)
+			if len(out.Reserved) > 0 {
+				d.enqueue(out.Reserved)
+			}
 		}
 	})
 	if err != nil {
@@ -197,8 +201,8 @@ func (d *dispatcher) forgetLoop(ctx context.Context) {
 func (d *dispatcher) announceForget(ctx context.Context) {
 	var below uint64
 	d.s.m.Read(func(st *shard.State, _ uint64) { below = st.ForgetBelow() })
-	for _, to := range d.s.n.shardIDs() {
-		if to == d.s.id || d.forgot[to] >= below {
+	for _, to := range d.s.n.shardIDs() { // itself too: it holds parts of its own chains
+		if d.forgot[to] >= below {
 			continue
 		}
 		cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: d.s.id, Below: below}}

@@ -32,7 +32,7 @@ func (r *Router) createAccounts(ctx context.Context, body []byte) any {
 	for i := range as {
 		shards[i] = m.shardOf(as[i].ID)
 	}
-	sent := refuseChains(results, shards, nil, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 })
+	sent := refuseChains(results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 })
 	parts := map[uint32]*part{}
 	for i := range as {
 		if sent[i] {
@@ -63,7 +63,7 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 	ts := req.Transfers
 	results := make([]transport.Result, len(ts))
 	shards, creditShards := make([]uint32, len(ts)), make([]uint32, len(ts))
-	var leaves []bool // whether a transfer is one across shards
+	leaves := make([]bool, len(ts)) // whether a transfer is one across shards
 	for i := range ts {
 		t := &ts[i]
 		debit := t.DebitAccountID
@@ -71,20 +71,36 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 			debit = d
 		}
 		shards[i], creditShards[i] = m.shardOf(debit), m.shardOf(t.CreditAccountID)
-		leaves = append(leaves, t.Flags&resolves == 0 && creditShards[i] != shards[i])
+		leaves[i] = t.Flags&resolves == 0 && creditShards[i] != shards[i]
 		if debit == "" && i > 0 && ts[i-1].Flags&transport.TransferLinked != 0 {
 			// A post or void of a pending transfer nobody found: it goes
 			// with its chain, whose shard answers it not found.
 			shards[i] = shards[i-1]
 		}
 	}
-	sent := refuseChains(results, shards, leaves, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 })
+	// A chain across shards goes whole to its first debit account's shard,
+	// which coordinates it (shard/chains.go); every transfer carries its
+	// debit shard.
+	debitShards := slices.Clone(shards)
+	linked := func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }
+	shard.EachChain(len(ts), linked, func(i, j int, _ bool) {
+		for k := i; k < j; k++ {
+			if leaves[k] || shards[k] != shards[i] {
+				for l := i; l < j; l++ {
+					shards[l] = shards[i]
+				}
+				return
+			}
+		}
+	})
+	sent := refuseChains(results, shards, linked)
 	parts := map[uint32]*part{}
 	for i := range ts {
 		if sent[i] {
 			p := partOf(parts, shards[i], shard.KindCreateTransfers)
 			p.cmd.Transfers = append(p.cmd.Transfers, ts[i])
 			p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
+			p.cmd.DebitShards = append(p.cmd.DebitShards, debitShards[i])
 			p.index = append(p.index, i)
 		}
 	}
@@ -93,19 +109,19 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 
 const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
 
-// refuseChains answers the linked chains a shard cannot apply as one and
-// reports which events are to be sent. A chain left open at the end of the
-// batch gets linked_event_chain_open on each event. A chain whose events
-// live on more than one shard, or with a transfer that would leave its
-// shard (leaves), is refused: flags_invalid on its first such event,
-// linked_event_failed on the others (all or nothing across shards needs a
-// coordinator, not built yet). A shard gets each chain whole and in order.
-func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool) []bool {
+// refuseChains answers the linked chains no shard can take and reports
+// which events are to be sent. A chain left open at the end of the batch
+// gets linked_event_chain_open on each event. A chain whose events are sent
+// to more than one shard (accounts; a chain of transfers goes to its
+// coordinator) is refused: flags_invalid on its first such event,
+// linked_event_failed on the others. A shard gets each chain whole and in
+// order.
+func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool) []bool {
 	sent := make([]bool, len(results))
 	shard.EachChain(len(results), linked, func(i, j int, open bool) {
 		bad := -1
 		for k := i; k < j && bad < 0 && j-i > 1; k++ {
-			if shards[k] != shards[i] || leaves != nil && leaves[k] {
+			if shards[k] != shards[i] {
 				bad = k
 			}
 		}
@@ -242,7 +258,7 @@ func (p *part) slice(i, j int) *part {
 		c.Accounts = c.Accounts[i:j]
 	}
 	if c.Transfers != nil {
-		c.Transfers, c.CreditShards = c.Transfers[i:j], c.CreditShards[i:j]
+		c.Transfers, c.CreditShards, c.DebitShards = c.Transfers[i:j], c.CreditShards[i:j], c.DebitShards[i:j]
 	}
 	return &part{cmd: c, index: p.index[i:j]}
 }

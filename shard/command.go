@@ -51,6 +51,10 @@ type Command struct {
 	// account as the router computed it (routing enters through the log).
 	Transfers    []transport.Transfer `msgpack:"t,omitempty"`
 	CreditShards []uint32             `msgpack:"cs,omitempty"`
+	// DebitShards[i]: the shard of Transfers[i]'s debit account. Set by the
+	// router on a chain's coordinator (chains.go); absent, every debit
+	// account is on this shard.
+	DebitShards []uint32 `msgpack:"ds,omitempty"`
 	// Credits for KindCredit and KindAbort.
 	Credits []Credit `msgpack:"cr,omitempty"`
 	// Answers for KindResolve: the credit shard's answers.
@@ -67,6 +71,9 @@ type Command struct {
 type Credit struct {
 	Transfer   transport.Transfer `msgpack:"t"` // Timestamp = the attempt
 	DebitShard uint32             `msgpack:"ds"`
+	// Part: a part of a linked chain across shards (chains.go); DebitShard
+	// is then the chain's coordinator.
+	Part *ChainPart `msgpack:"p,omitempty"`
 }
 
 // Outcome is the credit shard's recorded decision for an attempt.

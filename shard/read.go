@@ -76,7 +76,8 @@ func (s *State) Outbox() []OutboxRow {
 	return rows
 }
 
-// OutboxLen returns the number of in-flight transfers.
+// OutboxLen returns the number of outbox rows: transfers in flight, and the
+// parts of chains across shards coordinated here.
 func (s *State) OutboxLen() int { return len(s.outbox) }
 
 // ForgetBelow is the watermark this shard may announce to credit shards:
@@ -85,6 +86,9 @@ func (s *State) ForgetBelow() uint64 {
 	below := s.last + 1
 	for _, r := range s.outbox {
 		below = min(below, r.Transfer.Timestamp)
+	}
+	for _, c := range s.chains {
+		below = min(below, c.Attempt)
 	}
 	return below
 }
@@ -107,6 +111,8 @@ func (s *State) Clone() *State {
 		remote:     maps.Clone(s.remote),
 
 		pendingCredits: maps.Clone(s.pendingCredits),
+		chains:         maps.Clone(s.chains),
+		heldIDs:        maps.Clone(s.heldIDs),
 	}
 	for id, a := range s.accounts {
 		cp := *a
@@ -117,8 +123,9 @@ func (s *State) Clone() *State {
 
 // snapshotVersion is written first in every snapshot. Version 2: final
 // transfers live in the archive, not in the snapshot. Version 3: two-phase
-// transfers across shards (remote, pendingCredits); Read takes 2 as well.
-const snapshotVersion = 3
+// transfers across shards (remote, pendingCredits). Version 4: linked
+// chains across shards (chains, heldIDs). Read takes 2 and 3 as well.
+const snapshotVersion = 4
 
 // WriteTo encodes the in-memory state deterministically (every table sorted
 // by key), so equal states encode to equal bytes. The archive is not part
@@ -172,6 +179,17 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	if err := encodeSorted(enc, s.pendingCredits); err != nil {
 		return fail(err)
 	}
+	if err := encodeSorted(enc, s.chains); err != nil {
+		return fail(err)
+	}
+	if err := enc.EncodeArrayLen(len(s.heldIDs)); err != nil {
+		return fail(err)
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.heldIDs)) {
+		if err := enc.EncodeMulti(id, s.heldIDs[id]); err != nil {
+			return fail(err)
+		}
+	}
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
@@ -200,8 +218,8 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	if err := dec.DecodeMulti(&version, &id); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
 	}
-	if version != 2 && version != snapshotVersion {
-		return nil, fmt.Errorf("shard snapshot version %d, want 2 or %d", version, snapshotVersion)
+	if version < 2 || version > snapshotVersion {
+		return nil, fmt.Errorf("shard snapshot version %d, want 2 to %d", version, snapshotVersion)
 	}
 	if err := dec.DecodeMulti(&last, &stored); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot header: %w", err)
@@ -265,6 +283,22 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	}
 	if err := decodeRows(dec, s.pendingCredits, func(c *Credit) string { return inboxKey(c.DebitShard, c.Transfer.ID) }); err != nil {
 		return nil, err
+	}
+	if version < 4 {
+		return s, nil
+	}
+	if err := decodeRows(dec, s.chains, func(r *ChainRow) string { return r.Legs[0].ID }); err != nil {
+		return nil, err
+	}
+	if n, err = dec.DecodeArrayLen(); err != nil {
+		return nil, err
+	}
+	for range n {
+		var id, key string
+		if err := dec.DecodeMulti(&id, &key); err != nil {
+			return nil, err
+		}
+		s.heldIDs[id] = key
 	}
 	return s, nil
 }

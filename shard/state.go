@@ -36,12 +36,20 @@ type State struct {
 	// id), until their post, void or expiry settles them.
 	remote         map[string]uint32
 	pendingCredits map[string]*Credit
+	// Linked chains across shards (chains.go). chains: on the coordinator,
+	// the chains in progress by id. heldIDs: on a debit shard, the ids of
+	// legs held for a chain, to the part's key.
+	chains  map[string]*ChainRow
+	heldIDs map[string]string
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
 type OutboxRow struct {
 	Transfer    transport.Transfer `msgpack:"t"` // Timestamp is the attempt
 	CreditShard uint32             `msgpack:"cs"`
+	// Part: a part of a linked chain coordinated here, sent to CreditShard
+	// (which is then the participant, debit or credit side).
+	Part *ChainPart `msgpack:"p,omitempty"`
 }
 
 // InboxRow is the credit shard's decision for one attempt.
@@ -72,6 +80,8 @@ func New(id uint32, archive Archive) *State {
 		remote:     make(map[string]uint32),
 
 		pendingCredits: make(map[string]*Credit),
+		chains:         make(map[string]*ChainRow),
+		heldIDs:        make(map[string]string),
 	}
 }
 
@@ -127,7 +137,7 @@ func (s *State) Apply(e *Entry) *Output {
 		case KindCreateAccounts:
 			out.Events[i] = s.createAccounts(e.Timestamp, c.Accounts)
 		case KindCreateTransfers:
-			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, out)
+			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, c.DebitShards, out)
 		case KindCredit:
 			out.Answers[i] = s.credits(e.Timestamp, c.Credits, false)
 		case KindAbort:
@@ -204,7 +214,10 @@ func (s *State) checkAccount(a *transport.Account) transport.Code {
 	return transport.CodeOK
 }
 
-func (s *State) createTransfers(now uint64, transfers []transport.Transfer, creditShards []uint32, out *Output) []EventResult {
+func (s *State) createTransfers(now uint64, transfers []transport.Transfer, creditShards, debitShards []uint32, out *Output) []EventResult {
+	if len(debitShards) != 0 && (len(debitShards) != len(transfers) || len(creditShards) != len(transfers)) {
+		debitShards = nil // malformed: every debit account is taken to be here
+	}
 	res := make([]EventResult, len(transfers))
 	apply := func(k int, chained bool) EventResult {
 		t := &transfers[k]
@@ -231,6 +244,10 @@ func (s *State) createTransfers(now uint64, transfers []transport.Transfer, cred
 		return accounts, ids
 	}
 	EachChain(len(transfers), linked, func(i, j int, open bool) {
+		if !open && s.crossShardChain(i, j, debitShards, creditShards) {
+			s.beginRemoteChain(now, transfers[i:j], debitShards[i:j], creditShards[i:j], res[i:j], out)
+			return
+		}
 		s.applyChain(res, i, j, open, touched, apply)
 	})
 	return res
@@ -252,6 +269,9 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 			return EventResult{InFlight: true, Retry: true, ID: t.ID, Attempt: row.Transfer.Timestamp}
 		}
 		return EventResult{Code: transport.CodeExistsWithDifferentFields}
+	}
+	if _, held := s.heldIDs[t.ID]; held {
+		return EventResult{Code: transport.CodeExistsWithDifferentFields} // a chain's leg, in progress
 	}
 	if old, ok := s.lookupTransfer(t.ID); ok {
 		if sameTransfer(&old, t) || s.sameResolution(&old, t) {
@@ -489,6 +509,9 @@ func (s *State) credits(now uint64, credits []Credit, abort bool) []Answer {
 
 func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 	t := &c.Transfer
+	if c.Part != nil {
+		return s.chainPart(now, c, abort)
+	}
 	ans := Answer{ID: t.ID, Attempt: t.Timestamp}
 	if t.Timestamp < s.watermarks[c.DebitShard] || c.DebitShard == s.id {
 		ans.Outcome = OutcomeStale
@@ -575,6 +598,10 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 		}
 		t := &row.Transfer
 		delete(s.outbox, a.ID)
+		if row.Part != nil {
+			s.chainAnswer(row, a, out)
+			continue
+		}
 		if t.Flags&resolveFlags != 0 {
 			// A post, void or expiry settled on the credit shard: it was
 			// applied here when it was stored.
