@@ -170,6 +170,7 @@ func (d *dispatcher) resolve(ans []shard.Answer) {
 	}
 	err = d.s.g.Propose(b, func(res any, err error) {
 		if out, ok := res.(*shard.Output); ok && err == nil {
+			crashPoints(shard.KindResolve, nil, out)
 			d.s.resolved(out.Resolved)
 			if len(out.Reserved) > 0 {
 				d.enqueue(out.Reserved)

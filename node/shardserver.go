@@ -265,6 +265,7 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 
 // applied runs on the group's completer goroutine, in log order.
 func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output) {
+	crashPoints(kind, msg.Data, out)
 	switch kind {
 	case shard.KindCreateAccounts:
 		respond(msg, &shard.Reply{Results: results(out.Events[0])})

@@ -234,7 +234,7 @@ func (s *State) chainAnswer(r *OutboxRow, a *Answer, out *Output) {
 	}
 	delete(s.chains, r.Part.Chain)
 	for k, code := range row.results() {
-		res := Resolved{ID: row.Legs[k].ID, Attempt: row.Attempt, Code: code.Code, Timestamp: code.Timestamp, Aborted: code.Aborted}
+		res := Resolved{ID: row.Legs[k].ID, Attempt: row.Attempt, Code: code.Code, Timestamp: code.Timestamp, Aborted: code.Aborted, Chain: true}
 		out.Resolved = append(out.Resolved, res)
 	}
 }

@@ -112,6 +112,7 @@ type Resolved struct {
 	Code      transport.Code // ok, or the credit shard's refusal
 	Timestamp uint64         // the transfer's timestamp when ok
 	Aborted   bool           // voided because an abort won at the credit shard
+	Chain     bool           // a leg of a chain across shards coordinated here
 }
 
 // Output is what applying one entry produced, command by command.

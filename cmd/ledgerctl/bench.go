@@ -43,7 +43,7 @@ type benchOptions struct {
 	crossShard                          float64
 	twoPhase, void, partial             float64
 	twoPhaseCross                       float64
-	linked                              float64
+	linked, linkedCross                 float64
 	legs                                int
 	ledger                              uint32
 	amount, seed                        uint64
@@ -69,9 +69,13 @@ audit then also wants every pending balance of the accounts back at 0.
 With --linked, that fraction of the transfers is sent as linked chains of --legs
 transfers (a payment and its fee, for 2): one debit account, credit accounts of
 its shard, each leg but the last flagged linked, so the chain succeeds or fails
-as one. A request never cuts a chain. Each leg is one event of transfers/s;
-chains/s counts the chains whose every leg answered ok (or exists). A leg
-refused flags_invalid, or a chain answered or applied in part, fails the run.`,
+as one. With --linked-cross-shard, that fraction of the chains has every leg's
+credit account on another shard than the debit account, so the cluster
+coordinates each of them across shards by two-phase commit (this needs 2
+shards or more). A request never cuts a chain. Each leg is one event of
+transfers/s; chains/s counts the chains whose every leg answered ok (or
+exists). A leg refused flags_invalid, or a chain answered or applied in part,
+fails the run.`,
 		Args: cobra.NoArgs,
 	}
 	o := addBenchFlags(cmd.Flags())
@@ -95,7 +99,8 @@ func addBenchFlags(f *pflag.FlagSet) *benchOptions {
 	f.Float64Var(&o.twoPhaseCross, "two-phase-cross-shard", 0, "fraction 0..1 of the two-phase transfers whose two accounts are on different shards")
 	f.Float64Var(&o.void, "void", 0, "fraction 0..1 of the two-phase transfers voided rather than posted")
 	f.Float64Var(&o.partial, "partial", 0, "fraction 0..1 of the posted two-phase transfers that post half their amount (needs --amount 2 or more)")
-	f.Float64Var(&o.linked, "linked", 0, "fraction 0..1 of transfers sent as linked chains of --legs transfers from one debit account, all on its shard")
+	f.Float64Var(&o.linked, "linked", 0, "fraction 0..1 of transfers sent as linked chains of --legs transfers from one debit account, all on its shard (but see --linked-cross-shard)")
+	f.Float64Var(&o.linkedCross, "linked-cross-shard", 0, "fraction 0..1 of the linked chains whose legs credit accounts on shards other than the debit account's, so each crosses shards (needs 2 shards or more)")
 	f.IntVar(&o.legs, "legs", legsDefault, "transfers per linked chain (2 or more, at most --batch)")
 	f.Uint32Var(&o.ledger, "ledger", 1, "ledger of the accounts and transfers")
 	f.Uint64Var(&o.amount, "amount", 1, "amount of every transfer")
@@ -171,6 +176,10 @@ func (o *benchOptions) checkLinked() error {
 	switch {
 	case o.linked < 0 || o.linked > 1:
 		return fmt.Errorf("--linked %v: want 0 to 1", o.linked)
+	case o.linkedCross < 0 || o.linkedCross > 1:
+		return fmt.Errorf("--linked-cross-shard %v: want 0 to 1", o.linkedCross)
+	case o.linked == 0 && o.linkedCross > 0:
+		return errors.New("--linked-cross-shard needs --linked")
 	case o.linked == 0 && o.legs != legsDefault:
 		return errors.New("--legs needs --linked")
 	case o.linked > 0 && (o.legs < 2 || o.legs > min(o.batch, transport.BatchEventsMax)):
@@ -181,7 +190,7 @@ func (o *benchOptions) checkLinked() error {
 
 func (o *benchOptions) mix() mix {
 	return mix{transfers: o.transfers, crossShard: o.crossShard, twoPhase: o.twoPhase, void: o.void, partial: o.partial,
-		twoPhaseCross: o.twoPhaseCross, linked: o.linked, legs: o.legs}
+		twoPhaseCross: o.twoPhaseCross, linked: o.linked, legs: o.legs, linkedCross: o.linkedCross}
 }
 
 // accountID, transferID and resolutionID name account i, transfer i (for a
@@ -368,14 +377,19 @@ func (r *benchReport) count(pairs []pair, shardOf []int32) {
 
 // refusedOnOneShard fails the run if the cluster refused a pending transfer
 // or a chain's leg with flags_invalid: the bench put all the accounts of
-// each on one shard, so the shards it read from the cluster status are
-// wrong, or the cluster does not serve two-phase transfers or chains.
+// each on one shard (but for --two-phase-cross-shard and
+// --linked-cross-shard, which the cluster serves across shards), so the
+// shards it read from the cluster status are wrong, or the cluster does not
+// serve two-phase transfers or chains.
 func refusedOnOneShard(pairs []pair, codes []uint8) []string {
 	var errs []string
 	for _, c := range []struct {
-		what string
-		is   func(kind) bool
-	}{{"pending transfers", kind.twoPhase}, {"legs of linked chains", kind.inChain}} {
+		what, why string
+		is        func(kind) bool
+	}{
+		{"pending transfers", "the bench put all the accounts of each on one shard", kind.twoPhase},
+		{"legs of linked chains", "the bench put all the accounts of each chain on one shard, or made its legs plain transfers across shards (--linked-cross-shard)", kind.inChain},
+	} {
 		n, first := 0, -1
 		for i, p := range pairs {
 			if c.is(p.kind) && codes[i] == uint8(transport.CodeFlagsInvalid) {
@@ -385,7 +399,7 @@ func refusedOnOneShard(pairs []pair, codes []uint8) []string {
 			}
 		}
 		if n > 0 {
-			errs = append(errs, fmt.Sprintf("%d %s refused flags_invalid (the first is transfer %d), though the bench put all the accounts of each on one shard", n, c.what, first))
+			errs = append(errs, fmt.Sprintf("%d %s refused flags_invalid (the first is transfer %d), though %s", n, c.what, first, c.why))
 		}
 	}
 	return errs

@@ -132,3 +132,20 @@ func TestBenchLinkedMixAppliesEveryChainWhole(t *testing.T) {
 	}
 	nothingPending(t, srv)
 }
+
+// Chains whose every leg credits an account on the other shard of a 2-shard
+// cluster are coordinated across shards by two-phase commit: every chain is
+// applied whole, every leg answers ok, and the audit finds nothing left
+// pending (no hold, no outbox row).
+func TestBenchLinkedCrossShardAppliesEveryChainWhole(t *testing.T) {
+	srv := startServer(t, 2)
+
+	r := runBench(t, srv, "--accounts", "100", "--transfers", "600", "--batch", "60", "--clients", "4",
+		"--linked", "1", "--linked-cross-shard", "1", "--legs", "3")
+	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.Shards != 2 ||
+		r.Chains != 200 || r.Legs != 3 || r.Events != 600 || r.OK != 600 || r.ChainsApplied != r.Chains ||
+		r.ChainsPerSecond <= 0 || r.TransfersCrossShard != 600 {
+		t.Fatalf("chains across shards: report %+v", r)
+	}
+	nothingPending(t, srv)
+}

@@ -94,6 +94,43 @@ func TestGenPairsRefusesImpossibleMixes(t *testing.T) {
 	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, mix{transfers: 5, crossShard: 1, twoPhase: 0.2}); err == nil {
 		t.Error("two-phase pairs with one account per shard accepted")
 	}
+	// Chains across shards need 2 shards, even when too few chains are sent
+	// for any to cross; with one account per shard, they need nothing else.
+	for _, transfers := range []int{6, 1} {
+		m := mix{transfers: transfers, crossShard: -1, linked: 1, legs: 2, linkedCross: 0.5}
+		if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), make([]int32, 10), m); err == nil || !strings.Contains(err.Error(), "--linked-cross-shard 0.5 need accounts on 2 shards") {
+			t.Errorf("%d transfers in chains across shards on one shard: err %v", transfers, err)
+		}
+	}
+	if _, err := genPairs(rand.New(rand.NewPCG(1, 1)), []int32{0, 1, 2}, mix{transfers: 6, crossShard: 1, linked: 1, legs: 2, linkedCross: 1}); err != nil {
+		t.Errorf("chains all across shards, one account per shard: %v", err)
+	}
+}
+
+func TestBenchOptionsCheckLinkedCrossShard(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"--linked", "1", "--linked-cross-shard", "1.5"}, "--linked-cross-shard 1.5: want 0 to 1"},
+		{[]string{"--linked", "1", "--linked-cross-shard", "-0.1"}, "--linked-cross-shard -0.1: want 0 to 1"},
+		{[]string{"--linked-cross-shard", "0.5"}, "--linked-cross-shard needs --linked"},
+	} {
+		o, _ := parse(t, addBenchFlags, c.args...)
+		if err := o.check(); err == nil || err.Error() != c.err {
+			t.Errorf("%q: err %v, want %q", c.args, err, c.err)
+		}
+	}
+	o, _ := parse(t, addBenchFlags, "--linked", "0.5", "--linked-cross-shard", "0.25", "--id-prefix", "run1")
+	if err := o.check(); err != nil {
+		t.Fatal(err)
+	}
+	if m := o.mix(); m.linked != 0.5 || m.linkedCross != 0.25 {
+		t.Fatalf("mix %+v", m)
+	}
+	if o, _ := parse(t, addBenchFlags); o.linkedCross != 0 {
+		t.Fatalf("--linked-cross-shard defaults to %v, want 0", o.linkedCross)
+	}
 }
 
 // Two-phase transfers keep both accounts on one shard whatever
@@ -289,8 +326,9 @@ func TestReportCountsPendingsAndResolutionsAsEvents(t *testing.T) {
 
 // A chain is a whole block of legs transfers starting at a multiple of legs
 // (so a sender taking whole blocks never cuts one), from one debit account
-// to accounts of its shard; the fractions of the other kinds count among the
-// transfers outside chains.
+// to accounts of its shard, or, for exactly the linkedCross fraction of the
+// chains, every leg to an account of another shard; the fractions of the
+// other kinds count among the transfers outside chains.
 func TestGenPairsPutsEachChainOnOneShardInWholeBlocks(t *testing.T) {
 	shardOf := randomShards(1000, 4)
 	const n = 10007
@@ -298,12 +336,16 @@ func TestGenPairsPutsEachChainOnOneShardInWholeBlocks(t *testing.T) {
 		{transfers: n, crossShard: -1, linked: 1, legs: 2},
 		{transfers: n, crossShard: 0.5, linked: 0.5, legs: 3, twoPhase: 0.4, void: 0.5},
 		{transfers: n, crossShard: -1, linked: 0.3, legs: 5},
+		{transfers: n, crossShard: -1, linked: 1, legs: 2, linkedCross: 1},
+		{transfers: n, crossShard: 0.5, linked: 0.5, legs: 3, twoPhase: 0.4, void: 0.5, twoPhaseCross: 0.5, linkedCross: 0.3},
+		{transfers: n, crossShard: 0, linked: 0.3, legs: 5, linkedCross: 0.5},
+		{transfers: n, crossShard: 1, linked: 0.7, legs: 4, linkedCross: 0.01},
 	} {
 		pairs, err := genPairs(rand.New(rand.NewPCG(9, 10)), shardOf, m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		chains, twoPhase, cross, singles := 0, 0, 0, 0
+		chains, crossChains, twoPhase, cross, singles := 0, 0, 0, 0, 0
 		for i := 0; i < len(pairs); i++ {
 			p := pairs[i]
 			if p.debit == p.credit {
@@ -324,22 +366,30 @@ func TestGenPairsPutsEachChainOnOneShardInWholeBlocks(t *testing.T) {
 			if i%m.legs != 0 {
 				t.Fatalf("%+v: chain starts at transfer %d, not a multiple of %d", m, i, m.legs)
 			}
+			crosses := shardOf[p.credit] != shardOf[p.debit] // then every leg's credit is off the debit's shard
 			for j := i; j < i+m.legs; j++ {
 				want := kindLeg
 				if j == i+m.legs-1 {
 					want = kindLegLast
 				}
 				q := pairs[j]
-				if q.kind != want || q.debit != p.debit || shardOf[q.credit] != shardOf[p.debit] || q.credit == q.debit {
-					t.Fatalf("%+v: leg %d of the chain at %d is %+v; want kind %d, debit %d, a credit on shard %d", m, j-i, i, q, want, p.debit, shardOf[p.debit])
+				if q.kind != want || q.debit != p.debit || (shardOf[q.credit] != shardOf[p.debit]) != crosses || q.credit == q.debit {
+					t.Fatalf("%+v: leg %d of the chain at %d is %+v; want kind %d, debit %d, a credit on shard %d (chain across shards: %v)",
+						m, j-i, i, q, want, p.debit, shardOf[p.debit], crosses)
 				}
 			}
 			chains++
+			if crosses {
+				crossChains++
+			}
 			i += m.legs - 1
 		}
 		others := n - chains*m.legs
 		if want := int(float64(n/m.legs) * m.linked); chains != want {
 			t.Errorf("%+v: %d chains, want %d", m, chains, want)
+		}
+		if want := int(float64(chains) * m.linkedCross); crossChains != want {
+			t.Errorf("%+v: %d of the %d chains across shards, want %d", m, crossChains, chains, want)
 		}
 		if want := int(float64(others) * m.twoPhase); twoPhase != want {
 			t.Errorf("%+v: %d two-phase, want %d of the %d outside chains", m, twoPhase, want, others)

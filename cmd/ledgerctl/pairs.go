@@ -37,7 +37,7 @@ type mix struct {
 	transfers int
 	// crossShard is the fraction of the single-phase transfers whose accounts
 	// are on different shards; -1 picks their accounts uniformly at random.
-	// Chains always keep their accounts on one shard.
+	// It leaves chains alone: see linkedCross.
 	crossShard float64
 	twoPhase   float64 // of the transfers outside chains
 	// twoPhaseCross is the fraction of the two-phase transfers whose
@@ -47,9 +47,15 @@ type mix struct {
 	partial       float64 // of the two-phase transfers that are posted
 	// linked is the fraction of the blocks of legs transfers (the first
 	// ⌊transfers/legs⌋ blocks) sent as a linked chain: legs transfers from
-	// one debit account, all on its shard, that succeed or fail as one.
+	// one debit account, all on its shard (but see linkedCross), that
+	// succeed or fail as one.
 	linked float64
 	legs   int // 2 or more if linked > 0
+	// linkedCross is the fraction of the chains whose every leg has its
+	// credit account on another shard than the chain's debit account, so
+	// that the cluster coordinates the chain across shards (the others keep
+	// all their accounts on one).
+	linkedCross float64
 }
 
 // chainLegs is how many transfers a chain of m holds, and the alignment of
@@ -67,17 +73,18 @@ func evenly(i int, fraction float64) bool {
 	return int(float64(i+1)*fraction) > int(float64(i)*fraction)
 }
 
-// kinds gives each transfer of m its kind, and says which single-phase ones
-// are cross-shard. The transfers fall in blocks of m.legs (of 1 without
+// kinds gives each transfer of m its kind, and says which ones are
+// cross-shard. The transfers fall in blocks of m.legs (of 1 without
 // chains): exactly ⌊⌊n/legs⌋·linked⌋ whole blocks are chains. Of the r
 // transfers outside chains, ⌊r·twoPhase⌋ are two-phase, of those ⌊·void⌋
 // voided, of the posted ones ⌊·partial⌋ posted in part, and of the
-// single-phase ones ⌊·crossShard⌋ cross-shard, each spread evenly. A chain
-// starts at a multiple of legs, so a sender that takes transfers in
-// multiples of legs never cuts one.
+// single-phase ones ⌊·crossShard⌋ cross-shard; of the c chains
+// ⌊c·linkedCross⌋ cross shards, every leg of them cross. Each is spread
+// evenly. A chain starts at a multiple of legs, so a sender that takes
+// transfers in multiples of legs never cuts one.
 func (m mix) kinds() (kinds []kind, cross []bool) {
 	kinds, cross = make([]kind, m.transfers), make([]bool, m.transfers)
-	var others, singles, twoPhase, posts int
+	var others, singles, twoPhase, posts, chains int
 	other := func(i int) { // transfer i, the others-th outside chains
 		switch {
 		case !evenly(others, m.twoPhase):
@@ -107,8 +114,10 @@ func (m mix) kinds() (kinds []kind, cross []bool) {
 			}
 			continue
 		}
-		for i := lo; i < hi-1; i++ {
-			kinds[i] = kindLeg
+		crossChain := evenly(chains, m.linkedCross)
+		chains++
+		for i := lo; i < hi; i++ {
+			kinds[i], cross[i] = kindLeg, crossChain
 		}
 		kinds[hi-1] = kindLegLast
 	}
@@ -141,8 +150,11 @@ func accountShards(st *transport.StatusReply, ids []string) ([]int32, error) {
 
 // genPairs picks the debit/credit pairs of distinct accounts of the
 // transfers of m; shardOf[i] is account i's shard. A two-phase transfer has
-// both accounts on one shard, or on two as m.kinds says. The legs of a chain share their debit account
-// and credit accounts of its shard (a payment and its fee, say). Any other
+// both accounts on one shard, or on two as m.kinds says. The legs of a
+// chain share their debit account (a payment and its fee, say), and have
+// credit accounts of its shard, or of other shards for a chain that m.kinds
+// says crosses shards (each leg's credit account uniform over the accounts
+// off the debit account's shard). Any other
 // transfer has its accounts uniformly random if m.crossShard < 0, else on
 // different shards or on one as m.kinds says. The debit account is uniform
 // over the accounts that can take part.
@@ -180,13 +192,16 @@ func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 		}
 	}
 	kinds, cross := m.kinds()
-	needCross, needSame := slices.Contains(cross, true), false
+	// --linked-cross-shard needs 2 shards even if too few chains are sent
+	// for any to cross.
+	needCross, needSame := slices.Contains(cross, true) || m.linked > 0 && m.linkedCross > 0, false
 	for i, k := range kinds {
 		needSame = needSame || (k != kindSingle || m.crossShard >= 0) && !cross[i]
 	}
 	switch {
 	case needCross && busy < 2:
-		return nil, fmt.Errorf("--cross-shard %v --two-phase-cross-shard %v need accounts on 2 shards or more; they are on %d", m.crossShard, m.twoPhaseCross, busy)
+		return nil, fmt.Errorf("--cross-shard %v --two-phase-cross-shard %v --linked-cross-shard %v need accounts on 2 shards or more; they are on %d",
+			m.crossShard, m.twoPhaseCross, m.linkedCross, busy)
 	case needSame && len(paired) == 0:
 		return nil, fmt.Errorf("--cross-shard %v --two-phase %v --linked %v: same-shard, two-phase and linked transfers need 2 accounts on one shard; no shard has them",
 			m.crossShard, m.twoPhase, m.linked)
@@ -203,8 +218,13 @@ func genPairs(rng *rand.Rand, shardOf []int32, m mix) ([]pair, error) {
 				c++ // any account but d
 			}
 			pairs[i] = pair{debit: int32(d), credit: int32(c)}
-		case cross[i]:
-			d := rng.IntN(accounts)
+		case cross[i]: // a chain's legs after its first keep its debit account
+			var d int
+			if i > 0 && kinds[i-1] == kindLeg {
+				d = int(pairs[i-1].debit)
+			} else {
+				d = rng.IntN(accounts)
+			}
 			s := shardOf[d]
 			size := lo[s+1] - lo[s]
 			c := rng.IntN(accounts - size)

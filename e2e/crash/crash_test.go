@@ -104,6 +104,7 @@ type cluster struct {
 	natsAddr, raftAddr string
 	shards             int      // --shards; 0 means shardCount
 	args               []string // more flags
+	env                []string // more environment, for the next start
 	runs               []*process
 	cur                *process
 }
@@ -138,7 +139,7 @@ func (cl *cluster) start() {
 		"--log-level", "info",
 	)
 	cmd.Args = append(cmd.Args, cl.args...)
-	cmd.Env = childEnv()
+	cmd.Env = append(childEnv(), cl.env...)
 	cmd.Stdout, cmd.Stderr = lw, lw // the same writer: one pipe, one writer goroutine
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ledgerd: %v", err)
@@ -163,14 +164,22 @@ func (cl *cluster) start() {
 func (cl *cluster) kill() {
 	t := cl.t
 	t.Helper()
-	p := cl.cur
-	if err := p.cmd.Process.Kill(); err != nil {
+	if err := cl.cur.cmd.Process.Kill(); err != nil {
 		t.Fatalf("kill: %v", err)
 	}
+	cl.reapKilled(exitGuard)
+}
+
+// reapKilled waits up to guard for the process to exit, and checks that
+// SIGKILL killed it.
+func (cl *cluster) reapKilled(guard time.Duration) {
+	t := cl.t
+	t.Helper()
+	p := cl.cur
 	select {
 	case <-p.exited:
-	case <-time.After(exitGuard):
-		t.Fatalf("ledgerd did not die %v after SIGKILL", exitGuard)
+	case <-time.After(guard):
+		t.Fatalf("ledgerd did not die within %v", guard)
 	}
 	var ee *exec.ExitError
 	if !errors.As(p.waitErr, &ee) {
