@@ -45,6 +45,7 @@ func TestChainsAcrossShardsAtEveryStepOfKill9(t *testing.T) {
 		run := cl.cur
 		unknown := b.load(t, c, rng, step, run.exited)
 		cl.reapKilled(2 * quietGuard)
+		nc.Close()
 		if !run.log.contains("test crash point reached") {
 			t.Fatalf("%s: the process died without reaching its crash point", point)
 		}
