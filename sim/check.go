@@ -52,6 +52,8 @@ type Checker struct {
 	// the largest timestamp its outputs showed, logHigh at least the
 	// largest it can have given (outputs do not show every tick).
 	logLow, logHigh []uint64
+	// ch: linked chains across shards (chaincheck.go).
+	ch chainState
 }
 
 // pendingRec is a pending transfer as the checks saw it applied.
@@ -101,7 +103,7 @@ func newChecker(w *World) *Checker {
 	c := &Checker{w: w, resv: map[resvKey]*resv{}, open: map[uint32]map[resvKey]*resv{},
 		creditedInFlight: map[uint32]uint64{}, reserved: map[uint32]uint64{}, settling: map[uint32]uint64{},
 		pendingOpen: map[uint32]uint64{}, held: map[idKey]*heldCredit{}, creditsHeld: map[uint32]uint64{},
-		landed: map[idKey]bool{}, settlements: map[idKey]*resv{}}
+		landed: map[idKey]bool{}, settlements: map[idKey]*resv{}, ch: newChainState()}
 	for i := range w.p.Shards {
 		c.totals = append(c.totals, map[uint32]transport.LedgerTotals{})
 		c.open[uint32(i+1)] = map[resvKey]*resv{}
@@ -159,9 +161,24 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 		}
 		reserved := 0
 		w.stats.Transfers += uint64(len(events))
+		remote := remoteChains(g, cmd)
 		for i, e := range events {
 			t := &cmd.Transfers[i]
 			cs := cmd.CreditShards[i]
+			if remote[i] >= 0 {
+				// A chain across shards coordinated here: checked whole
+				// at its first leg.
+				if remote[i] == i {
+					j := i + 1
+					for j < len(events) && remote[j] == i {
+						j++
+					}
+					if !c.chainBegun(g, cmd, events, i, j, out, &reserved, &stamps, what) {
+						return
+					}
+				}
+				continue
+			}
 			switch {
 			case e.InFlight && !e.Retry && t.Flags&resolves != 0:
 				// A post or void of a pending transfer across shards:
@@ -289,7 +306,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			c.bad("output", "%s: %d outbox rows reported, %d reservations", what(), len(out.Reserved), reserved)
 			return
 		}
-		if !c.chains(cmd, events, st, c.lastTS[g.id-1], what) {
+		if !c.chains(cmd, events, remote, st, c.lastTS[g.id-1], what) {
 			return
 		}
 	case shard.KindCredit, shard.KindAbort:
@@ -305,6 +322,12 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			if a.ID != key.id || a.Attempt != key.attempt {
 				c.bad("output", "%s: answer %d is for %s attempt %d", what(), i, a.ID, a.Attempt)
 				return
+			}
+			if cr.Part != nil {
+				if !c.chainPart(g, cr, a, abort, st, d, &stamps, &touched, what) {
+					return
+				}
+				continue
 			}
 			rv := c.resv[key]
 			if rv == nil || rv.cs != g.id || !sameFields(&rv.t, &cr.Transfer) {
@@ -382,8 +405,35 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			}
 		}
 	case shard.KindResolve:
+		rows, results, ok := c.chainResolve(g, cmd.Answers, what)
+		if !ok {
+			return
+		}
+		if len(rows) != len(out.Reserved) {
+			c.bad("chain", "%s: %d outbox rows written, the chains' next stages want %d", what(), len(out.Reserved), len(rows))
+			return
+		}
+		for i := range rows {
+			pr := rows[i].Part
+			if !c.expectRow(c.ch.chains[resvKey{g.id, pr.Chain, rows[i].Transfer.Timestamp}], *pr, &out.Reserved[i], what) {
+				return
+			}
+		}
+		ended := map[attemptKey]shard.Resolved{}
+		for _, r := range results {
+			ended[attemptKey{r.ID, r.Attempt}] = r
+		}
 		for _, r := range out.Resolved {
 			key := resvKey{g.id, r.ID, r.Attempt}
+			if want, ok := ended[attemptKey{r.ID, r.Attempt}]; ok {
+				// A leg of a chain across shards that just ended.
+				delete(ended, attemptKey{r.ID, r.Attempt})
+				if r != want {
+					c.bad("chain", "%s: leg %s of a chain across shards resolved %+v, want %+v", what(), r.ID, r, want)
+					return
+				}
+				continue
+			}
 			rv := c.open[g.id][key]
 			if rv == nil {
 				c.bad("saga", "%s: resolved %s attempt %d, which is not in flight", what(), r.ID, r.Attempt)
@@ -436,6 +486,10 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				c.bad("saga", "%s: %s attempt %d resolved aborted=%v %s, its credit shard decided %d/%s", what(), r.ID, r.Attempt, r.Aborted, r.Code, rv.decision, rv.code)
 			}
 		}
+		if len(ended) > 0 {
+			c.bad("chain", "%s: %d legs of chains across shards that ended were not resolved (%d results)", what(), len(ended), len(out.Resolved))
+			return
+		}
 	case shard.KindForget:
 		f := cmd.Forget
 		for key := range c.open[f.DebitShard] {
@@ -443,6 +497,15 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				c.bad("forget", "%s: watermark of shard %d at %d, above its unresolved attempt %d of %s", what(), f.DebitShard, f.Below, key.attempt, key.id)
 				return
 			}
+		}
+		for _, ch := range c.ch.inProgress {
+			if ch.co == f.DebitShard && ch.attempt < f.Below {
+				c.bad("forget", "%s: watermark of shard %d at %d, above the attempt %d of its chain %s in progress", what(), f.DebitShard, f.Below, ch.attempt, ch.legs[0].ID)
+				return
+			}
+		}
+		if f.DebitShard == g.id {
+			w.reached["forget announced to itself"]++
 		}
 	case shard.KindExpire:
 		touched = c.expire(g, ts, st, out, d, &stamps, what)
@@ -802,7 +865,7 @@ func (w *World) finalChecks() {
 			return
 		}
 	}
-	if !c.pendingsEnded() || !c.heldSettled() {
+	if !c.pendingsEnded() || !c.heldSettled() || !c.chainsQuiet() {
 		return
 	}
 	sum := map[uint32]*transport.LedgerTotals{}
@@ -947,12 +1010,12 @@ func (c *Checker) balancing(g *Group, cmd *shard.Command, events []shard.EventRe
 // others, or linked_event_chain_open on each of a chain the batch left
 // open), and every event stored with its fields, or none stored by this
 // command (a timestamp after before, the shard's last) when it failed.
-func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, st *shard.State, before uint64, what func() string) bool {
+func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, remote []int, st *shard.State, before uint64, what func() string) bool {
 	ts := cmd.Transfers
 	ok := true
 	shard.EachChain(len(ts), func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, func(i, j int, open bool) {
-		if !ok || j-i == 1 && !open {
-			return
+		if !ok || j-i == 1 && !open || remote[i] >= 0 && events[i].InFlight {
+			return // a chain across shards in progress: chainBegun checked it
 		}
 		n := j - i
 		count := map[transport.Code]int{}
@@ -966,10 +1029,21 @@ func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, st *sha
 			ids = append(ids, ts[k].ID)
 		}
 		stored := st.LookupTransfers(ids)
+		// others: the events stored, but not by a copy of the chain elsewhere
+		// in the command (sent again in one batch), which a failed chain
+		// did not store.
+		others := slices.DeleteFunc(slices.Clone(stored), func(f transport.Transfer) bool {
+			for m := range ts {
+				if (m < i || m >= j) && ts[m].ID == f.ID && events[m].Code == transport.CodeOK && events[m].Timestamp == f.Timestamp {
+					return true
+				}
+			}
+			return false
+		})
 		switch {
 		case open:
 			ok = count[transport.CodeLinkedEventChainOpen] == n &&
-				!slices.ContainsFunc(stored, func(f transport.Transfer) bool { return f.Timestamp > before })
+				!slices.ContainsFunc(others, func(f transport.Transfer) bool { return f.Timestamp > before })
 		case count[transport.CodeOK] == n:
 			ok = len(stored) == n
 			for k := i; k < j && ok; k++ {
@@ -979,7 +1053,7 @@ func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, st *sha
 		case count[transport.CodeExists] == n:
 			ok = len(stored) == n
 		case count[transport.CodeLinkedEventFailed] == n-1 && failing != transport.CodeOK:
-			ok = !slices.ContainsFunc(stored, func(f transport.Transfer) bool { return f.Timestamp > before })
+			ok = !slices.ContainsFunc(others, func(f transport.Transfer) bool { return f.Timestamp > before })
 		default:
 			ok = false
 		}

@@ -181,10 +181,12 @@ func (c *Client) locate(call *routerCall, ids []string, debitOf map[string]strin
 	}
 }
 
-// route splits the batch by shard (a post or void goes to its pending
-// transfer's shard when the router found it), answers the linked chains no
-// shard can apply as one (refuseChains), and sends every part: each chain
-// whole and in order, within one part.
+// route is router.createAccounts and router.createTransfers: it splits the
+// batch by shard (a post or void goes to its pending transfer's shard when
+// the router found it; a chain of transfers across shards to its
+// coordinator, regroupChains, with every transfer's debit shard), answers
+// the linked chains no shard can take (refuseChains), and sends every part:
+// each chain whole and in order, within one part.
 func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	w := c.w
 	req := call.req
@@ -205,7 +207,7 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 		for i := range as {
 			shards[i] = w.shardOf(as[i].ID)
 		}
-		sent := refuseChains(call.results, shards, nil, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 }, false)
+		sent := refuseChains(call.results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 }, false)
 		for i, a := range as {
 			if sent[i] {
 				p := add(shards[i], i)
@@ -229,13 +231,16 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 				shards[i] = shards[i-1] // a post nobody found goes with its chain
 			}
 		}
-		sent := refuseChains(call.results, shards, leaves, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 },
-			w.mut == MutChainsAcrossShardsSent)
+		debitShards := regroupChains(ts, shards, leaves, w.mut == MutChainCutByShard)
+		sent := refuseChains(call.results, shards, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, w.mut == MutChainCutByShard)
 		for i, t := range ts {
 			if sent[i] {
 				p := add(shards[i], i)
 				p.cmd.Transfers = append(p.cmd.Transfers, t)
 				p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
+				if debitShards != nil {
+					p.cmd.DebitShards = append(p.cmd.DebitShards, debitShards[i])
+				}
 			}
 		}
 	}
@@ -253,20 +258,47 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	}
 }
 
-// refuseChains is router.refuseChains: it answers the linked chains a
-// shard cannot apply as one and reports which events are to be sent. A
-// chain left open at the end of the batch gets linked_event_chain_open on
-// each event; a chain whose events live on more than one shard, or with a
-// transfer that would leave its shard (leaves), flags_invalid on its first
-// such event and linked_event_failed on the others. With spanSent (the
-// mutation chains-across-shards-sent) chains across shards are sent as
-// they are, cut by shard.
-func refuseChains(results []transport.Result, shards []uint32, leaves []bool, linked func(int) bool, spanSent bool) []bool {
+// regroupChains mirrors the regrouping in router.createTransfers: a chain
+// of transfers across shards (a transfer leaving its shard, or events on
+// more than one shard) goes whole to the shard of its first event's debit
+// account, its coordinator (shard/chains.go), and every transfer carries its
+// debit shard: the returned DebitShards (the shards before the regrouping).
+// With cut (the mutation chain-cut-by-shard) the router does not regroup:
+// each shard gets its piece of the chain, without DebitShards, and
+// refuseChains lets the pieces through.
+func regroupChains(ts []transport.Transfer, shards []uint32, leaves []bool, cut bool) []uint32 {
+	linked := func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }
+	if cut {
+		return nil
+	}
+	debitShards := slices.Clone(shards)
+	shard.EachChain(len(ts), linked, func(i, j int, _ bool) {
+		for k := i; k < j; k++ {
+			if leaves[k] || shards[k] != shards[i] {
+				for l := i; l < j; l++ {
+					shards[l] = shards[i]
+				}
+				return
+			}
+		}
+	})
+	return debitShards
+}
+
+// refuseChains is router.refuseChains: it answers the linked chains no
+// shard can take and reports which events are to be sent. A chain left open
+// at the end of the batch gets linked_event_chain_open on each event; a
+// chain whose events are sent to more than one shard (accounts; a chain of
+// transfers goes to its coordinator) flags_invalid on its first such event
+// and linked_event_failed on the others. With cut (the mutation
+// chain-cut-by-shard), a chain of transfers cut by shard is sent as its
+// pieces (the router's bug).
+func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool, cut bool) []bool {
 	sent := make([]bool, len(results))
 	shard.EachChain(len(results), linked, func(i, j int, open bool) {
 		bad := -1
-		for k := i; k < j && bad < 0 && j-i > 1 && !spanSent; k++ {
-			if shards[k] != shards[i] || leaves != nil && leaves[k] {
+		for k := i; k < j && bad < 0 && j-i > 1; k++ {
+			if shards[k] != shards[i] {
 				bad = k
 			}
 		}
@@ -274,9 +306,9 @@ func refuseChains(results []transport.Result, shards []uint32, leaves []bool, li
 			switch {
 			case open:
 				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
-			case bad == k:
+			case bad == k && !cut:
 				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeFlagsInvalid}
-			case bad >= 0:
+			case bad >= 0 && !cut:
 				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
 			default:
 				sent[k] = true
@@ -444,18 +476,29 @@ func (c *Client) makeRequest() *request {
 	return req
 }
 
-// makeChain draws a linked chain of 2 or 3 plain transfers whose accounts
-// live on one shard: a payment, its fee, and now and then the fee passed
-// on (spent from the credit the chain just gave). Some are built to fail
-// (a leg over the limits, or on another ledger: the whole chain is undone),
-// some have their fee go to an account of another shard (the router
-// refuses the chain). nil if the payer's shard holds no other account of
-// its ledger. Chains stay out of the history that doomed transfers repeat:
-// a leg sent alone would chain whatever follows it.
+// makeChain draws a linked chain of 2 or 3 transfers. On one shard (and
+// always with one shard): plain transfers, a payment, its fee, and now and
+// then the fee passed on (spent from the credit the chain just gave); some
+// have their fee go to an account of another shard (a chain across shards
+// then). Across shards (half of the chains with several shards,
+// makeSpanningChain): plain and pending legs between any accounts of a
+// ledger, served by two-phase commit on the first debit account's shard.
+// Some are built to fail (a leg over the limits, or on another ledger: the
+// whole chain is undone); now and then a chain drawn before is sent again
+// whole. nil if the payer's shard holds no other account of its ledger.
+// Chains stay out of the history that doomed transfers repeat: a leg sent
+// alone would chain whatever follows it.
 func (c *Client) makeChain() []transport.Transfer {
 	w := c.w
 	r := w.rngWork
 	ref := w.ref
+	if len(ref.chains) > 0 && on(r, w.p.DoomP/4) {
+		w.reached["chain sent again"]++
+		return slices.Clone(ref.chains[r.IntN(len(ref.chains))]) // exists, or applied now if it failed before
+	}
+	if w.p.Shards > 1 && on(r, 0.5) {
+		return c.makeSpanningChain()
+	}
 	dr := ref.pick(r, nil)
 	s := w.shardOf(dr.ID)
 	cr, fee := ref.pickOnShard(r, dr, s), ref.pickOnShard(r, dr, s)
@@ -482,6 +525,102 @@ func (c *Client) makeChain() []transport.Transfer {
 		}
 	}
 	legs[len(legs)-1].Flags = 0
+	ref.chains = append(ref.chains, slices.Clone(legs))
+	return legs
+}
+
+// makeSpanningChain draws a chain across shards: 2 or 3 legs between any
+// accounts of one ledger (a payment from an operator or anyone, onward
+// payments), each plain or pending (with a timeout now and then). Some are
+// built to fail on a debit side (far over the payer's limit) or on a credit
+// side (a credit account of another ledger: ledger_mismatch there; or far
+// over the payee's credit limit: exceeds_debits there), now and then with a
+// balancing leg (refused at once by the coordinator: flags_invalid).
+func (c *Client) makeSpanningChain() []transport.Transfer {
+	w := c.w
+	r := w.rngWork
+	ref := w.ref
+	var dr *transport.Account
+	if on(r, 0.4) {
+		dr = &ref.canon[r.IntN(w.p.Ledgers)] // an operator
+	} else {
+		dr = ref.pick(r, nil)
+	}
+	n := 2 + r.IntN(2)
+	var legs []transport.Transfer
+	from := dr
+	for range n {
+		to := ref.pick(r, from)
+		if to.Ledger != from.Ledger {
+			return nil
+		}
+		t := transport.Transfer{ID: c.freshID("x"), DebitAccountID: from.ID, CreditAccountID: to.ID,
+			Ledger: from.Ledger, Code: 1 + uint16(r.IntN(2)), Amount: 1 + r.Uint64N(60), Flags: transport.TransferLinked}
+		if on(r, 0.3) {
+			t.Flags |= transport.TransferPending
+			if w.p.PendingTimeoutMax > 0 && on(r, 0.5) {
+				t.Timeout = 1 + uint32(r.IntN(int(w.p.PendingTimeoutMax)))
+			}
+		}
+		legs = append(legs, t)
+		if on(r, 0.5) {
+			from = to // the payee pays on (from its balance before the chain)
+		}
+	}
+	doomed := on(r, max(w.p.DoomP, 0.2))
+	if doomed {
+		k := r.IntN(len(legs))
+		t := &legs[k]
+		spans := false
+		for _, l := range legs {
+			spans = spans || w.shardOf(l.DebitAccountID) != w.shardOf(legs[0].DebitAccountID) || w.shardOf(l.CreditAccountID) != w.shardOf(l.DebitAccountID)
+		}
+		switch x := r.IntN(7); {
+		case x == 6 && spans:
+			// A balancing leg: refused flags_invalid at once by the
+			// coordinator (plain and pending legs only).
+			t.Flags = t.Flags&transport.TransferLinked | transport.TransferBalancingDebit
+			t.Timeout = 0
+		case x <= 1 && w.p.Ledgers > 1:
+			// A credit account of another ledger: refused on its credit
+			// side.
+			for range 8 {
+				if o := &ref.canon[r.IntN(len(ref.canon))]; o.Ledger != t.Ledger && o.ID != t.DebitAccountID {
+					t.CreditAccountID = o.ID
+					break
+				}
+			}
+		case x == 1 || x == 2:
+			// Far over a credit limit, paid by the ledger's operator:
+			// refused on its credit side if the payee has one.
+			var cands []*transport.Account
+			for i := range ref.canon {
+				if a := &ref.canon[i]; a.Ledger == t.Ledger && a.Flags&transport.AccountCreditsMustNotExceedDebits != 0 {
+					cands = append(cands, a)
+				}
+			}
+			if len(cands) > 0 {
+				t.DebitAccountID = ref.canon[t.Ledger-1].ID
+				t.CreditAccountID = cands[r.IntN(len(cands))].ID
+			}
+			t.Amount = 5_000 + r.Uint64N(100_000)
+		default:
+			t.Amount = 5_000 + r.Uint64N(100_000) // over a limit, if an account has one
+		}
+	}
+	legs[len(legs)-1].Flags &^= transport.TransferLinked
+	for _, t := range legs {
+		if !doomed && t.Flags&transport.TransferPending != 0 {
+			// Posts and voids may name it, as any pending transfer.
+			t.Flags = transport.TransferPending
+			if _, ok := ref.pendingByID[t.ID]; !ok {
+				ref.pendingByID[t.ID] = t
+			}
+			ref.pendings = append(ref.pendings, t)
+		}
+	}
+	w.reached["chain across shards drawn"]++
+	ref.chains = append(ref.chains, slices.Clone(legs))
 	return legs
 }
 

@@ -532,7 +532,7 @@ func (d *dispatcher) send(rows []shard.OutboxRow, now uint64) {
 	var voids []shard.Answer
 	for _, r := range rows {
 		d.sentAt[r.Transfer.ID] = now
-		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.t.g.id}
+		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.t.g.id, Part: r.Part}
 		if w.mut == MutSettlementFireAndForget && r.Transfer.Flags&resolves != 0 {
 			// The bug: a settlement cannot be refused, so it is taken as
 			// landed once sent; a lost message is never sent again.
@@ -651,12 +651,16 @@ func (d *dispatcher) resolve(ans []shard.Answer) {
 	err := d.t.propose(shard.Command{Kind: shard.KindResolve, Answers: ans}, func(out *shard.Output, err error) {
 		if err == nil {
 			d.t.resolved(out.Resolved)
+			if len(out.Reserved) > 0 && !d.t.dead {
+				d.enqueue(out.Reserved) // the next parts of chains go out at once
+			}
 		}
 	})
 	_ = err // the scan resends
 }
 
-// announceForget (its own goroutine in production) tells every other shard,
+// announceForget (its own goroutine in production) tells every shard, itself
+// included (it holds parts of the chains it coordinates),
 // one after the other, the watermark below which all of this shard's
 // attempts are resolved, so their inbox rows can go.
 func (d *dispatcher) announceForget() {
@@ -674,7 +678,8 @@ func (d *dispatcher) announceForget() {
 	next = func(i int) {
 		for ; i < len(w.groups); i++ {
 			to := w.groups[i].id
-			if to == g.id || d.forgot[to] >= below {
+			// Itself too: it holds parts of its own chains.
+			if d.forgot[to] >= below {
 				continue
 			}
 			cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: g.id, Below: below}}

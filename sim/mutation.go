@@ -50,16 +50,18 @@ const (
 	// leaves the outbox before the credit shard applied it, and a lost
 	// message leaves the credit half pending forever.
 	MutSettlementFireAndForget Mutation = "settlement-fire-and-forget"
-	// MutChainsAcrossShardsSent: the router's refuseChains forgets chains
-	// that span shards and sends them cut by shard, as ordinary events: a
-	// shard gets part of a chain (open at the end of its command, or its
-	// last event alone, applied), so a chain is half applied.
-	MutChainsAcrossShardsSent Mutation = "chains-across-shards-sent"
+	// MutChainCutByShard: the router does not send a chain of transfers
+	// across shards whole to its coordinator (the first debit account's
+	// shard, with DebitShards) but cuts it by shard and sends each shard
+	// its piece as an ordinary chain: a piece open at the end of its
+	// command is refused, another applied, so the chain is half applied
+	// (not all or nothing), or its pieces answer inconsistent codes.
+	MutChainCutByShard Mutation = "chain-cut-by-shard"
 )
 
 // Mutations lists every mutation.
 var Mutations = []Mutation{MutVoidOnTimer, MutForgetAboveInflight, MutResolveAnyAttempt, MutRetryAnswersOK, MutReplicaSkip, MutAnswersThroughLoop, MutExpireClockSeconds, MutLookupFromFollower,
-	MutPostOKBeforeSettlement, MutSettlementFireAndForget, MutChainsAcrossShardsSent}
+	MutPostOKBeforeSettlement, MutSettlementFireAndForget, MutChainCutByShard}
 
 // ParseMutation checks a mutation name ("" is none).
 func ParseMutation(s string) (Mutation, error) {

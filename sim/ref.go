@@ -43,6 +43,8 @@ type Ref struct {
 	pendingByID  map[string]transport.Transfer
 	resolutions  []transport.Transfer // posts and voids drawn, for retries
 	resolutionOf map[refKey][]refKey  // (shard, pending id) -> keys of the posts and voids sent there for it
+	// chains: the linked chains drawn (each whole), to be sent again.
+	chains [][]transport.Transfer
 }
 
 type refAccount struct {
@@ -195,7 +197,10 @@ const balancing = transport.TransferBalancingDebit | transport.TransferBalancing
 
 func isBalancing(t *transport.Transfer) bool { return t.Flags&balancing != 0 }
 
-func isPending(t *transport.Transfer) bool { return t.Flags == transport.TransferPending }
+// isPending: a pending transfer, linked or not (a leg of a chain).
+func isPending(t *transport.Transfer) bool {
+	return t.Flags&^transport.TransferLinked == transport.TransferPending
+}
 
 func isResolution(t *transport.Transfer) bool {
 	return t.Flags == transport.TransferPostPendingTransfer || t.Flags == transport.TransferVoidPendingTransfer
@@ -294,7 +299,7 @@ func (ref *Ref) find(ds uint32, t *transport.Transfer) *refVariant {
 // what the model knows then.
 func (ref *Ref) sending(p *part) {
 	for i := range p.cmd.Transfers {
-		v := ref.variant(p.shard, &p.cmd.Transfers[i])
+		v := ref.variant(keyShard(&p.cmd, i, p.shard), &p.cmd.Transfers[i])
 		if v.sent {
 			continue
 		}
@@ -319,7 +324,8 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 	}
 	for i := range cmd.Transfers {
 		t := &cmd.Transfers[i]
-		v := ref.find(to, t)
+		ds := keyShard(cmd, i, to)
+		v := ref.find(ds, t)
 		if v == nil {
 			continue
 		}
@@ -327,7 +333,7 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 		if v.copies > 1 {
 			continue
 		}
-		v.logAtDelivery = ref.w.chk.logLow[to-1]
+		v.logAtDelivery = ref.w.chk.logLow[ds-1]
 		if v.field == transport.CodeOK && !isResolution(t) {
 			if dr := ref.accounts[t.DebitAccountID]; dr != nil {
 				dr.possibleDebits += t.Amount
@@ -337,6 +343,17 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 			}
 		}
 	}
+}
+
+// keyShard is the shard whose ids transfer i of cmd, sent to shard to, is
+// keyed by: its debit shard. A chain across shards goes to its coordinator,
+// with each transfer's debit shard in DebitShards (for every transfer of the
+// command, chained or not).
+func keyShard(cmd *shard.Command, i int, to uint32) uint32 {
+	if len(cmd.DebitShards) == len(cmd.Transfers) {
+		return cmd.DebitShards[i]
+	}
+	return to
 }
 
 func sameAccount(a, b *transport.Account) bool {
@@ -349,18 +366,22 @@ func (ref *Ref) bad(format string, args ...any) { ref.w.fail("reply", format, ar
 // answered it.
 func (ref *Ref) check(call *routerCall) {
 	type sent struct {
-		shard         uint32
+		shard, to     uint32 // the shard its id is keyed by, the one it went to
 		sentAt, logAt uint64
 	}
 	at := make([]sent, len(call.results))
 	for _, p := range call.parts {
-		for _, i := range p.index {
-			at[i] = sent{p.shard, p.sentAt, p.logAt}
+		for j, i := range p.index {
+			ks := p.shard
+			if call.req.kind == shard.KindCreateTransfers {
+				ks = keyShard(&p.cmd, j, p.shard)
+			}
+			at[i] = sent{ks, p.shard, p.sentAt, p.logAt}
 		}
 	}
 	var inChain []bool
 	if call.req.kind == shard.KindCreateTransfers {
-		inChain = ref.checkChains(call, func(i int) uint32 { return at[i].shard })
+		inChain = ref.checkChains(call, func(i int) uint32 { return at[i].to })
 		if ref.w.failure != nil {
 			return
 		}
@@ -387,13 +408,17 @@ func (ref *Ref) check(call *routerCall) {
 // of a chain is flagged linked but the last) as wholes, and reports the
 // events it judged, which the caller leaves alone: the rest are judged one
 // by one. A chain open at the end of the batch answers
-// linked_event_chain_open on each event, from the router; a chain across
-// shards flags_invalid on its first event away from the first one's shard
-// (or with its credit account on another shard) and linked_event_failed on
-// the others, from the router; any other chain goes whole to one shard and
+// linked_event_chain_open on each event, from the router; any other chain
 // is applied all or nothing: ok on every event, exists on every event, or
 // one event's refusal (judged as that event's) and linked_event_failed on
-// the others. sentTo is the shard an event went to (0: none).
+// the others. A chain on one shard goes whole to that shard; a chain across
+// shards (an event on another shard, or a credit account there) to its
+// coordinator, the first debit account's shard, which answers it the same
+// way once its two-phase commit is over (a chain aborted answers retry, and
+// its client sends it again). Where a chain across shards went is not
+// judged here (the router's routing is not the point: what it applied is,
+// and finalChecks judge that too). sentTo is the shard an event went to (0:
+// none).
 func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool {
 	w := ref.w
 	ts, res := call.req.transfers, call.results
@@ -409,40 +434,35 @@ func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool 
 		if w.failure != nil || j-i == 1 && !open {
 			return
 		}
-		bad := -1
-		for k := i; k < j && bad < 0; k++ {
+		spanning := false
+		for k := i; k < j; k++ {
 			if ds := w.shardOf(ts[k].DebitAccountID); ds != w.shardOf(ts[i].DebitAccountID) || w.shardOf(ts[k].CreditAccountID) != ds {
-				bad = k
+				spanning = true
 			}
 		}
 		for k := i; k < j; k++ {
 			judged[k] = true
-			want := transport.CodeLinkedEventFailed
 			switch {
 			case open:
-				want = transport.CodeLinkedEventChainOpen
-			case bad < 0:
+				if s := sentTo(k); s != 0 || res[k].Code != transport.CodeLinkedEventChainOpen {
+					ref.bad("chain %s..%s (open): event %s answered %s by shard %d, want linked_event_chain_open from the router: %v",
+						ts[i].ID, ts[j-1].ID, ts[k].ID, res[k].Code, s, codes(i, j))
+					return
+				}
+			case !spanning:
 				if s := sentTo(k); s != w.shardOf(ts[i].DebitAccountID) {
 					ref.bad("chain %s..%s: event %s answered by shard %d, not sent whole to shard %d: %v", ts[i].ID, ts[j-1].ID, ts[k].ID, s, w.shardOf(ts[i].DebitAccountID), codes(i, j))
 					return
 				}
-				continue
-			case k == bad:
-				want = transport.CodeFlagsInvalid
-			}
-			if s := sentTo(k); s != 0 || res[k].Code != want {
-				ref.bad("chain %s..%s (open %v, across shards from event %d): event %s answered %s by shard %d, want %s from the router: %v",
-					ts[i].ID, ts[j-1].ID, open, bad-i, ts[k].ID, res[k].Code, s, want, codes(i, j))
-				return
 			}
 		}
-		switch {
-		case open:
+		if open {
 			w.reached["chain open at the end of the batch"]++
 			return
-		case bad >= 0:
-			w.reached["chain across shards refused"]++
-			return
+		}
+		prefix := "chain "
+		if spanning {
+			prefix = "chain across shards "
 		}
 		n := j - i
 		count := map[transport.Code]int{}
@@ -455,16 +475,22 @@ func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool 
 		}
 		switch {
 		case count[transport.CodeOK] == n:
-			w.reached["chain ok"]++
+			w.reached[prefix+"ok"]++
 		case count[transport.CodeExists] == n:
-			w.reached["chain exists"]++
+			w.reached[prefix+"exists"]++
 		case count[transport.CodeLinkedEventFailed] == n-1 && res[failing].Code != transport.CodeOK:
-			w.reached["chain linked_event_failed"]++
-			w.reached["chain failed on "+res[failing].Code.String()]++
+			w.reached[prefix+"linked_event_failed"]++
+			w.reached[prefix+"failed on "+res[failing].Code.String()]++
+			// A coordinator refuses a leg that is neither plain nor pending
+			// (its fields valid): judged here, not as a plain transfer.
+			if f := &ts[failing]; spanning && res[failing].Code == transport.CodeFlagsInvalid && fieldCode(f) == transport.CodeOK &&
+				f.Flags&^(transport.TransferLinked|transport.TransferPending) != 0 {
+				return
+			}
 			judged[failing] = false
 			return
 		default:
-			ref.bad("chain %s..%s on shard %d: %v: neither applied as one nor refused as one", ts[i].ID, ts[j-1].ID, sentTo(i), codes(i, j))
+			ref.bad("%s%s..%s on shard %d: %v: neither applied as one nor refused as one", prefix, ts[i].ID, ts[j-1].ID, sentTo(i), codes(i, j))
 			return
 		}
 		for k := i; k < j; k++ {

@@ -141,7 +141,11 @@ var twoPhaseOutcomes = []string{
 	"cross-shard post exists", "cross-shard void exists", "cross-shard post joined its settlement in flight",
 	"cross-shard post pending_transfer_already_posted", "cross-shard void pending_transfer_expired", "cross-shard expired",
 	"chain ok", "chain exists", "chain linked_event_failed", "chain failed on exceeds_credits", "chain failed on ledger_mismatch",
-	"chain across shards refused", "chain open at the end of the batch",
+	"chain open at the end of the batch",
+	"chain across shards ok", "chain across shards exists", "chain across shards linked_event_failed",
+	"chain across shards failed on exceeds_debits", "chain across shards failed on exceeds_credits",
+	"chain across shards pending leg opened", "chain across shards hold aborted", "chain across shards joined in progress",
+	"chain sent again", "forget announced to itself",
 	"balancing ok", "balancing clamped", "balancing across shards refused",
 }
 

@@ -45,6 +45,7 @@ type Stats struct {
 	Pending, PendingPosted        uint64
 	PendingVoided, Expired        uint64
 	Settlements                   uint64 // posts, voids and expiries settled across shards
+	Chains                        uint64 // linked chains across shards begun on their coordinator
 	SimTime                       uint64
 }
 
