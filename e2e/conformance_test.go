@@ -191,7 +191,7 @@ var conformance = []scenario{
 			want:  codes1(transport.CodeOK, transport.CodeOK),
 			after: map[string][4]uint64{"dwallet": {0, 45, 0, 50}, "shop": {0, 0, 0, 45}}},
 	}},
-	{name: "balancing transfers", oneShard: true, steps: []step{
+	{name: "balancing transfers", steps: []step{
 		{name: "accounts", accounts: []transport.Account{ca("dbank", 0), ca("dwallet", 0), ca("shop", 0), ca("dsrc", 0)},
 			want: codes1(transport.CodeOK, transport.CodeOK, transport.CodeOK, transport.CodeOK)},
 		{name: "fund", transfers: []transport.Transfer{tx("fund", "dbank", "dwallet", 70, 0), tx("back", "shop", "dbank", 20, 0),
@@ -206,7 +206,7 @@ var conformance = []scenario{
 			want:  codes1(transport.CodeOK, transport.CodeExceedsDebits, transport.CodeExceedsDebits),
 			after: map[string][4]uint64{"dsrc": {0, 30, 0, 30}, "shop": {0, 20, 0, 70}}},
 	}},
-	{name: "closing transfers", oneShard: true, steps: []step{
+	{name: "closing transfers", steps: []step{
 		{name: "accounts", accounts: []transport.Account{ca("dbank", 0), ca("shop", 0)}, want: codes1(transport.CodeOK, transport.CodeOK)},
 		{name: "close by a pending transfer", transfers: []transport.Transfer{tx("c1", "dbank", "shop", 5, pend|transport.TransferClosingCredit),
 			tx("c2", "dbank", "shop", 1, 0), tx("c3", "dbank", "shop", 1, transport.TransferClosingCredit)},

@@ -100,6 +100,9 @@ type Answer struct {
 	Outcome   Outcome        `msgpack:"o"`
 	Code      transport.Code `msgpack:"c"`  // why refused
 	Timestamp uint64         `msgpack:"ts"` // the credit's timestamp on the credit shard
+	// Amount: what the credit shard credited, when a balancing_credit
+	// clamped it below the amount sent (0: as sent).
+	Amount uint64 `msgpack:"am,omitempty"`
 }
 
 // Forget advances a debit shard's watermark on a credit shard.

@@ -113,3 +113,6 @@ func (s *State) allTransfers() map[string]*transport.Transfer {
 	}
 	return all
 }
+
+// mod returns v changed by f.
+func mod[T any](v T, f func(*T)) T { f(&v); return v }

@@ -238,12 +238,9 @@ func TestBalancingTransfers(t *testing.T) {
 	bcl := xfer("bcl", "closed", "op", 5)
 	bcl.Flags = transport.TransferBalancingDebit
 	wantCodes(t, c.createTransfers(s, 0, bcl), transport.CodeAccountClosed)
-	// A post or void is not balancing; across shards it is not served yet.
+	// A post or void is not balancing (across shards: twophase_remote_test.go).
 	bp := transport.Transfer{ID: "bp", PendingID: "pend", Flags: transport.TransferPostPendingTransfer | transport.TransferBalancingDebit}
 	wantCodes(t, c.createTransfers(s, 0, bp), transport.CodeFlagsInvalid)
-	bx := xfer("bx", "op", "remote", 5)
-	bx.Flags = transport.TransferBalancingDebit
-	wantCodes(t, c.createTransfers(s, 2, bx), transport.CodeFlagsInvalid)
 }
 
 func TestClosingTransfers(t *testing.T) {

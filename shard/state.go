@@ -60,6 +60,7 @@ type InboxRow struct {
 	Outcome    Outcome        `msgpack:"o"`
 	Code       transport.Code `msgpack:"c"`
 	Timestamp  uint64         `msgpack:"ts"`
+	Amount     uint64         `msgpack:"am,omitempty"` // the amount credited, if a balancing_credit clamped it
 }
 
 // New returns the empty state of shard id, with its history in archive (a
@@ -288,10 +289,10 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		return EventResult{Code: transport.CodeDebitAccountNotFound}
 	}
 	if creditShard != s.id {
-		if t.Flags&crossShardRefused != 0 || chained {
-			// Linked, balancing and closing transfers across shards need
-			// messages of their own (issue #3): refused until then, never
-			// half-applied.
+		if chained {
+			// A chain across shards reaches its coordinator with its
+			// debit shards (chains.go); without them (an entry older
+			// than chains across shards) it is refused, never half-applied.
 			return EventResult{Code: transport.CodeFlagsInvalid}
 		}
 		return s.reserve(now, t, dr, creditShard)
@@ -329,12 +330,23 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 
 // reserve is step 1 of a cross-shard transfer: the amount moves to the debit
 // account's debits_pending and an outbox row is written, in the same entry.
+// A balancing_debit is clamped here, on its debit account; a
+// balancing_credit is clamped by the credit shard, which answers the amount
+// it credited, and the rest of the reservation is released at the resolve.
 func (s *State) reserve(now uint64, t *transport.Transfer, dr *transport.Account, creditShard uint32) EventResult {
-	if code := checkAccounts(t, dr, nil); code != transport.CodeOK {
-		return EventResult{Code: code}
+	reserved := *t
+	zero := transport.CodeOK
+	if t.Flags&transport.TransferBalancingDebit != 0 {
+		reserved.Amount = min(t.Amount, headroom(dr.CreditsPosted, dr.DebitsPending, dr.DebitsPosted))
+		if reserved.Amount == 0 {
+			zero = transport.CodeExceedsCredits
+		}
 	}
-	dr.DebitsPending += t.Amount
-	row := &OutboxRow{Transfer: *t, CreditShard: creditShard}
+	if code := checkAccounts(&reserved, dr, nil); code != transport.CodeOK || zero != transport.CodeOK {
+		return EventResult{Code: cmp.Or(code, zero)}
+	}
+	dr.DebitsPending += reserved.Amount
+	row := &OutboxRow{Transfer: reserved, CreditShard: creditShard}
 	row.Transfer.Timestamp = s.tick(now)
 	row.Transfer.State = ""
 	s.outbox[t.ID] = row
@@ -378,9 +390,6 @@ const (
 	resolveFlags   = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
 	balancingFlags = transport.TransferBalancingDebit | transport.TransferBalancingCredit
 	closingFlags   = transport.TransferClosingDebit | transport.TransferClosingCredit
-	// crossShardRefused are the flags a transfer across shards may not have
-	// yet.
-	crossShardRefused = transport.TransferLinked | balancingFlags | closingFlags
 )
 
 // transferFlagsServed reports whether flags are defined and compatible:
@@ -456,7 +465,7 @@ func closeAccounts(p *transport.Transfer, dr, cr *transport.Account, close bool)
 		a    *transport.Account
 	}{{transport.TransferClosingDebit, dr}, {transport.TransferClosingCredit, cr}} {
 		switch {
-		case p.Flags&c.flag == 0:
+		case p.Flags&c.flag == 0 || c.a == nil: // nil: on another shard
 		case close:
 			c.a.Flags |= transport.AccountClosed
 		default:
@@ -543,13 +552,18 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 	case abort:
 		row.Outcome = OutcomeAborted
 	default:
-		row.Outcome, row.Code = OutcomeRefused, s.checkCreditSide(t)
+		credited := *t
+		row.Outcome, row.Code = OutcomeRefused, s.checkCreditSide(&credited)
 		if row.Code == transport.CodeOK {
 			row.Outcome = OutcomeCredited
 			cr := s.accounts[t.CreditAccountID]
 			row.Timestamp = s.tick(now)
-			credited := *t
+			if credited.Amount != t.Amount {
+				row.Amount = credited.Amount // clamped by balancing_credit
+			}
+			t := &credited
 			if t.Flags&transport.TransferPending != 0 {
+				closeAccounts(t, nil, cr, true)
 				cr.CreditsPending += t.Amount
 				credited.State = transport.StatePending
 				s.pendingCredits[key] = &Credit{Transfer: credited, DebitShard: c.DebitShard}
@@ -576,16 +590,28 @@ func inboxKey(debitShard uint32, id string) string {
 	return string(b[:]) + id
 }
 
+// checkCreditSide checks a credit against its account, after clamping the
+// amount of a balancing_credit (t is the shard's own copy).
 func (s *State) checkCreditSide(t *transport.Transfer) transport.Code {
 	cr, ok := s.accounts[t.CreditAccountID]
 	if !ok || t.Amount == 0 {
 		return transport.CodeCreditAccountNotFound
 	}
-	return checkAccounts(t, nil, cr)
+	zero := transport.CodeOK
+	if t.Flags&transport.TransferBalancingCredit != 0 {
+		t.Amount = min(t.Amount, headroom(cr.DebitsPosted, cr.CreditsPending, cr.CreditsPosted))
+		if t.Amount == 0 {
+			zero = transport.CodeExceedsDebits
+		}
+	}
+	if code := checkAccounts(t, nil, cr); code != transport.CodeOK || zero != transport.CodeOK {
+		return cmp.Or(code, zero)
+	}
+	return transport.CodeOK
 }
 
 func (r *InboxRow) answer() Answer {
-	return Answer{ID: r.ID, Attempt: r.Attempt, Outcome: r.Outcome, Code: r.Code, Timestamp: r.Timestamp}
+	return Answer{ID: r.ID, Attempt: r.Attempt, Outcome: r.Outcome, Code: r.Code, Timestamp: r.Timestamp, Amount: r.Amount}
 }
 
 // resolve ends in-flight transfers with their credit shard's answers. An
@@ -617,7 +643,13 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 			panic(fmt.Sprintf("shard %d: outbox row %q reserves %d that its debit account does not hold", s.id, t.ID, t.Amount))
 		}
 		pending := t.Flags&transport.TransferPending != 0
-		if !pending || a.Outcome != OutcomeCredited {
+		amount := t.Amount
+		if a.Outcome == OutcomeCredited && a.Amount != 0 && a.Amount < t.Amount {
+			amount = a.Amount // a balancing_credit clamped on the credit shard
+		}
+		if pending && a.Outcome == OutcomeCredited {
+			dr.DebitsPending -= t.Amount - amount // the rest is released
+		} else {
 			dr.DebitsPending -= t.Amount
 		}
 		// The settlement is an event of its own: the transfer becomes final
@@ -628,8 +660,10 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 		switch a.Outcome {
 		case OutcomeCredited:
 			stored := *t
+			stored.Amount = amount
 			s.stored++
 			if pending {
+				closeAccounts(&stored, dr, nil, true)
 				stored.State = transport.StatePending
 				s.transfers[t.ID] = &stored
 				s.remote[t.ID] = row.CreditShard
@@ -638,7 +672,7 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 				}
 				s.recordTransfer(&stored, false, settled)
 			} else {
-				dr.DebitsPosted += t.Amount
+				dr.DebitsPosted += amount
 				stored.State = transport.StatePosted
 				s.recordTransfer(&stored, true, settled)
 			}

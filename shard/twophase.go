@@ -95,6 +95,8 @@ func (s *State) settle(now uint64, c *Credit) Answer {
 	cr.CreditsPending -= p.Amount
 	if t.Flags&transport.TransferPostPendingTransfer != 0 {
 		cr.CreditsPosted += t.Amount
+	} else {
+		closeAccounts(p, nil, cr, false) // a void or expiry reopens it
 	}
 	delete(s.pendingCredits, key)
 	ans.Timestamp = s.tick(now)
@@ -163,6 +165,7 @@ func (s *State) expire(now uint64, out *Output) {
 			// The credit shard voids its half when the settlement
 			// arrives: a void under the pending transfer's own id.
 			delete(s.remote, id)
+			closeAccounts(p, dr, nil, false)
 			settle := transport.Transfer{ID: id, PendingID: id, Flags: transport.TransferVoidPendingTransfer,
 				DebitAccountID: p.DebitAccountID, CreditAccountID: p.CreditAccountID, Ledger: p.Ledger, Code: p.Code,
 				Amount: p.Amount, Timestamp: ts, State: transport.StateExpired}

@@ -248,3 +248,125 @@ func TestPendingAcrossShardsSurvivesASnapshot(t *testing.T) {
 		Transfers: chained(xfer("plain", "bank", "wallet", 1), resolution("p2", "h-open", transport.TransferPostPendingTransfer, 0))}
 	wantCodes(t, f.c.apply(f.d, cmd).Events[0], transport.CodeLinkedEventFailed, transport.CodeFlagsInvalid)
 }
+
+// Balancing transfers across shards: a balancing_debit is clamped on the
+// debit shard before it is reserved; a balancing_credit on the credit
+// shard, which answers what it credited, and the debit shard releases the
+// rest of its reservation.
+func TestBalancingAcrossShards(t *testing.T) {
+	f := newRemoteFixture(t)
+	bd := xfer("bd", "wallet", "shop", 1000)
+	bd.Flags = transport.TransferBalancingDebit
+	if r := f.send(bd)[0]; !r.InFlight {
+		t.Fatalf("balancing debit: %+v", r)
+	}
+	f.want(f.d, "wallet", [4]uint64{100, 0, 0, 100}) // clamped to the wallet's credits
+	if res := f.deliver(false); len(res) != 1 || res[0].Code != transport.CodeOK {
+		t.Fatalf("balancing debit resolved %+v", res)
+	}
+	f.want(f.d, "wallet", [4]uint64{0, 100, 0, 100})
+	f.want(f.cr, "shop", [4]uint64{0, 0, 0, 100})
+	if got := f.d.LookupTransfers([]string{"bd"}); len(got) != 1 || got[0].Amount != 100 {
+		t.Fatalf("stored %+v", got)
+	}
+	if r := f.send(bd)[0]; r.Code != transport.CodeExists {
+		t.Fatalf("retry: %+v", r)
+	}
+	if r := f.send(mod(bd, func(x *transport.Transfer) { x.ID = "bd2" }))[0]; r.Code != transport.CodeExceedsCredits || r.InFlight {
+		t.Fatalf("nothing left to debit: %+v", r)
+	}
+
+	// capped may be credited up to its debits: 30.
+	mustTransfer(t, f.c, f.cr, xfer("out", "capped", "shop", 30))
+	bc := xfer("bc", "bank", "capped", 1000)
+	bc.Flags = transport.TransferBalancingCredit | transport.TransferPending
+	f.send(bc)
+	f.want(f.d, "bank", [4]uint64{1000, 100, 0, 0}) // reserved in full
+	if res := f.deliver(false); len(res) != 1 || res[0].Code != transport.CodeOK {
+		t.Fatalf("balancing credit resolved %+v", res)
+	}
+	f.want(f.d, "bank", [4]uint64{30, 100, 0, 0}) // the rest released
+	f.want(f.cr, "capped", [4]uint64{0, 30, 30, 0})
+	if got := f.d.LookupTransfers([]string{"bc"}); len(got) != 1 || got[0].Amount != 30 || got[0].State != transport.StatePending {
+		t.Fatalf("stored %+v", got)
+	}
+	f.send(resolution("bcv", "bc", transport.TransferVoidPendingTransfer, 0))
+	f.deliver(false)
+	f.want(f.d, "bank", [4]uint64{0, 100, 0, 0})
+	f.want(f.cr, "capped", [4]uint64{0, 30, 0, 0})
+	bc2 := mod(bc, func(x *transport.Transfer) { x.ID, x.Flags = "bc2", transport.TransferBalancingCredit })
+	f.send(bc2)
+	f.deliver(false)
+	f.want(f.cr, "capped", [4]uint64{0, 30, 0, 30})
+	f.want(f.d, "bank", [4]uint64{0, 130, 0, 0})
+	bc3 := mod(bc2, func(x *transport.Transfer) { x.ID = "bc3" })
+	f.send(bc3)
+	if res := f.deliver(false); len(res) != 1 || res[0].Code != transport.CodeExceedsDebits {
+		t.Fatalf("nothing left to credit: %+v", res)
+	}
+	f.want(f.d, "bank", [4]uint64{0, 130, 0, 0})
+	if l, r := ledgerSums(f.d, f.cr)[1], [2]uint64{}; l[0] != l[1] || l == r {
+		t.Fatalf("ledger 1: %v", l)
+	}
+}
+
+// Closing transfers across shards: each shard closes its own account when
+// the pending transfer holds (the credit shard at the credit, the debit
+// shard at the resolve), and reopens it at a void or an expiry; a post
+// leaves them closed.
+func TestClosingAcrossShards(t *testing.T) {
+	f := newRemoteFixture(t)
+	both := transport.TransferPending | transport.TransferClosingDebit | transport.TransferClosingCredit
+	closed := func(s *State, id string) bool { return account(t, s, id).Flags&transport.AccountClosed != 0 }
+	x := xfer("close", "bank", "shop", 5)
+	x.Flags = both
+	f.send(x)
+	if closed(f.d, "bank") {
+		t.Fatal("closed before the credit shard answered")
+	}
+	f.deliver(false)
+	if !closed(f.d, "bank") || !closed(f.cr, "shop") {
+		t.Fatal("not closed once pending")
+	}
+	if r := f.send(xfer("after", "bank", "capped", 1))[0]; r.Code != transport.CodeAccountClosed {
+		t.Fatalf("debit from a closed account: %+v", r)
+	}
+	f.send(xfer("to-shop", "wallet", "shop", 1))
+	if res := f.deliver(false); len(res) != 1 || res[0].Code != transport.CodeAccountClosed {
+		t.Fatalf("credit to a closed account: %+v", res)
+	}
+	f.send(resolution("reopen", "close", transport.TransferVoidPendingTransfer, 0))
+	if closed(f.d, "bank") {
+		t.Fatal("the void did not reopen the debit account")
+	}
+	f.deliver(false)
+	if closed(f.cr, "shop") {
+		t.Fatal("the void's settlement did not reopen the credit account")
+	}
+	// An expiry reopens both too.
+	y := xfer("close2", "bank", "shop", 5)
+	y.Flags, y.Timeout = both, 1
+	f.send(y)
+	f.deliver(false)
+	f.c.now += 2e9
+	out := f.c.apply(f.d, Command{Kind: KindExpire})
+	f.sent = append(f.sent, out.Reserved...)
+	if len(out.Expired) != 1 || closed(f.d, "bank") {
+		t.Fatalf("expired %v, bank closed %v", out.Expired, closed(f.d, "bank"))
+	}
+	f.deliver(false)
+	if closed(f.cr, "shop") {
+		t.Fatal("the expiry's settlement did not reopen the credit account")
+	}
+	// A post leaves them closed.
+	z := xfer("close3", "bank", "shop", 5)
+	z.Flags = both
+	f.send(z)
+	f.deliver(false)
+	f.send(resolution("keep", "close3", transport.TransferPostPendingTransfer, 0))
+	f.deliver(false)
+	if !closed(f.d, "bank") || !closed(f.cr, "shop") {
+		t.Fatal("a post reopened an account")
+	}
+	f.want(f.cr, "shop", [4]uint64{0, 0, 0, 5})
+}

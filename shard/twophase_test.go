@@ -215,20 +215,6 @@ func TestExpiryIndexSurvivesSnapshot(t *testing.T) {
 	}
 }
 
-// Closing transfers across shards are refused until they are served (the
-// credit shard would have to close its account).
-func TestClosingAcrossShardsIsRefusedUntilServed(t *testing.T) {
-	s, c := twoPhaseFixture(t)
-	before := s.Hash()
-	x := pending("x", "wallet", "remote", 1, 0)
-	x.Flags |= transport.TransferClosingDebit
-	if r := c.createTransfers(s, 2, x); r[0].Code != transport.CodeFlagsInvalid || r[0].InFlight {
-		t.Fatalf("cross-shard closing: %+v", r[0])
-	}
-	if s.Hash() != before {
-		t.Fatal("a refused cross-shard transfer changed the state")
-	}
-}
 
 func TestRetriedResolutionIsExistsWhateverItOmitted(t *testing.T) {
 	s, c := twoPhaseFixture(t)
