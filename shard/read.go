@@ -66,13 +66,16 @@ func (s *State) Totals() []transport.LedgerTotals {
 	return out
 }
 
-// Outbox returns the in-flight transfers, oldest attempt first.
+// Outbox returns the outbox rows, oldest attempt first, then by key (the
+// parts of a chain share its attempt).
 func (s *State) Outbox() []OutboxRow {
 	rows := make([]OutboxRow, 0, len(s.outbox))
 	for _, r := range s.outbox {
 		rows = append(rows, *r)
 	}
-	slices.SortFunc(rows, func(a, b OutboxRow) int { return cmp.Compare(a.Transfer.Timestamp, b.Transfer.Timestamp) })
+	slices.SortFunc(rows, func(a, b OutboxRow) int {
+		return cmp.Or(cmp.Compare(a.Transfer.Timestamp, b.Transfer.Timestamp), cmp.Compare(a.Transfer.ID, b.Transfer.ID))
+	})
 	return rows
 }
 

@@ -625,21 +625,20 @@ func (c *Client) makeSpanningChain() []transport.Transfer {
 }
 
 // makeBalancing turns an ordinary transfer into a balancing one between
-// two accounts of one shard (now and then of two shards: refused
-// flags_invalid), of an amount the shard often clamps. Balancing transfers
-// stay out of the history too: a repeat with a larger amount answers
-// exists, not exists_with_different_fields.
+// two accounts of one shard, of an amount the shard often clamps. Balancing
+// transfers stay out of the history too: a repeat with a larger amount
+// answers exists, not exists_with_different_fields. (Balancing across
+// shards, clamped on the credit shard, is not modelled here yet: the shard
+// unit tests and the conformance table check it.)
 func (c *Client) makeBalancing(t *transport.Transfer) bool {
 	w := c.w
 	r := w.rngWork
 	dr := &w.ref.accounts[t.DebitAccountID].canon
-	if w.p.Shards == 1 || !on(r, 0.1) {
-		cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID))
-		if cr == nil {
-			return false
-		}
-		t.CreditAccountID = cr.ID
+	cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID))
+	if cr == nil {
+		return false
 	}
+	t.CreditAccountID = cr.ID
 	switch x := r.IntN(10); {
 	case x < 6:
 		t.Flags = transport.TransferBalancingDebit

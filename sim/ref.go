@@ -739,11 +739,11 @@ func (ref *Ref) refusalImpossible(v *refVariant, code transport.Code) string {
 			return fmt.Sprintf("its %d acknowledged debits cover every credit ever sent to it (%d) and this one", v.creditDebits, others)
 		}
 	case transport.CodeFlagsInvalid:
-		// Balancing (and linked) transfers across shards are refused.
-		if t.Flags&(balancing|transport.TransferLinked) == 0 || ref.w.shardOf(t.CreditAccountID) == v.key.ds {
+		// Only a chain cut by shard (the mutation) leaves a linked
+		// transfer across shards without its coordinator.
+		if t.Flags&transport.TransferLinked == 0 || ref.w.shardOf(t.CreditAccountID) == v.key.ds {
 			return "its flags are served on one shard"
 		}
-		ref.w.reached["balancing across shards refused"]++
 	default:
 		return "no transfer the workload draws can earn it"
 	}
