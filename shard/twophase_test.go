@@ -215,7 +215,6 @@ func TestExpiryIndexSurvivesSnapshot(t *testing.T) {
 	}
 }
 
-
 func TestRetriedResolutionIsExistsWhateverItOmitted(t *testing.T) {
 	s, c := twoPhaseFixture(t)
 	mustTransfer(t, c, s, pending("h", "wallet", "shop", 20, 0), pending("g", "wallet", "shop", 20, 0))
