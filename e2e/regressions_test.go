@@ -75,7 +75,11 @@ func TestLargestValidTransferBatchIsServed(t *testing.T) {
 // Such a lookup is refused with a specific too_many_events rather than left
 // to time out, and half as many ids are answered.
 func TestLookupWhoseReplyWouldNotFitIsRefusedClearly(t *testing.T) {
-	c := startCluster(t, 1)
+	// 8 MiB of accounts in one batch: under -race on a busy machine it may
+	// outlast the router's default deadline, whose client retry would then
+	// answer exists (as it should): give the first attempt time instead.
+	c := startClusterConfig(t, server.Config{DataDir: t.TempDir(), Shards: 1, RequestDeadline: 25 * time.Second},
+		client.WithRequestTimeout(30*time.Second))
 	meta := map[string]string{"k": strings.Repeat("x", 1000)}
 	accounts := make([]transport.Account, transport.BatchEventsMax)
 	ids := make([]string, len(accounts))

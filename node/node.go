@@ -40,6 +40,9 @@ type Config struct {
 	SagaFault func(to uint32, kind shard.Kind) Fault
 	// Snapshots is every group's snapshot policy (zero: the defaults).
 	Snapshots raftfsm.SnapshotPolicy
+	// BootstrapExpect is the number of nodes that form a new cluster
+	// (discover.go); 0 or 1: this node alone.
+	BootstrapExpect int
 }
 
 // Fault is what happens to one saga message in a fault-injection test.
@@ -58,9 +61,11 @@ type Node struct {
 	log      *slog.Logger
 	mux      *raftmux.Mux
 
-	meta   *raftfsm.Group
-	metaM  *raftfsm.MetaMachine
-	mu     sync.Mutex
+	meta    *raftfsm.Group
+	metaM   *raftfsm.MetaMachine
+	servers []raft.Server // the initial configuration, if this node forms the cluster
+	nodes   *nats.Subscription
+	mu      sync.Mutex
 	shards map[uint32]*shardServer
 	ids    []uint32
 }
@@ -71,8 +76,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if err := refuseSecondCluster(cfg.Conn, transport.Subjects{Prefix: cfg.Prefix}); err != nil {
-		return nil, err
+	if cfg.BootstrapExpect <= 1 {
+		if err := refuseSecondCluster(cfg.Conn, transport.Subjects{Prefix: cfg.Prefix}); err != nil {
+			return nil, err
+		}
 	}
 	var adv net.Addr
 	if cfg.RaftAdvertise != "" {
@@ -86,10 +93,28 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg: cfg, nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix},
 		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
 	}
-	n.meta, err = n.openGroup(metaGroupID, "meta", n.metaM, n.serveMeta)
-	if err != nil {
+	self := transport.NodeInfo{ID: cfg.NodeID, RaftAddr: mux.Addr().String()}
+	if n.nodes, err = n.answerNodes(self, nil); err != nil {
 		mux.Close()
 		return nil, err
+	}
+	if n.servers, err = n.initialServers(ctx, self); err != nil {
+		_ = n.nodes.Unsubscribe()
+		mux.Close()
+		return nil, err
+	}
+	n.meta, err = n.openGroup(metaGroupID, "meta", n.metaM, n.serveMeta)
+	if err != nil {
+		_ = n.nodes.Unsubscribe()
+		mux.Close()
+		return nil, err
+	}
+	if n.servers == nil {
+		// Restarted: a shard group that never got its first entry
+		// bootstraps with the cluster's configuration, the meta group's.
+		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
+			n.servers = f.Configuration().Servers
+		}
 	}
 	slots, err := n.waitSlotMap(ctx)
 	if err != nil {
@@ -150,7 +175,7 @@ func (n *Node) openGroup(id uint32, dir string, m raftfsm.Machine, onLeader func
 		Dir:       filepath.Join(n.cfg.DataDir, dir),
 		NodeID:    n.cfg.NodeID,
 		Transport: trans,
-		Servers:   []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeID), Address: trans.LocalAddr()}},
+		Servers:   n.servers,
 		Machine:   m,
 		Logger:    n.log,
 		OnLeader:  onLeader,
@@ -260,8 +285,11 @@ func (n *Node) Ready() bool {
 	return true
 }
 
-// Close stops every group; what was acknowledged is on disk already.
+// Close stops every group; what was acknowledged is on disk already. A
+// group this node leads hands its leadership to another voter first, so the
+// cluster does not wait out an election timeout.
 func (n *Node) Close() error {
+	n.transferLeadership()
 	n.mu.Lock()
 	shards := n.shards
 	n.shards = map[uint32]*shardServer{}
@@ -273,8 +301,51 @@ func (n *Node) Close() error {
 	if n.meta != nil {
 		errs = append(errs, n.meta.Shutdown())
 	}
+	if n.nodes != nil {
+		_ = n.nodes.Unsubscribe()
+	}
 	errs = append(errs, n.mux.Close())
 	return errors.Join(errs...)
+}
+
+// leadershipTransferMax bounds each group's leadership transfer at Close.
+const leadershipTransferMax = 5 * time.Second
+
+// transferLeadership hands every group this node leads to another voter,
+// all groups at once.
+func (n *Node) transferLeadership() {
+	n.mu.Lock()
+	groups := []*raftfsm.Group{n.meta}
+	for _, s := range n.shards {
+		groups = append(groups, s.g)
+	}
+	n.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		if g == nil {
+			continue
+		}
+		r := g.Raft()
+		if r.State() != raft.Leader || len(r.GetConfiguration().Configuration().Servers) < 2 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := r.LeadershipTransfer()
+			done := make(chan error, 1)
+			go func() { done <- f.Error() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					n.log.Warn("leadership transfer", "err", err)
+				}
+			case <-time.After(leadershipTransferMax):
+				n.log.Warn("leadership transfer timed out")
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // advertiseAddr is the address peers dial, as configured.

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -40,9 +41,16 @@ type Config struct {
 	NATSURL       string // external NATS; overrides NATSListen
 	RaftListen    string
 	RaftAdvertise string
-	Shards        uint32
-	Prefix        string
-	Logger        *slog.Logger
+	// NATSClusterListen and NATSRoutes join the embedded NATS server to
+	// the other nodes' (embedNATS).
+	NATSClusterListen string
+	NATSRoutes        []string
+	// BootstrapExpect: the number of nodes that form a new cluster
+	// (node.Config.BootstrapExpect).
+	BootstrapExpect int
+	Shards          uint32
+	Prefix          string
+	Logger          *slog.Logger
 	// RequestDeadline bounds one client request in the router (0:
 	// router.DefaultRequestDeadline).
 	RequestDeadline time.Duration
@@ -85,7 +93,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if s.secret, err = randomSecret(); err != nil {
 			return nil, err
 		}
-		if s.ns, err = embedNATS(cfg.NATSListen, cfg.Prefix, s.secret); err != nil {
+		if s.ns, err = embedNATS(cfg, s.secret); err != nil {
 			return nil, err
 		}
 		s.url = s.ns.ClientURL()
@@ -106,7 +114,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.node, err = node.Start(ctx, node.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
-		Snapshots: cfg.Snapshots,
+		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect,
 	})
 	if err != nil {
 		return nil, err
@@ -150,7 +158,13 @@ func clientPermissions(prefix string) *natsserver.Permissions {
 
 // embedNATS starts a NATS server on addr with the protocol's max payload.
 // Connections without credentials are clients, with clientPermissions.
-func embedNATS(addr, prefix, secret string) (*natsserver.Server, error) {
+//
+// With NATSClusterListen the server also listens for the other nodes' NATS
+// servers and dials NATSRoutes: one NATS cluster, in which every node's
+// subscriptions (shard leaders, routers) are reachable from every node. The
+// cluster port carries no authentication: keep it on the nodes' network.
+func embedNATS(cfg Config, secret string) (*natsserver.Server, error) {
+	addr, prefix := cfg.NATSListen, cfg.Prefix
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
@@ -169,8 +183,8 @@ func embedNATS(addr, prefix, secret string) (*natsserver.Server, error) {
 		}
 		l.Close()
 	}
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		ServerName: "ledgerd", Host: host, Port: port,
+	opts := &natsserver.Options{
+		ServerName: "ledgerd-" + cfg.NodeID, Host: host, Port: port,
 		MaxPayload: transport.MessageBytesMax, MaxPending: 4 * transport.MessageBytesMax,
 		NoSigs: true, NoLog: true,
 		Users: []*natsserver.User{
@@ -178,7 +192,29 @@ func embedNATS(addr, prefix, secret string) (*natsserver.Server, error) {
 			{Username: "client", Permissions: clientPermissions(prefix)},
 		},
 		NoAuthUser: "client",
-	})
+	}
+	if cfg.NATSClusterListen != "" {
+		ch, cp, err := net.SplitHostPort(cfg.NATSClusterListen)
+		if err != nil {
+			return nil, fmt.Errorf("nats cluster listen address %q: %w", cfg.NATSClusterListen, err)
+		}
+		port, err := strconv.Atoi(cp)
+		if err != nil {
+			return nil, fmt.Errorf("nats cluster listen port %q: %w", cp, err)
+		}
+		opts.Cluster = natsserver.ClusterOpts{Name: "ledgerd-" + prefix, Host: ch, Port: port}
+		var routes []string
+		for _, r := range cfg.NATSRoutes {
+			if !strings.Contains(r, "://") {
+				r = "nats://" + r
+			}
+			routes = append(routes, r)
+		}
+		opts.Routes = natsserver.RoutesFromStr(strings.Join(routes, ","))
+	} else if len(cfg.NATSRoutes) > 0 {
+		return nil, errors.New("--nats-routes needs --nats-cluster-listen")
+	}
+	ns, err := natsserver.NewServer(opts)
 	if err != nil {
 		return nil, err
 	}

@@ -25,3 +25,13 @@ func (s Subjects) Shard(id uint32) string {
 
 // Meta is the internal subject served by the leader of the meta group.
 func (s Subjects) Meta() string { return s.Prefix + ".internal.meta" }
+
+// Nodes is the internal subject on which nodes find each other: a request
+// carries the asker's NodeInfo, and every node answers with its own.
+func (s Subjects) Nodes() string { return s.Prefix + ".internal.nodes" }
+
+// NodeInfo is what a node tells the others about itself.
+type NodeInfo struct {
+	ID       string `msgpack:"id"`
+	RaftAddr string `msgpack:"raft"`
+}

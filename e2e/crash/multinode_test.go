@@ -1,0 +1,380 @@
+package crash
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/nats-io/nats.go"
+)
+
+// TestThreeNodesSurviveKillingALeader: three ledgerd processes on loopback
+// form one cluster (--bootstrap-expect 3, embedded NATS joined by routes),
+// every group replicated on the three. Transfers, same-shard and across
+// shards, are acknowledged; the node leading shard 1 is killed with
+// SIGKILL while clients go on through the other nodes; the shard fails over
+// and serves again; the node restarts from its data and rejoins. Once the
+// cluster is quiet every acknowledged transfer is there, once, and the
+// balances are their sums. SIGTERM then stops each node cleanly.
+func TestThreeNodesSurviveKillingALeader(t *testing.T) {
+	rng := crashRNG(t, 0x3a0de)
+	mc := newMultiCluster(t, 3, 2)
+	for i := range mc.nodes {
+		mc.launch(i)
+	}
+	for i := range mc.nodes {
+		mc.waitReady(i)
+	}
+	nc, c := mc.connect()
+	defer nc.Close()
+	fast := client.New(nc, client.WithRequestTimeout(250*time.Millisecond))
+
+	st := mc.status(c)
+	ids := accountsPerShard(t, st, 3)
+	var accounts []transport.Account
+	for _, id := range ids {
+		accounts = append(accounts, newAccount(id, 0))
+	}
+	ctx, cancel := reqCtx()
+	if res, err := c.CreateAccounts(ctx, accounts); err != nil || !allOK(res) {
+		t.Fatalf("accounts: %v %v", err, res)
+	}
+	cancel()
+	acked := map[string]transport.Transfer{}
+	next := 0
+	batch := func() []transport.Transfer {
+		var xs []transport.Transfer
+		for range 20 {
+			next++
+			d, cr := ids[rng.IntN(len(ids))], ids[rng.IntN(len(ids))]
+			for cr == d {
+				cr = ids[rng.IntN(len(ids))]
+			}
+			xs = append(xs, newTransfer(fmt.Sprintf("m-%d", next), d, cr, 1+uint64(rng.IntN(100))))
+		}
+		return xs
+	}
+	// send retries a batch (same ids) until it is answered, and records it.
+	send := func(xs []transport.Transfer) {
+		deadline := time.Now().Add(2 * quietGuard)
+		for {
+			ctx, cancel := reqCtx()
+			res, err := c.CreateTransfers(ctx, xs)
+			cancel()
+			if err == nil {
+				for i, r := range res {
+					if r.Code != transport.CodeOK && r.Code != transport.CodeExists {
+						t.Fatalf("transfer %s: %v", xs[i].ID, r.Code)
+					}
+					acked[xs[i].ID] = xs[i]
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("batch never answered: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for range 10 {
+		send(batch())
+	}
+
+	// Kill the leader of shard 1, measure until a transfer on shard 1
+	// commits again, restart the node; again (LEDGERD_FAILOVERS times, 3 by
+	// default).
+	kills := 3
+	if v := os.Getenv("LEDGERD_FAILOVERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("LEDGERD_FAILOVERS=%q", v)
+		}
+		kills = n
+	}
+	var failovers []time.Duration
+	for k := range kills {
+		victim := -1
+		for _, s := range mc.status(c).Shards {
+			if s.ID == st.Shards[0].ID {
+				victim = mc.index(s.Leader)
+			}
+		}
+		if victim < 0 {
+			t.Fatal("shard 1 has no leader")
+		}
+		mc.kill(victim)
+		killed := time.Now()
+		// The probe resends every 250 ms, so that a request lost with the
+		// killed node's router costs 250 ms, not the client's timeout.
+		probe := newTransfer(fmt.Sprintf("after-kill-%d", k), ids[0], ids[1], 1) // both on shard 1
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+			res, err := fast.CreateTransfers(ctx, []transport.Transfer{probe})
+			cancel()
+			if err == nil && (res[0].Code == transport.CodeOK || res[0].Code == transport.CodeExists) {
+				break
+			}
+			if time.Since(killed) > quietGuard {
+				t.Fatalf("shard %d not served %v after its leader was killed: %v %v", st.Shards[0].ID, quietGuard, res, err)
+			}
+		}
+		failovers = append(failovers, time.Since(killed))
+		acked[probe.ID] = probe
+		for range 5 {
+			send(batch())
+		}
+		mc.launch(victim)
+		mc.waitReady(victim)
+		send(batch())
+	}
+	slices.Sort(failovers)
+	t.Logf("failover of shard %d over %d kills of its leader (SIGKILL to the first transfer committed on it): p50 %v, p99 %v, max %v",
+		st.Shards[0].ID, kills, failovers[len(failovers)/2].Round(time.Millisecond),
+		failovers[min(len(failovers)-1, len(failovers)*99/100)].Round(time.Millisecond), failovers[len(failovers)-1].Round(time.Millisecond))
+	mc.waitQuiet(c)
+
+	// Every acknowledged transfer is there once; balances are their sums.
+	var idsAcked []string
+	want := map[string][2]uint64{}
+	for id, x := range acked {
+		idsAcked = append(idsAcked, id)
+		d, cr := want[x.DebitAccountID], want[x.CreditAccountID]
+		d[0] += x.Amount
+		cr[1] += x.Amount
+		want[x.DebitAccountID], want[x.CreditAccountID] = d, cr
+	}
+	found := lookupTransfers(t, c, idsAcked)
+	for id, x := range acked {
+		if got, ok := found[id]; !ok || !sameTransfer(got, x) {
+			t.Errorf("acknowledged %s: found %+v", id, got)
+		}
+	}
+	for id, a := range lookupAccounts(t, c, ids) {
+		if w := want[id]; a.DebitsPosted != w[0] || a.CreditsPosted != w[1] || a.DebitsPending != 0 || a.CreditsPending != 0 {
+			t.Errorf("%s: %+v, the acknowledged transfers give debits %d, credits %d", id, a, w[0], w[1])
+		}
+	}
+	for i := range mc.nodes {
+		mc.stop(i)
+	}
+}
+
+type multiNode struct {
+	id                              string
+	natsAddr, clusterAddr, raftAddr string
+	dataDir                         string
+	cur                             *process
+	runs                            []*process
+}
+
+type multiCluster struct {
+	t      *testing.T
+	bin    string
+	shards int
+	nodes  []*multiNode
+}
+
+func newMultiCluster(t *testing.T, n, shards int) *multiCluster {
+	mc := &multiCluster{t: t, bin: buildLedgerd(t), shards: shards}
+	dir := t.TempDir()
+	for i := range n {
+		mc.nodes = append(mc.nodes, &multiNode{
+			id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(t), clusterAddr: freePort(t), raftAddr: freePort(t),
+			dataDir: filepath.Join(dir, fmt.Sprintf("node-%d", i+1)),
+		})
+	}
+	t.Cleanup(mc.cleanup)
+	return mc
+}
+
+func (mc *multiCluster) index(id string) int {
+	return slices.IndexFunc(mc.nodes, func(n *multiNode) bool { return n.id == id })
+}
+
+// launch starts node i without waiting for it: a forming cluster is ready
+// only once every node runs.
+func (mc *multiCluster) launch(i int) {
+	n := mc.nodes[i]
+	var routes []string
+	for _, o := range mc.nodes {
+		if o != n {
+			routes = append(routes, o.clusterAddr)
+		}
+	}
+	lw := &logWriter{ready: make(chan struct{})}
+	cmd := exec.Command(mc.bin,
+		"--node-id", n.id, "--data-dir", n.dataDir,
+		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
+		"--raft-listen", n.raftAddr, "--bootstrap-expect", fmt.Sprint(len(mc.nodes)),
+		"--shards", fmt.Sprint(mc.shards), "--log-level", "info",
+	)
+	cmd.Env = childEnv()
+	cmd.Stdout, cmd.Stderr = lw, lw
+	if err := cmd.Start(); err != nil {
+		mc.t.Fatalf("start %s: %v", n.id, err)
+	}
+	p := &process{cmd: cmd, log: lw, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	n.cur = p
+	n.runs = append(n.runs, p)
+}
+
+func (mc *multiCluster) waitReady(i int) {
+	mc.t.Helper()
+	n := mc.nodes[i]
+	select {
+	case <-n.cur.log.ready:
+	case <-n.cur.exited:
+		mc.t.Fatalf("%s exited before ready: %v\n%s", n.id, n.cur.waitErr, n.cur.log.tail(30))
+	case <-time.After(readyGuard):
+		mc.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.tail(30))
+	}
+}
+
+func (mc *multiCluster) kill(i int) {
+	mc.t.Helper()
+	p := mc.nodes[i].cur
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(exitGuard):
+		mc.t.Fatalf("%s did not die after SIGKILL", mc.nodes[i].id)
+	}
+	mc.nodes[i].cur = nil
+}
+
+// stop sends SIGTERM and expects a clean exit after "stopping".
+func (mc *multiCluster) stop(i int) {
+	mc.t.Helper()
+	n := mc.nodes[i]
+	p := n.cur
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(exitGuard):
+		mc.t.Fatalf("%s did not exit %v after SIGTERM", n.id, exitGuard)
+	}
+	n.cur = nil
+	if p.waitErr != nil || !p.log.contains("stopping") {
+		mc.t.Errorf("%s after SIGTERM: %v (logged stopping: %v)", n.id, p.waitErr, p.log.contains("stopping"))
+	}
+}
+
+func (mc *multiCluster) cleanup() {
+	for _, n := range mc.nodes {
+		if p := n.cur; p != nil {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+	for _, n := range mc.nodes {
+		for r, p := range n.runs {
+			for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
+				if p.log.contains(bad) {
+					mc.t.Errorf("%s run %d logged %q", n.id, r+1, bad)
+				}
+			}
+			if mc.t.Failed() {
+				mc.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.tail(40))
+			}
+		}
+	}
+}
+
+// connect connects to every node's NATS: the client reconnects to another
+// when one dies.
+func (mc *multiCluster) connect() (*nats.Conn, *client.Client) {
+	var urls []string
+	for _, n := range mc.nodes {
+		urls = append(urls, "nats://"+n.natsAddr)
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.Timeout(5*time.Second))
+	if err != nil {
+		mc.t.Fatalf("connect: %v", err)
+	}
+	return nc, client.New(nc)
+}
+
+func (mc *multiCluster) status(c *client.Client) *transport.StatusReply {
+	mc.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := c.Status(ctx)
+		cancel()
+		ok := err == nil && len(st.Shards) == mc.shards
+		for _, s := range st.Shards {
+			ok = ok && s.Error == "" && s.Leader != ""
+		}
+		if ok {
+			return st
+		}
+		if time.Now().After(deadline) {
+			mc.t.Fatalf("no status with every shard led after %v: %v %+v", quietGuard, err, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitQuiet waits until every shard has a leader and empty outbox and inbox.
+func (mc *multiCluster) waitQuiet(c *client.Client) {
+	mc.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		st := mc.status(c)
+		quiet := true
+		for _, s := range st.Shards {
+			quiet = quiet && s.OutboxDepth == 0 && s.InboxDepth == 0
+		}
+		if quiet {
+			return
+		}
+		if time.Now().After(deadline) {
+			mc.t.Fatalf("not quiet after %v: %+v", quietGuard, st.Shards)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// accountsPerShard returns n account ids on each shard, shard by shard in
+// the status's order.
+func accountsPerShard(t *testing.T, st *transport.StatusReply, n int) []string {
+	index := map[uint16]int{}
+	for i, s := range st.Shards {
+		for _, slot := range s.Slots {
+			index[slot] = i
+		}
+	}
+	per := make([][]string, len(st.Shards))
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("mn-%d", i)
+		if s := index[transport.Slot(id)]; len(per[s]) < n {
+			per[s] = append(per[s], id)
+		}
+		done := true
+		for _, p := range per {
+			done = done && len(p) == n
+		}
+		if done {
+			break
+		}
+	}
+	var ids []string
+	for _, p := range per {
+		ids = append(ids, p...)
+	}
+	return ids
+}

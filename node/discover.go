@@ -1,0 +1,101 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/nats-io/nats.go"
+)
+
+// Forming a cluster. A node with no data bootstraps every group with the
+// same initial configuration as every other node: with BootstrapExpect n
+// > 1, the n nodes that find each other on the Nodes subject, sorted by id;
+// alone, itself. A node with data never bootstraps again (restarts are
+// safe): its groups' configurations are in their logs.
+
+// discoverEvery is how often a forming node asks who is there.
+const discoverEvery = 200 * time.Millisecond
+
+// answerNodes answers every node's Nodes request with this node's info for
+// as long as the node runs, so a node that starts late still finds every
+// peer; it records the askers in seen.
+func (n *Node) answerNodes(self transport.NodeInfo, seen func(transport.NodeInfo)) (*nats.Subscription, error) {
+	b, err := transport.Marshal(&self)
+	if err != nil {
+		return nil, err
+	}
+	return n.nc.Subscribe(n.subjects.Nodes(), func(msg *nats.Msg) {
+		var asker transport.NodeInfo
+		if transport.Unmarshal(msg.Data, &asker) == nil && asker.ID != "" && seen != nil {
+			seen(asker)
+		}
+		_ = msg.Respond(b)
+	})
+}
+
+// initialServers returns the servers every group bootstraps with, or nil
+// if this node has data already.
+func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]raft.Server, error) {
+	if _, err := os.Stat(filepath.Join(n.cfg.DataDir, "meta", "raft.db")); err == nil {
+		return nil, nil
+	}
+	if n.cfg.BootstrapExpect <= 1 {
+		return []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(self.ID), Address: raft.ServerAddress(self.RaftAddr)}}, nil
+	}
+	found := map[string]transport.NodeInfo{self.ID: self}
+	inbox := nats.NewInbox()
+	replies, err := n.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer replies.Unsubscribe()
+	ask, err := transport.Marshal(&self)
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTicker(discoverEvery)
+	defer t.Stop()
+	for {
+		if err := n.nc.PublishRequest(n.subjects.Nodes(), inbox, ask); err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(discoverEvery)
+		for {
+			msg, err := replies.NextMsg(time.Until(deadline))
+			if err != nil {
+				break // the round is over
+			}
+			var peer transport.NodeInfo
+			if transport.Unmarshal(msg.Data, &peer) == nil && peer.ID != "" {
+				if old, ok := found[peer.ID]; ok && old.RaftAddr != peer.RaftAddr {
+					return nil, fmt.Errorf("two nodes named %q (Raft %s and %s): node ids must be unique", peer.ID, old.RaftAddr, peer.RaftAddr)
+				}
+				found[peer.ID] = peer
+			}
+		}
+		switch {
+		case len(found) > n.cfg.BootstrapExpect:
+			return nil, fmt.Errorf("found %d nodes (%v), more than --bootstrap-expect %d: refusing to form a cluster", len(found), slices.Sorted(maps.Keys(found)), n.cfg.BootstrapExpect)
+		case len(found) == n.cfg.BootstrapExpect:
+			var servers []raft.Server
+			for _, id := range slices.Sorted(maps.Keys(found)) {
+				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(found[id].RaftAddr)})
+			}
+			n.log.Info("forming the cluster", "nodes", slices.Sorted(maps.Keys(found)))
+			return servers, nil
+		}
+		n.log.Info("waiting for nodes to form the cluster", "found", len(found), "expect", n.cfg.BootstrapExpect)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for %d nodes (found %v): %w", n.cfg.BootstrapExpect, slices.Sorted(maps.Keys(found)), ctx.Err())
+		case <-t.C:
+		}
+	}
+}
