@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 )
@@ -98,4 +99,33 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 		case <-t.C:
 		}
 	}
+}
+
+// answerStatus answers the NodesStatus subject with this node's view of
+// every group, for as long as the node runs.
+func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error) {
+	return n.nc.Subscribe(n.subjects.NodesStatus(), func(msg *nats.Msg) {
+		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Health: "up", RaftAddr: self.RaftAddr}
+		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				st.Voters = append(st.Voters, string(s.ID))
+			}
+		}
+		n.mu.Lock()
+		groups := []*raftfsm.Group{n.meta}
+		for _, id := range n.ids {
+			groups = append(groups, n.shards[id].g)
+		}
+		n.mu.Unlock()
+		for _, g := range groups {
+			r := g.Raft()
+			st.Groups = append(st.Groups, transport.GroupStatus{
+				ID: g.ID(), State: r.State().String(), Term: r.CurrentTerm(), LastIndex: r.LastIndex(), AppliedIndex: r.AppliedIndex(),
+			})
+		}
+		b, err := transport.Marshal(&st)
+		if err == nil {
+			_ = msg.Respond(b)
+		}
+	})
 }

@@ -65,6 +65,8 @@ type Node struct {
 	metaM   *raftfsm.MetaMachine
 	servers []raft.Server // the initial configuration, if this node forms the cluster
 	nodes   *nats.Subscription
+	status  *nats.Subscription
+	cancel  context.CancelFunc // stops the background loops
 	mu      sync.Mutex
 	shards map[uint32]*shardServer
 	ids    []uint32
@@ -144,6 +146,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.ids = append(n.ids, id)
 		n.mu.Unlock()
 	}
+	if n.status, err = n.answerStatus(self); err != nil {
+		n.Close()
+		return nil, err
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	go n.balanceLeaders(bg)
 	return n, nil
 }
 
@@ -289,6 +298,9 @@ func (n *Node) Ready() bool {
 // group this node leads hands its leadership to another voter first, so the
 // cluster does not wait out an election timeout.
 func (n *Node) Close() error {
+	if n.cancel != nil {
+		n.cancel()
+	}
 	n.transferLeadership()
 	n.mu.Lock()
 	shards := n.shards
@@ -301,8 +313,10 @@ func (n *Node) Close() error {
 	if n.meta != nil {
 		errs = append(errs, n.meta.Shutdown())
 	}
-	if n.nodes != nil {
-		_ = n.nodes.Unsubscribe()
+	for _, sub := range []*nats.Subscription{n.nodes, n.status} {
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
 	}
 	errs = append(errs, n.mux.Close())
 	return errors.Join(errs...)

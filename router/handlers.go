@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -369,11 +371,20 @@ func (r *Router) status(ctx context.Context, _ []byte) any {
 		out.Shards[i] = *reply.Status
 		return nil
 	})
-	seen := map[string]bool{}
-	for _, s := range out.Shards {
-		if s.Leader != "" && !seen[s.Leader] {
-			seen[s.Leader] = true
-			out.Nodes = append(out.Nodes, transport.NodeStatus{ID: s.Leader, Version: Version})
+	out.Nodes = r.nodeStatuses(ctx)
+	for i := range out.Shards {
+		sh := &out.Shards[i]
+		for _, n := range out.Nodes {
+			for _, g := range n.Groups {
+				if g.ID != sh.ID {
+					continue
+				}
+				rep := transport.ReplicaStatus{Node: n.ID, State: g.State, AppliedIndex: g.AppliedIndex}
+				if sh.AppliedIndex > g.AppliedIndex {
+					rep.Lag = sh.AppliedIndex - g.AppliedIndex
+				}
+				sh.Replicas = append(sh.Replicas, rep)
+			}
 		}
 	}
 	return &out
@@ -381,6 +392,55 @@ func (r *Router) status(ctx context.Context, _ []byte) any {
 
 // accountTransfers asks the account's shard for its history. The credit
 // halves of cross-shard transfers are listed there too, when credited.
+// How long the router collects the nodes' status answers: until none came
+// for nodesQuiet after the last, at most nodesWaitMax.
+const (
+	nodesQuiet   = 100 * time.Millisecond
+	nodesWaitMax = time.Second
+)
+
+// nodeStatuses asks every node for its status. A node of the cluster's
+// configuration that did not answer is listed unreachable.
+func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
+	out := []transport.NodeStatus{}
+	inbox := r.nc.NewRespInbox()
+	sub, err := r.nc.SubscribeSync(inbox)
+	if err != nil {
+		return out
+	}
+	defer sub.Unsubscribe()
+	if err := r.nc.PublishRequest(r.subjects.NodesStatus(), inbox, nil); err != nil {
+		return out
+	}
+	voters := map[string]bool{}
+	end := time.Now().Add(nodesWaitMax)
+	for wait := nodesWaitMax; ; wait = min(nodesQuiet, time.Until(end)) {
+		if ctx.Err() != nil || wait <= 0 {
+			break
+		}
+		msg, err := sub.NextMsg(wait)
+		if err != nil {
+			break
+		}
+		var n transport.NodeStatus
+		if transport.Unmarshal(msg.Data, &n) != nil || n.ID == "" {
+			continue
+		}
+		out = append(out, n)
+		for _, v := range n.Voters {
+			voters[v] = true
+		}
+	}
+	for _, n := range out {
+		delete(voters, n.ID)
+	}
+	for v := range voters {
+		out = append(out, transport.NodeStatus{ID: v, Health: "unreachable"})
+	}
+	slices.SortFunc(out, func(a, b transport.NodeStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
 func (r *Router) accountTransfers(ctx context.Context, body []byte) any {
 	reply, err := r.history(ctx, body, shard.OpAccountTransfers)
 	if err != nil {

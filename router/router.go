@@ -30,8 +30,6 @@ const (
 	requestsInFlightMax = 4096
 	// slotMapRefresh is how often the slot map is fetched again.
 	slotMapRefresh = 5 * time.Second
-	// Version is the micro service version.
-	Version = "0.1.0"
 )
 
 // Config configures a router.
@@ -80,7 +78,7 @@ func Start(cfg Config) (*Router, error) {
 	}
 	svc, err := micro.AddService(cfg.Conn, micro.Config{
 		Name:        "ledger",
-		Version:     Version,
+		Version:     transport.Version,
 		Description: "ledgerd client API (PROTOCOL.md v1)",
 		QueueGroup:  "ledger-router",
 	})

@@ -30,6 +30,10 @@ func (s Subjects) Meta() string { return s.Prefix + ".internal.meta" }
 // carries the asker's NodeInfo, and every node answers with its own.
 func (s Subjects) Nodes() string { return s.Prefix + ".internal.nodes" }
 
+// NodesStatus is the internal subject every node answers with its
+// NodeStatus (not a queue group: all answer).
+func (s Subjects) NodesStatus() string { return s.Prefix + ".internal.nodes.status" }
+
 // NodeInfo is what a node tells the others about itself.
 type NodeInfo struct {
 	ID       string `msgpack:"id"`

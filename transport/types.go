@@ -96,10 +96,39 @@ type StatusReply struct {
 	Error  *Error        `msgpack:"error,omitempty" json:"error,omitempty"`
 }
 
-// NodeStatus describes one ledgerd process.
+// Version is the version of ledgerd and of its protocol's micro service.
+const Version = "0.1.0"
+
+// NodeStatus describes one ledgerd process, as it answers on the Nodes
+// status subject; a configured node that did not answer is listed with
+// Health "unreachable" and nothing else.
 type NodeStatus struct {
-	ID      string `msgpack:"id" json:"id"`
-	Version string `msgpack:"version" json:"version"`
+	ID       string        `msgpack:"id" json:"id"`
+	Version  string        `msgpack:"version" json:"version"`
+	Health   string        `msgpack:"health" json:"health"` // "up" or "unreachable"
+	RaftAddr string        `msgpack:"raft,omitempty" json:"raft,omitempty"`
+	Groups   []GroupStatus `msgpack:"groups,omitempty" json:"groups,omitempty"`
+	// Voters: the node ids of the cluster's configuration (its meta group's)
+	// as this node knows it.
+	Voters []string `msgpack:"voters,omitempty" json:"voters,omitempty"`
+}
+
+// GroupStatus is one Raft group as one node sees it.
+type GroupStatus struct {
+	ID           uint32 `msgpack:"id" json:"id"`       // 0: the meta group; shards from 1
+	State        string `msgpack:"state" json:"state"` // Leader, Follower, Candidate
+	Term         uint64 `msgpack:"term" json:"term"`
+	LastIndex    uint64 `msgpack:"last_index" json:"last_index"`
+	AppliedIndex uint64 `msgpack:"applied_index" json:"applied_index"`
+}
+
+// ReplicaStatus is one replica of a shard: its node, its Raft state, and
+// how many entries it has applied fewer than the leader.
+type ReplicaStatus struct {
+	Node         string `msgpack:"node" json:"node"`
+	State        string `msgpack:"state" json:"state"`
+	AppliedIndex uint64 `msgpack:"applied_index" json:"applied_index"`
+	Lag          uint64 `msgpack:"lag" json:"lag"`
 }
 
 // ShardStatus describes one shard as its leader sees it.
@@ -121,6 +150,9 @@ type ShardStatus struct {
 	Ledgers        []LedgerTotals `msgpack:"ledgers" json:"ledgers"`
 	LedgersOmitted uint32         `msgpack:"ledgers_omitted,omitempty" json:"ledgers_omitted,omitempty"`
 	Error          string         `msgpack:"error,omitempty" json:"error,omitempty"`
+	// Replicas: every node that answered with this shard's group, in node
+	// order (filled by the router from the nodes' answers).
+	Replicas []ReplicaStatus `msgpack:"replicas,omitempty" json:"replicas,omitempty"`
 }
 
 // LedgerTotals sums one ledger's balances over a shard's accounts.

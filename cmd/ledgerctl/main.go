@@ -73,7 +73,7 @@ func newRootCmd(a *app) *cobra.Command {
 	pf.StringVar(&a.prefix, "prefix", transport.DefaultPrefix, "subject prefix of the cluster")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "give up a request after this long, retries included (bench: per batch)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newAccountCmd(a), newTransferCmd(a), newStatusCmd(a), newBenchCmd(a))
+	root.AddCommand(newAccountCmd(a), newTransferCmd(a), newStatusCmd(a), newNodesCmd(a), newBenchCmd(a))
 	return root
 }
 

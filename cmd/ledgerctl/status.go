@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -113,22 +114,89 @@ func conservation(st *transport.StatusReply) []ledgerBalance {
 }
 
 func statusTable(w io.Writer, v statusView) {
-	fmt.Fprintln(w, "SHARD\tLEADER\tTERM\tCOMMIT\tAPPLIED\tSLOTS\tACCOUNTS\tTRANSFERS\tOUTBOX\tINBOX")
+	fmt.Fprintln(w, "SHARD\tLEADER\tTERM\tCOMMIT\tAPPLIED\tSLOTS\tACCOUNTS\tTRANSFERS\tOUTBOX\tINBOX\tREPLICAS (lag)")
 	for _, s := range v.Shards {
-		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.ID, s.Leader, s.Term, s.CommitIndex, s.AppliedIndex,
-			len(s.Slots), s.Accounts, s.Transfers, s.OutboxDepth, s.InboxDepth)
+		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", s.ID, s.Leader, s.Term, s.CommitIndex, s.AppliedIndex,
+			len(s.Slots), s.Accounts, s.Transfers, s.OutboxDepth, s.InboxDepth, replicas(s.Replicas))
 	}
 	for _, s := range v.Shards {
 		if s.Error != "" {
 			fmt.Fprintf(w, "shard %d: %s\n", s.ID, s.Error)
 		}
 	}
-	fmt.Fprintln(w, "\nNODE\tVERSION")
-	for _, n := range v.Nodes {
-		fmt.Fprintf(w, "%s\t%s\n", n.ID, n.Version)
-	}
+	fmt.Fprintln(w)
+	nodesTable(w, v.Nodes)
 	fmt.Fprintln(w, "\nLEDGER\tDEBITS_POSTED\tCREDITS_POSTED\tDEBITS_PENDING\tCREDITS_PENDING\tCONSERVATION")
 	for _, l := range v.Ledgers {
 		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%d\t%s\n", l.Ledger, l.DebitsPosted, l.CreditsPosted, l.DebitsPending, l.CreditsPending, l.Conservation)
+	}
+}
+
+// replicas lists a shard's replicas as node(lag), the leader marked *.
+func replicas(rs []transport.ReplicaStatus) string {
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(r.Node)
+		if r.State == "Leader" {
+			b.WriteByte('*')
+		}
+		fmt.Fprintf(&b, "(%d)", r.Lag)
+	}
+	return b.String()
+}
+
+// nodesTable lists the nodes: health, Raft address, and how many groups
+// each leads and follows.
+func nodesTable(w io.Writer, nodes []transport.NodeStatus) {
+	fmt.Fprintln(w, "NODE\tVERSION\tHEALTH\tRAFT\tLEADS\tFOLLOWS\tGROUPS (state/term/applied)")
+	for _, n := range nodes {
+		leads, follows := 0, 0
+		var groups []string
+		for _, g := range n.Groups {
+			switch g.State {
+			case "Leader":
+				leads++
+			case "Follower":
+				follows++
+			}
+			name := fmt.Sprintf("shard-%d", g.ID)
+			if g.ID == 0 {
+				name = "meta"
+			}
+			groups = append(groups, fmt.Sprintf("%s:%s/%d/%d", name, strings.ToLower(g.State), g.Term, g.AppliedIndex))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Version, n.Health, n.RaftAddr, leads, follows, strings.Join(groups, " "))
+	}
+}
+
+func newNodesCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "nodes",
+		Short: "List the cluster's nodes, their health and the groups each leads or follows",
+		Long: `List the cluster's nodes: every node that answered (health up) with its Raft
+address and its view of every group (state, term, applied index), and every
+node of the cluster's configuration that did not answer (unreachable). Exits
+non-zero when a node is unreachable.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if err := a.print(st.Nodes, func(w io.Writer) { nodesTable(w, st.Nodes) }); err != nil {
+					return err
+				}
+				for _, n := range st.Nodes {
+					if n.Health != "up" {
+						return errReported
+					}
+				}
+				return nil
+			})
+		},
 	}
 }

@@ -47,19 +47,23 @@ func TestConservationComparesPostedSumsOnlyWithEmptyOutboxes(t *testing.T) {
 func TestStatusTableShowsShardsNodesAndLedgers(t *testing.T) {
 	st := twoShards()
 	st.Shards[1].Error = "no leader"
+	st.Shards[0].Replicas = []transport.ReplicaStatus{{Node: "node-0", State: "Leader", AppliedIndex: 9}, {Node: "node-1", State: "Follower", AppliedIndex: 7, Lag: 2}}
+	st.Nodes[0].Health, st.Nodes[0].RaftAddr = "up", "10.0.0.1:7400"
+	st.Nodes[0].Groups = []transport.GroupStatus{{ID: 0, State: "Leader", Term: 2, AppliedIndex: 5}, {ID: 1, State: "Follower", Term: 3, AppliedIndex: 20}}
+	st.Nodes[1] = transport.NodeStatus{ID: "node-1", Health: "unreachable"}
 	a, out := testApp("table")
 	v := statusView{StatusReply: st, Ledgers: conservation(st)}
 	if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
 		t.Fatal(err)
 	}
-	want := `SHARD  LEADER  TERM  COMMIT  APPLIED  SLOTS  ACCOUNTS  TRANSFERS  OUTBOX  INBOX
-0      node-0  2     10      9        3      4         7          0       0
-1      node-1  3     20      20       1      2         1          0       1
+	want := `SHARD  LEADER  TERM  COMMIT  APPLIED  SLOTS  ACCOUNTS  TRANSFERS  OUTBOX  INBOX  REPLICAS (lag)
+0      node-0  2     10      9        3      4         7          0       0      node-0*(0) node-1(2)
+1      node-1  3     20      20       1      2         1          0       1      
 shard 1: no leader
 
-NODE    VERSION
-node-0  v1
-node-1  v1
+NODE    VERSION  HEALTH       RAFT           LEADS  FOLLOWS  GROUPS (state/term/applied)
+node-0  v1       up           10.0.0.1:7400  1      1        meta:leader/2/5 shard-1:follower/3/20
+node-1           unreachable                 0      0        
 
 LEDGER  DEBITS_POSTED  CREDITS_POSTED  DEBITS_PENDING  CREDITS_PENDING  CONSERVATION
 1       10             10              0               0                unknown

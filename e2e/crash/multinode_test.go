@@ -130,6 +130,17 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 		}
 		failovers = append(failovers, time.Since(killed))
 		acked[probe.ID] = probe
+		if k == 0 { // the status lists the dead node unreachable
+			var health string
+			for _, n := range mc.status(c).Nodes {
+				if n.ID == mc.nodes[victim].id {
+					health = n.Health
+				}
+			}
+			if health != "unreachable" {
+				t.Errorf("killed %s: status says %q, want unreachable", mc.nodes[victim].id, health)
+			}
+		}
 		for range 5 {
 			send(batch())
 		}
@@ -163,6 +174,35 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 		if w := want[id]; a.DebitsPosted != w[0] || a.CreditsPosted != w[1] || a.DebitsPending != 0 || a.CreditsPending != 0 {
 			t.Errorf("%s: %+v, the acknowledged transfers give debits %d, credits %d", id, a, w[0], w[1])
 		}
+	}
+	// Leaders spread: three groups (meta and two shards) over three nodes,
+	// one each, so the two shards are led by different nodes. Every node
+	// is up and holds a replica of each shard, none lagging at rest.
+	deadline := time.Now().Add(quietGuard)
+	for {
+		st := mc.status(c)
+		spread := st.Shards[0].Leader != st.Shards[1].Leader
+		up := 0
+		for _, n := range st.Nodes {
+			if n.Health == "up" && len(n.Groups) == 1+mc.shards {
+				up++
+			}
+		}
+		caughtUp := true
+		for _, s := range st.Shards {
+			caughtUp = caughtUp && len(s.Replicas) == len(mc.nodes)
+			for _, r := range s.Replicas {
+				caughtUp = caughtUp && r.Lag == 0
+			}
+		}
+		if spread && up == len(mc.nodes) && caughtUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: shards led by %s and %s, %d nodes up, replicas %+v %+v", quietGuard,
+				st.Shards[0].Leader, st.Shards[1].Leader, up, st.Shards[0].Replicas, st.Shards[1].Replicas)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	for i := range mc.nodes {
 		mc.stop(i)
