@@ -68,8 +68,8 @@ type Node struct {
 	status  *nats.Subscription
 	cancel  context.CancelFunc // stops the background loops
 	mu      sync.Mutex
-	shards map[uint32]*shardServer
-	ids    []uint32
+	shards  map[uint32]*shardServer
+	ids     []uint32
 }
 
 // Start opens the meta group, waits for the slot map, then opens every
