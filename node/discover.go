@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/raftfsm"
+	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 )
@@ -46,6 +47,9 @@ func (n *Node) answerNodes(self transport.NodeInfo, seen func(transport.NodeInfo
 func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]raft.Server, error) {
 	if _, err := os.Stat(filepath.Join(n.cfg.DataDir, "meta", "raft.db")); err == nil {
 		return nil, nil
+	}
+	if n.cfg.Join {
+		return nil, nil // added to every group by its leader
 	}
 	if n.cfg.BootstrapExpect <= 1 {
 		return []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(self.ID), Address: raft.ServerAddress(self.RaftAddr)}}, nil
@@ -128,4 +132,43 @@ func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error)
 			_ = msg.Respond(b)
 		}
 	})
+}
+
+// joinTimeout bounds one AddVoter.
+const joinTimeout = 10 * time.Second
+
+// joinReply adds the node in data (a transport.NodeInfo) to g as a voter;
+// the leader calls it for a joining node's request. Adding a voter that is
+// one already changes nothing.
+func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
+	var peer transport.NodeInfo
+	if err := transport.Unmarshal(data, &peer); err != nil || peer.ID == "" || peer.RaftAddr == "" {
+		return &shard.Reply{Invalid: fmt.Sprintf("join: bad node info (%v)", err)}
+	}
+	if err := g.Raft().AddVoter(raft.ServerID(peer.ID), raft.ServerAddress(peer.RaftAddr), 0, joinTimeout).Error(); err != nil {
+		return &shard.Reply{Retry: "join: " + err.Error()}
+	}
+	return &shard.Reply{}
+}
+
+// join asks the leader of group id (on subject) to add this node, until it
+// has.
+func (n *Node) join(ctx context.Context, subject string, id uint32, self transport.NodeInfo) error {
+	for {
+		var reply shard.Reply
+		err := n.request(ctx, subject, shard.OpJoin, &self, &reply)
+		switch {
+		case err == nil && reply.Invalid != "":
+			return fmt.Errorf("join group %d: %s", id, reply.Invalid)
+		case err == nil && reply.Retry == "":
+			n.log.Info("joined", "group", id)
+			return nil
+		}
+		n.log.Info("joining: retrying", "group", id, "err", err, "retry", reply.Retry)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join group %d: %w", id, ctx.Err())
+		case <-time.After(discoverEvery):
+		}
+	}
 }

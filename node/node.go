@@ -43,6 +43,9 @@ type Config struct {
 	// BootstrapExpect is the number of nodes that form a new cluster
 	// (discover.go); 0 or 1: this node alone.
 	BootstrapExpect int
+	// Join adds this node, if it has no data, to the cluster running on
+	// this NATS: every group's leader adds it as a voter.
+	Join bool
 }
 
 // Fault is what happens to one saga message in a fault-injection test.
@@ -78,7 +81,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.BootstrapExpect <= 1 {
+	if cfg.BootstrapExpect <= 1 && !cfg.Join {
 		if err := refuseSecondCluster(cfg.Conn, transport.Subjects{Prefix: cfg.Prefix}); err != nil {
 			return nil, err
 		}
@@ -111,7 +114,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		mux.Close()
 		return nil, err
 	}
-	if n.servers == nil {
+	joining := cfg.Join && n.servers == nil && n.meta.Raft().LastIndex() == 0
+	if joining {
+		if err := n.join(ctx, n.subjects.Meta(), metaGroupID, self); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	if n.servers == nil && !joining {
 		// Restarted: a shard group that never got its first entry
 		// bootstraps with the cluster's configuration, the meta group's.
 		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
@@ -145,6 +155,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.shards[id] = s
 		n.ids = append(n.ids, id)
 		n.mu.Unlock()
+		if joining {
+			if err := n.join(ctx, n.subjects.Shard(id), id, self); err != nil {
+				n.Close()
+				return nil, err
+			}
+		}
 	}
 	if n.status, err = n.answerStatus(self); err != nil {
 		n.Close()
@@ -222,6 +238,10 @@ func (n *Node) serveMeta(ctx context.Context) {
 		n.log.Debug("created slot map", "shards", shards)
 	}
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
+		if msg.Header.Get(shard.OpHeader) == shard.OpJoin {
+			go respond(msg, joinReply(n.meta, msg.Data))
+			return
+		}
 		m := n.metaM.SlotMap()
 		b, _ := transport.Marshal(&m)
 		_ = msg.Respond(b)

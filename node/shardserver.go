@@ -219,6 +219,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 				s.handleLookup(msg)
 			}
 		}()
+	case shard.OpJoin:
+		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
 	default:
 		respond(msg, &shard.Reply{Invalid: "unknown op"})
 	}

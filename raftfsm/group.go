@@ -138,7 +138,7 @@ func Open(cfg GroupConfig) (*Group, error) {
 		store.Close()
 		return nil, err
 	}
-	if !existing {
+	if !existing && len(cfg.Servers) > 0 { // none: a joining node, added by the leader
 		if err := raft.BootstrapCluster(rc, logs, store, snaps, cfg.Transport, raft.Configuration{Servers: cfg.Servers}); err != nil {
 			store.Close()
 			return nil, fmt.Errorf("group %d: bootstrap: %w", cfg.ID, err)

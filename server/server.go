@@ -46,8 +46,10 @@ type Config struct {
 	NATSClusterListen string
 	NATSRoutes        []string
 	// BootstrapExpect: the number of nodes that form a new cluster
-	// (node.Config.BootstrapExpect).
+	// (node.Config.BootstrapExpect); Join: add this new node to the
+	// running cluster (node.Config.Join).
 	BootstrapExpect int
+	Join            bool
 	Shards          uint32
 	Prefix          string
 	Logger          *slog.Logger
@@ -114,7 +116,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.node, err = node.Start(ctx, node.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
-		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect,
+		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect, Join: cfg.Join,
 	})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,9 @@ const (
 	OpAccountBalances  = "account_balances"
 	// OpStatus: no body.
 	OpStatus = "status"
+	// OpJoin: the body is a transport.NodeInfo; the leader adds that node
+	// to its group as a voter (a node joining the cluster).
+	OpJoin = "join"
 )
 
 // Reply answers every request on a shard's subject.

@@ -25,7 +25,9 @@ import (
 // SIGKILL while clients go on through the other nodes; the shard fails over
 // and serves again; the node restarts from its data and rejoins. Once the
 // cluster is quiet every acknowledged transfer is there, once, and the
-// balances are their sums. SIGTERM then stops each node cleanly.
+// balances are their sums; the leaders spread over the nodes; a fourth node
+// joins (--join) and becomes a caught-up replica of every shard. SIGTERM
+// then stops each node cleanly.
 func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 	rng := crashRNG(t, 0x3a0de)
 	mc := newMultiCluster(t, 3, 2)
@@ -204,6 +206,33 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// A fourth node joins the running cluster: every group adds it, and it
+	// catches up.
+	mc.add(true)
+	mc.launch(3)
+	mc.waitReady(3)
+	send(batch())
+	deadline = time.Now().Add(quietGuard)
+	for {
+		st := mc.status(c)
+		joined := true
+		for _, s := range st.Shards {
+			n := 0
+			for _, r := range s.Replicas {
+				if r.Lag == 0 {
+					n++
+				}
+			}
+			joined = joined && n == 4
+		}
+		if joined {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node-4 not a caught-up replica of every shard after %v: %+v", quietGuard, st.Shards)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for i := range mc.nodes {
 		mc.stop(i)
 	}
@@ -213,6 +242,7 @@ type multiNode struct {
 	id                              string
 	natsAddr, clusterAddr, raftAddr string
 	dataDir                         string
+	join                            bool
 	cur                             *process
 	runs                            []*process
 }
@@ -220,21 +250,31 @@ type multiNode struct {
 type multiCluster struct {
 	t      *testing.T
 	bin    string
+	dir    string
 	shards int
 	nodes  []*multiNode
+	formed int // the nodes that formed the cluster (--bootstrap-expect)
 }
 
 func newMultiCluster(t *testing.T, n, shards int) *multiCluster {
 	mc := &multiCluster{t: t, bin: buildLedgerd(t), shards: shards}
 	dir := t.TempDir()
-	for i := range n {
-		mc.nodes = append(mc.nodes, &multiNode{
-			id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(t), clusterAddr: freePort(t), raftAddr: freePort(t),
-			dataDir: filepath.Join(dir, fmt.Sprintf("node-%d", i+1)),
-		})
+	mc.dir, mc.formed = dir, n
+	for range n {
+		mc.add(false)
 	}
 	t.Cleanup(mc.cleanup)
 	return mc
+}
+
+// add adds a node to the test's list; join: it joins the running cluster
+// instead of forming it.
+func (mc *multiCluster) add(join bool) {
+	i := len(mc.nodes)
+	mc.nodes = append(mc.nodes, &multiNode{
+		id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(mc.t), clusterAddr: freePort(mc.t), raftAddr: freePort(mc.t),
+		dataDir: filepath.Join(mc.dir, fmt.Sprintf("node-%d", i+1)), join: join,
+	})
 }
 
 func (mc *multiCluster) index(id string) int {
@@ -255,9 +295,13 @@ func (mc *multiCluster) launch(i int) {
 	cmd := exec.Command(mc.bin,
 		"--node-id", n.id, "--data-dir", n.dataDir,
 		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
-		"--raft-listen", n.raftAddr, "--bootstrap-expect", fmt.Sprint(len(mc.nodes)),
-		"--shards", fmt.Sprint(mc.shards), "--log-level", "info",
+		"--raft-listen", n.raftAddr, "--shards", fmt.Sprint(mc.shards), "--log-level", "info",
 	)
+	if n.join {
+		cmd.Args = append(cmd.Args, "--join")
+	} else {
+		cmd.Args = append(cmd.Args, "--bootstrap-expect", fmt.Sprint(mc.formed))
+	}
 	cmd.Env = childEnv()
 	cmd.Stdout, cmd.Stderr = lw, lw
 	if err := cmd.Start(); err != nil {
