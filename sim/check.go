@@ -97,6 +97,17 @@ type resv struct {
 	resolved bool
 	decision shard.Outcome // the credit shard's first decision
 	code     transport.Code
+	// answered: the amount the credit shard's first decision credited,
+	// when a balancing_credit clamped it (0: as sent, t.Amount).
+	answered uint64
+}
+
+// amount is what the attempt moves once credited.
+func (rv *resv) amount() uint64 {
+	if rv.answered != 0 {
+		return rv.answered
+	}
+	return rv.t.Amount
 }
 
 func newChecker(w *World) *Checker {
@@ -204,7 +215,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				touched = append(touched, p.t.DebitAccountID)
 			case e.InFlight && !e.Retry:
 				key := resvKey{g.id, t.ID, e.Attempt}
-				if t.Flags&^transport.TransferPending != 0 {
+				if t.Flags&^(transport.TransferPending|balancing) != 0 {
 					c.bad("two-phase", "%s: %s (flags %d) went in flight", what(), t.ID, t.Flags)
 					return
 				}
@@ -217,28 +228,37 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				if reserved >= len(out.Reserved) || out.Reserved[reserved].Transfer.ID != t.ID ||
 					out.Reserved[reserved].Transfer.Timestamp != e.Attempt || out.Reserved[reserved].CreditShard != cs ||
-					!sameFields(&out.Reserved[reserved].Transfer, t) {
+					!sameOrClamped(&out.Reserved[reserved].Transfer, t) {
 					c.bad("output", "%s: %s reserved without its outbox row in Output.Reserved", what(), t.ID)
+					return
+				}
+				// A balancing_debit is clamped before it is reserved: the
+				// row carries the amount reserved.
+				amount := out.Reserved[reserved].Transfer.Amount
+				if isBalancing(t) && !c.balancingDebit(g, cmd, events, i, st, amount, what) {
 					return
 				}
 				reserved++
 				w.stats.CrossShard++
 				rv := &resv{t: *t, ds: g.id, cs: cs}
-				rv.t.Timestamp = e.Attempt
+				rv.t.Timestamp, rv.t.Amount = e.Attempt, amount
 				c.resv[key] = rv
 				c.open[g.id][key] = rv
-				c.reserved[t.Ledger] += t.Amount
-				d(t.Ledger).debitsPending += int64(t.Amount)
+				c.reserved[t.Ledger] += amount
+				d(t.Ledger).debitsPending += int64(amount)
 				stamps = append(stamps, e.Attempt)
 				touched = append(touched, t.DebitAccountID)
 			case e.InFlight:
 				rv := c.open[g.id][resvKey{g.id, t.ID, e.Attempt}]
-				if rv == nil || !sameFields(&rv.t, t) && !c.repeatsSettlement(g, rv, t) {
+				if rv == nil || !sameOrClamped(&rv.t, t) && !c.repeatsSettlement(g, rv, t) {
 					c.bad("saga", "%s: %s joined attempt %d, which is not in flight with these fields", what(), t.ID, e.Attempt)
 					return
 				}
 				if rv.settle {
 					w.reached["cross-shard "+resolutionKind(isPost(t))+" joined its settlement in flight"]++
+				}
+				if isBalancing(t) && rv.t.Amount < t.Amount {
+					w.reached["balancing across shards joined its clamped reservation"]++
 				}
 			case e.Code == transport.CodeOK && isPending(t):
 				if cs != g.id {
@@ -280,6 +300,11 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				stamps = append(stamps, e.Timestamp)
 				touched = append(touched, p.t.DebitAccountID, p.t.CreditAccountID)
+			case e.Code == transport.CodeExceedsCredits && t.Flags&transport.TransferBalancingDebit != 0 && t.Flags&transport.TransferLinked == 0:
+				// Refused only when it would move nothing.
+				if !c.noRoom(g, cmd, events, i, st, t.DebitAccountID, what) {
+					return
+				}
 			case e.Code == transport.CodePendingTransferExpired:
 				if p := c.pending[g.id-1][t.PendingID]; p != nil && p.state == transport.StatePending {
 					w.reached["refused expired before its expiry entry"]++
@@ -341,12 +366,19 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				continue
 			}
 			if rv.decision != 0 {
-				if a.Outcome != rv.decision || a.Code != rv.code {
-					c.bad("saga", "%s: %s attempt %d answered %d/%s, decided %d/%s before (first writer wins)", what(), key.id, key.attempt, a.Outcome, a.Code, rv.decision, rv.code)
+				if a.Outcome != rv.decision || a.Code != rv.code || a.Amount != rv.answered {
+					c.bad("saga", "%s: %s attempt %d answered %d/%s amount %d, decided %d/%s amount %d before (first writer wins)",
+						what(), key.id, key.attempt, a.Outcome, a.Code, a.Amount, rv.decision, rv.code, rv.answered)
 				}
 				continue
 			}
 			rv.decision, rv.code = a.Outcome, a.Code
+			if a.Amount != 0 && (a.Outcome != shard.OutcomeCredited || rv.settle || rv.t.Flags&transport.TransferBalancingCredit == 0 || a.Amount >= rv.t.Amount) {
+				c.bad("balancing", "%s: %s attempt %d (flags %d, amount %d) answered %d/%s with amount %d: only a balancing_credit clamped below the amount sent answers one",
+					what(), key.id, key.attempt, rv.t.Flags, rv.t.Amount, a.Outcome, a.Code, a.Amount)
+				return
+			}
+			rv.answered = a.Amount
 			if rv.settle {
 				// A post, void or expiry decided on the debit side: the
 				// credit shard applies it, even as an abort.
@@ -373,7 +405,15 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				rv.credited = true
 				c.landed[idKey{key.ds, key.id}] = true
-				if isPending(&rv.t) {
+				amount := rv.amount()
+				if rv.t.Flags&transport.TransferBalancingCredit != 0 {
+					// Clamped on the credit shard to what its credit
+					// account allows.
+					if !c.balancingCredit(g, cmd, answers, i, st, rv, what) {
+						return
+					}
+				}
+				if holds(&rv.t) {
 					// The credit half of a pending transfer across shards:
 					// held pending until its settlement.
 					hk := idKey{key.ds, key.id}
@@ -381,13 +421,15 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 						c.bad("two-phase", "%s: pending %s of shard %d credited again (attempt %d) while attempt %d is held", what(), key.id, key.ds, key.attempt, rel(h.t.Timestamp))
 						return
 					}
-					c.held[hk] = &heldCredit{t: rv.t, cs: g.id, open: true}
-					c.creditsHeld[rv.t.Ledger] += rv.t.Amount
-					d(rv.t.Ledger).creditsPending += int64(rv.t.Amount)
+					h := &heldCredit{t: rv.t, cs: g.id, open: true}
+					h.t.Amount = amount
+					c.held[hk] = h
+					c.creditsHeld[rv.t.Ledger] += amount
+					d(rv.t.Ledger).creditsPending += int64(amount)
 				} else {
-					d(rv.t.Ledger).creditsPosted += int64(rv.t.Amount)
+					d(rv.t.Ledger).creditsPosted += int64(amount)
 					if !rv.resolved {
-						c.creditedInFlight[rv.t.Ledger] += rv.t.Amount
+						c.creditedInFlight[rv.t.Ledger] += amount
 					}
 				}
 				stamps = append(stamps, a.Timestamp)
@@ -395,6 +437,13 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			case shard.OutcomeRefused:
 				if abort || a.Code == transport.CodeOK {
 					c.bad("saga", "%s: %s refused with %s by an abort=%v", what(), key.id, a.Code, abort)
+				}
+				if a.Code == transport.CodeExceedsDebits && rv.t.Flags&transport.TransferBalancingCredit != 0 {
+					// Refused only when it would credit nothing.
+					w.reached["balancing across shards refused exceeds_debits on the credit shard"]++
+					if !c.creditNoRoom(g, cmd, answers, i, st, rv.t.CreditAccountID, what) {
+						return
+					}
 				}
 			case shard.OutcomeAborted:
 				if !abort {
@@ -457,20 +506,27 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			dl.debitsPending -= int64(rv.t.Amount)
 			touched = append(touched, rv.t.DebitAccountID)
 			posted := !r.Aborted && r.Code == transport.CodeOK
+			// What the credit shard credited (a balancing_credit may have
+			// clamped it): the rest of the reservation is released.
+			amount := rv.amount()
+			if posted && isBalancing(&rv.t) && !c.balancingResolved(g, rv, r, st, what) {
+				return
+			}
 			switch {
 			case posted && !rv.credited:
 				c.bad("saga", "%s: %s attempt %d posted its debit without a credit: money destroyed", what(), r.ID, r.Attempt)
-			case posted && isPending(&rv.t):
+			case posted && holds(&rv.t):
 				// The pending transfer opens on the debit side: the
-				// reservation stays as its debits_pending.
+				// reservation stays as its debits_pending (what was
+				// credited of it).
 				if !c.openRemote(g, rv, r, what) {
 					return
 				}
-				dl.debitsPending += int64(rv.t.Amount)
+				dl.debitsPending += int64(amount)
 			case posted:
 				w.stats.Posted++
-				dl.debitsPosted += int64(rv.t.Amount)
-				c.creditedInFlight[rv.t.Ledger] -= rv.t.Amount
+				dl.debitsPosted += int64(amount)
+				c.creditedInFlight[rv.t.Ledger] -= amount
 			case rv.credited:
 				c.bad("saga", "%s: %s attempt %d voided although its credit was applied: money created", what(), r.ID, r.Attempt)
 			default:
@@ -670,9 +726,10 @@ func (c *Checker) openRemote(g *Group, rv *resv, r shard.Resolved, what func() s
 	}
 	c.w.stats.Pending++
 	p := &pendingRec{t: *t, state: transport.StatePending, remote: rv.cs}
+	p.t.Amount = rv.amount()
 	p.deadline = deadline(t, t.Timestamp)
 	c.pending[g.id-1][t.ID] = p
-	c.pendingOpen[t.Ledger] += t.Amount
+	c.pendingOpen[t.Ledger] += p.t.Amount
 	if p.deadline != 0 && p.deadline <= c.logHigh[g.id-1] {
 		c.w.reached["cross-shard pending opened past its deadline"]++
 	}
@@ -970,13 +1027,8 @@ func (c *Checker) balancing(g *Group, cmd *shard.Command, events []shard.EventRe
 	if clamped {
 		c.w.reached["balancing clamped"]++
 	}
-	for k := i + 1; k < len(cmd.Transfers); k++ {
-		u := &cmd.Transfers[k]
-		if (events[k].Code == transport.CodeOK || events[k].InFlight) &&
-			(u.Flags&resolves != 0 || slices.Contains([]string{u.DebitAccountID, u.CreditAccountID}, t.DebitAccountID) ||
-				slices.Contains([]string{u.DebitAccountID, u.CreditAccountID}, t.CreditAccountID)) {
-			return f.Amount // its accounts moved since
-		}
+	if movedLater(cmd, events, i, t.DebitAccountID, t.CreditAccountID) {
+		return f.Amount // its accounts moved since
 	}
 	as := st.LookupAccounts([]string{t.DebitAccountID, t.CreditAccountID})
 	if len(as) != 2 {
@@ -1066,4 +1118,146 @@ func (c *Checker) chains(cmd *shard.Command, events []shard.EventResult, remote 
 		}
 	})
 	return ok
+}
+
+// movedLater: an event of cmd after event i applied or went in flight and
+// may have moved one of the accounts ids (on this shard).
+func movedLater(cmd *shard.Command, events []shard.EventResult, i int, ids ...string) bool {
+	for k := i + 1; k < len(cmd.Transfers); k++ {
+		u := &cmd.Transfers[k]
+		if (events[k].Code == transport.CodeOK || events[k].InFlight) &&
+			(u.Flags&resolves != 0 || slices.Contains(ids, u.DebitAccountID) || slices.Contains(ids, u.CreditAccountID)) {
+			return true
+		}
+	}
+	return false
+}
+
+// creditedLater: a credit of cmd after credit i was applied and may have
+// moved account id (a part of a chain may move any).
+func creditedLater(cmd *shard.Command, answers []shard.Answer, i int, id string) bool {
+	for k := i + 1; k < len(cmd.Credits); k++ {
+		if cmd.Credits[k].Part != nil || answers[k].Outcome == shard.OutcomeCredited && cmd.Credits[k].Transfer.CreditAccountID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// balancingDebit checks the reservation of the balancing transfer
+// cmd.Transfers[i] across shards, of amount (its outbox row's): more than
+// 0, at most the amount sent, below it only for a balancing_debit, which
+// leaves its debit account's debits (pending included) within its posted
+// credits, and no room if clamped (unless a later event of the command
+// moved the account). False after a failure.
+func (c *Checker) balancingDebit(g *Group, cmd *shard.Command, events []shard.EventResult, i int, st *shard.State, amount uint64, what func() string) bool {
+	t := &cmd.Transfers[i]
+	byDebit := t.Flags&transport.TransferBalancingDebit != 0
+	if amount == 0 || amount > t.Amount || !byDebit && amount != t.Amount {
+		c.bad("balancing", "%s: %s (flags %d) sent with amount %d, reserved with %d", what(), t.ID, t.Flags, t.Amount, amount)
+		return false
+	}
+	if amount < t.Amount {
+		c.w.reached["balancing across shards clamped on the debit shard"]++
+	}
+	if !byDebit || movedLater(cmd, events, i, t.DebitAccountID) {
+		return true
+	}
+	as := st.LookupAccounts([]string{t.DebitAccountID})
+	if len(as) != 1 {
+		c.bad("balancing", "%s: %s reserved without its debit account", what(), t.ID)
+		return false
+	}
+	dr := &as[0]
+	if debits := dr.DebitsPending + dr.DebitsPosted; debits > dr.CreditsPosted || amount < t.Amount && debits != dr.CreditsPosted {
+		c.bad("balancing", "%s: %s reserved %d of %d: its debit account has %d debits for %d credits posted", what(), t.ID, amount, t.Amount, debits, dr.CreditsPosted)
+		return false
+	}
+	return true
+}
+
+// noRoom checks a balancing_debit cmd.Transfers[i] refused exceeds_credits:
+// its debit account's debits (pending included) reach its posted credits
+// (unless a later event of the command moved it). False after a failure.
+func (c *Checker) noRoom(g *Group, cmd *shard.Command, events []shard.EventResult, i int, st *shard.State, id string, what func() string) bool {
+	t := &cmd.Transfers[i]
+	if c.w.shardOf(t.CreditAccountID) != g.id {
+		c.w.reached["balancing across shards refused exceeds_credits on the debit shard"]++
+	}
+	if movedLater(cmd, events, i, id) {
+		return true
+	}
+	as := st.LookupAccounts([]string{id})
+	if len(as) != 1 {
+		return true // refused for its missing account first? then not this code
+	}
+	if dr := &as[0]; dr.DebitsPending+dr.DebitsPosted < dr.CreditsPosted {
+		c.bad("balancing", "%s: %s refused exceeds_credits, but its debit account has %d debits for %d credits posted", what(), t.ID, dr.DebitsPending+dr.DebitsPosted, dr.CreditsPosted)
+		return false
+	}
+	return true
+}
+
+// balancingCredit checks the credit of balancing_credit rv, just applied on
+// credit shard g: it credited rv.amount(), below the amount reserved only
+// if clamped, which leaves its credit account's credits (pending included)
+// within its posted debits, and no room if clamped (unless a later credit
+// of the command moved the account). False after a failure.
+func (c *Checker) balancingCredit(g *Group, cmd *shard.Command, answers []shard.Answer, i int, st *shard.State, rv *resv, what func() string) bool {
+	amount, clamped := rv.amount(), rv.answered != 0
+	if clamped {
+		c.w.reached["balancing across shards clamped on the credit shard"]++
+	}
+	if creditedLater(cmd, answers, i, rv.t.CreditAccountID) {
+		return true
+	}
+	as := st.LookupAccounts([]string{rv.t.CreditAccountID})
+	if len(as) != 1 {
+		c.bad("balancing", "%s: %s credited without its credit account", what(), rv.t.ID)
+		return false
+	}
+	cr := &as[0]
+	if credits := cr.CreditsPending + cr.CreditsPosted; credits > cr.DebitsPosted || clamped && credits != cr.DebitsPosted {
+		c.bad("balancing", "%s: %s (flags %d) credited %d of %d: its credit account has %d credits for %d debits posted",
+			what(), rv.t.ID, rv.t.Flags, amount, rv.t.Amount, credits, cr.DebitsPosted)
+		return false
+	}
+	return true
+}
+
+// creditNoRoom checks a balancing_credit refused exceeds_debits on its
+// credit shard: its credit account's credits (pending included) reach its
+// posted debits (unless a later credit of the command moved it). False
+// after a failure.
+func (c *Checker) creditNoRoom(g *Group, cmd *shard.Command, answers []shard.Answer, i int, st *shard.State, id string, what func() string) bool {
+	if creditedLater(cmd, answers, i, id) {
+		return true
+	}
+	as := st.LookupAccounts([]string{id})
+	if len(as) != 1 {
+		return true
+	}
+	if cr := &as[0]; cr.CreditsPending+cr.CreditsPosted < cr.DebitsPosted {
+		c.bad("balancing", "%s: %s refused exceeds_debits, but its credit account has %d credits for %d debits posted",
+			what(), cmd.Credits[i].Transfer.ID, cr.CreditsPending+cr.CreditsPosted, cr.DebitsPosted)
+		return false
+	}
+	return true
+}
+
+// balancingResolved checks the balancing transfer rv across shards, just
+// resolved ok on its debit shard: it is stored with what its credit shard
+// credited (posted, or pending). False after a failure.
+func (c *Checker) balancingResolved(g *Group, rv *resv, r shard.Resolved, st *shard.State, what func() string) bool {
+	found := st.LookupTransfers([]string{rv.t.ID})
+	if len(found) != 1 || found[0].Amount != rv.amount() || !sameOrClamped(&found[0], &rv.t) {
+		c.bad("balancing", "%s: %s attempt %d resolved ok, credited %d of %d on shard %d, but stored as %+v", what(), r.ID, rel(r.Attempt), rv.amount(), rv.t.Amount, rv.cs, found)
+		return false
+	}
+	if holds(&rv.t) {
+		c.w.reached["balancing across shards pending opened"]++
+	} else {
+		c.w.reached["balancing across shards posted"]++
+	}
+	return true
 }

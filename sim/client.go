@@ -624,30 +624,77 @@ func (c *Client) makeSpanningChain() []transport.Transfer {
 	return legs
 }
 
-// makeBalancing turns an ordinary transfer into a balancing one between
-// two accounts of one shard, of an amount the shard often clamps. Balancing
-// transfers stay out of the history too: a repeat with a larger amount
-// answers exists, not exists_with_different_fields. (Balancing across
-// shards, clamped on the credit shard, is not modelled here yet: the shard
-// unit tests and the conformance table check it.)
+// makeBalancing turns an ordinary transfer into a balancing one, of an
+// amount the shards often clamp: mostly between two accounts of one shard,
+// and in seeds of several shards now and then across shards (plain or
+// pending), where a balancing_debit is clamped on the debit shard before it
+// is reserved and a balancing_credit on the credit shard, which answers the
+// amount it credited. Balancing transfers stay out of the history (the
+// doomed repeats): a tenth of these draws send one again instead, half of
+// them with a larger amount, which answers exists, not
+// exists_with_different_fields. (No post or void names a pending balancing
+// transfer: a timeout ends it, or it stays pending.)
 func (c *Client) makeBalancing(t *transport.Transfer) bool {
 	w := c.w
 	r := w.rngWork
+	if old := w.ref.balancings; len(old) > 0 && on(r, 0.1) {
+		// One drawn before, again, now and then with a larger amount:
+		// exists once stored (with at most the amount first sent), or it
+		// joins the attempt in flight across shards.
+		*t = old[r.IntN(len(old))]
+		t.Metadata = maps.Clone(t.Metadata)
+		if on(r, 0.5) {
+			t.Amount += 1 + r.Uint64N(500)
+		}
+		w.reached["balancing sent again"]++
+		return true
+	}
 	dr := &w.ref.accounts[t.DebitAccountID].canon
-	cr := w.ref.pickOnShard(r, dr, w.shardOf(dr.ID))
+	across := w.p.Shards > 1 && on(r, 0.25)
+	var cr *transport.Account
+	if across {
+		cr = w.ref.pickOffShard(r, dr, w.shardOf(dr.ID), 0)
+	}
+	if cr == nil {
+		across = false
+		cr = w.ref.pickOnShard(r, dr, w.shardOf(dr.ID))
+	}
 	if cr == nil {
 		return false
 	}
 	t.CreditAccountID = cr.ID
+	// Across shards, balancing_credit (clamped on the credit shard) more
+	// often than balancing_debit.
+	debitOnly, creditOnly := 6, 9
+	if across {
+		debitOnly, creditOnly = 3, 8
+	}
 	switch x := r.IntN(10); {
-	case x < 6:
+	case x < debitOnly:
 		t.Flags = transport.TransferBalancingDebit
-	case x < 9:
+	case x < creditOnly:
 		t.Flags = transport.TransferBalancingCredit
 	default:
 		t.Flags = transport.TransferBalancingDebit | transport.TransferBalancingCredit
 	}
 	t.Amount = 1 + r.Uint64N(2000)
+	defer func() { w.ref.balancings = append(w.ref.balancings, *t) }()
+	if across {
+		w.reached["balancing across shards drawn"]++
+		if t.Flags&transport.TransferBalancingCredit != 0 && on(r, 0.8) {
+			// A payee whose credits its debits bound: the credit shard
+			// often clamps (or refuses) the credit.
+			if o := w.ref.pickOffShard(r, dr, w.shardOf(dr.ID), transport.AccountCreditsMustNotExceedDebits); o != nil {
+				t.CreditAccountID = o.ID
+			}
+		}
+		if on(r, 0.3) {
+			t.Flags |= transport.TransferPending
+			if w.p.PendingTimeoutMax > 0 && on(r, 0.6) {
+				t.Timeout = 1 + uint32(r.IntN(int(w.p.PendingTimeoutMax)))
+			}
+		}
+	}
 	return true
 }
 

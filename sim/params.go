@@ -30,7 +30,7 @@ type Params struct {
 	IDReuseOtherShardP float64 // a reused id with a debit account on any shard
 	TwoPhaseP          float64 // share of transfer events that are pending, post or void
 	ChainP             float64 // share of transfer events that start a linked chain
-	BalancingP         float64 // share of ordinary transfers that are balancing ones, on one shard
+	BalancingP         float64 // share of ordinary transfers that are balancing ones (a quarter across shards, given several)
 	PendingTimeoutMax  uint32  // seconds: pending timeouts are drawn up to it
 
 	// Network. Every message between two endpoints (client or shard).

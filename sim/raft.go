@@ -589,7 +589,7 @@ func describeCommand(b *bytes.Buffer, c *shard.Command) {
 			}
 			fmt.Fprintf(b, "%s@%d/s%d", cr.Transfer.ID, rel(cr.Transfer.Timestamp), cr.DebitShard)
 			switch t := &cr.Transfer; {
-			case isPending(t):
+			case holds(t):
 				b.WriteString(":pending")
 			case t.Flags&resolves != 0: // a settlement
 				fmt.Fprintf(b, ":%s(%s)", resolutionKind(isPost(t)), t.PendingID)

@@ -45,6 +45,8 @@ type Ref struct {
 	resolutionOf map[refKey][]refKey  // (shard, pending id) -> keys of the posts and voids sent there for it
 	// chains: the linked chains drawn (each whole), to be sent again.
 	chains [][]transport.Transfer
+	// balancings: the balancing transfers drawn, to be sent again.
+	balancings []transport.Transfer
 }
 
 type refAccount struct {
@@ -173,6 +175,21 @@ func (ref *Ref) pickOnShard(r *rand.Rand, same *transport.Account, s uint32) *tr
 	return c[r.IntN(len(c))]
 }
 
+// pickOffShard draws an account of same's ledger on another shard than s,
+// with every flag of flags; nil if there is none.
+func (ref *Ref) pickOffShard(r *rand.Rand, same *transport.Account, s uint32, flags uint32) *transport.Account {
+	var c []*transport.Account
+	for i := range ref.canon {
+		if a := &ref.canon[i]; a.Ledger == same.Ledger && ref.w.shardOf(a.ID) != s && a.Flags&flags == flags {
+			c = append(c, a)
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c[r.IntN(len(c))]
+}
+
 // createdAccount returns an acknowledged account, for a repeat.
 func (ref *Ref) createdAccount(r *rand.Rand) (transport.Account, bool) {
 	a := ref.canon[r.IntN(len(ref.canon))]
@@ -196,6 +213,22 @@ const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidP
 const balancing = transport.TransferBalancingDebit | transport.TransferBalancingCredit
 
 func isBalancing(t *transport.Transfer) bool { return t.Flags&balancing != 0 }
+
+// holds: a pending transfer, balancing or not, linked or not.
+func holds(t *transport.Transfer) bool {
+	return t.Flags&^(transport.TransferLinked|balancing) == transport.TransferPending
+}
+
+// sameOrClamped: stored has sent's fields, or, for a balancing transfer,
+// all but the amount, which may be clamped (more than 0, at most sent's).
+func sameOrClamped(stored, sent *transport.Transfer) bool {
+	if !isBalancing(sent) {
+		return sameFields(stored, sent)
+	}
+	s := *stored
+	s.Amount = sent.Amount
+	return stored.Amount > 0 && stored.Amount <= sent.Amount && sameFields(&s, sent)
+}
 
 // isPending: a pending transfer, linked or not (a leg of a chain).
 func isPending(t *transport.Transfer) bool {
@@ -330,10 +363,18 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 			continue
 		}
 		v.copies++
-		if v.copies > 1 {
+		// A leg of a chain across shards sent again holds its credit on
+		// its credit shard again, even once the chain committed (the
+		// hold is released at the finish): every copy counts in the
+		// possible sums.
+		again := len(cmd.DebitShards) == len(cmd.Transfers) &&
+			(t.Flags&transport.TransferLinked != 0 || i > 0 && cmd.Transfers[i-1].Flags&transport.TransferLinked != 0)
+		if v.copies > 1 && !again {
 			continue
 		}
-		v.logAtDelivery = ref.w.chk.logLow[ds-1]
+		if v.copies == 1 {
+			v.logAtDelivery = ref.w.chk.logLow[ds-1]
+		}
 		if v.field == transport.CodeOK && !isResolution(t) {
 			if dr := ref.accounts[t.DebitAccountID]; dr != nil {
 				dr.possibleDebits += t.Amount
@@ -609,7 +650,10 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 		if res.Timestamp == 0 {
 			ref.bad("transfer %s: %s without a timestamp", t.ID, res.Code)
 		}
-		if rt.applied != nil && rt.applied != v {
+		if rt.applied != nil && rt.applied != v && !clampable(&rt.applied.t, t) {
+			// (A balancing transfer sent again with another amount may
+			// answer ok or exists: the record has at most the amount of
+			// each copy that did.)
 			ref.bad("transfer %s (shard %d): %s, but other fields were applied under its id", t.ID, v.key.ds, res.Code)
 			return
 		}
@@ -638,7 +682,7 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 			return
 		}
 		if rt.applied == nil {
-			if v.copies < 2 {
+			if copies := ref.clampableCopies(rt, v); copies < 2 {
 				ref.bad("transfer %s (shard %d): exists, but no earlier copy was delivered", t.ID, v.key.ds)
 				return
 			}
@@ -655,6 +699,10 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 		}
 		if known && rt.applied == v {
 			ref.bad("transfer %s: exists_with_different_fields, but these very fields were applied", t.ID)
+			return
+		}
+		if known && clampable(&rt.applied.t, t) && t.Amount >= rt.applied.t.Amount {
+			ref.bad("transfer %s: exists_with_different_fields, but it is stored with at most %d (balancing), and this copy has %d", t.ID, rt.applied.t.Amount, t.Amount)
 			return
 		}
 		// Other fields delivered under the id, applied or in flight when
@@ -748,6 +796,27 @@ func (ref *Ref) refusalImpossible(v *refVariant, code transport.Code) string {
 		return "no transfer the workload draws can earn it"
 	}
 	return ""
+}
+
+// clampable: a and b are balancing transfers with the same fields but
+// perhaps the amount, which a shard may store clamped: a copy of either
+// answers exists once the other is stored with at most its amount.
+func clampable(a, b *transport.Transfer) bool {
+	s := *a
+	s.Amount = b.Amount
+	return isBalancing(a) && sameFields(&s, b)
+}
+
+// clampableCopies counts the deliveries under v's key of v's fields, or of
+// a balancing transfer's fields with any amount.
+func (ref *Ref) clampableCopies(rt *refTransfer, v *refVariant) int {
+	n := 0
+	for _, u := range rt.variants {
+		if u == v || clampable(&u.t, &v.t) {
+			n += u.copies
+		}
+	}
+	return n
 }
 
 // ownShare is the variant's own amount in the possible sums.
@@ -1110,7 +1179,7 @@ func (ref *Ref) settle() {
 			continue
 		}
 		switch {
-		case isPending(&f):
+		case holds(&f):
 			if why := ref.pendingEnded(k, &f, records); why != "" {
 				w.fail("final", "pending %s (shard %d) %+v: %s", k.id, k.ds, f, why)
 				return

@@ -147,6 +147,9 @@ var twoPhaseOutcomes = []string{
 	"chain across shards pending leg opened", "chain across shards hold aborted", "chain across shards joined in progress",
 	"chain sent again", "forget announced to itself",
 	"balancing ok", "balancing clamped",
+	"balancing across shards posted", "balancing across shards pending opened",
+	"balancing across shards clamped on the debit shard", "balancing across shards clamped on the credit shard",
+	"balancing across shards refused exceeds_credits on the debit shard", "balancing across shards refused exceeds_debits on the credit shard",
 }
 
 // TestRegressionSeeds replays every seed that once found a bug since fixed
