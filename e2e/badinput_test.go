@@ -56,8 +56,8 @@ func TestBadInput(t *testing.T) {
 	// Forgets are held back until the end: a forget moves a watermark, which
 	// changes a shard's state hash while nothing else happens.
 	var forgets atomic.Bool
-	c := startClusterWith(t, t.TempDir(), 2, func(_ uint32, kind shard.Kind) node.Fault {
-		return node.Fault{Drop: kind == shard.KindForget && !forgets.Load()}
+	c := startClusterWith(t, t.TempDir(), 2, func(_ uint32, cmd *shard.Command) node.Fault {
+		return node.Fault{Drop: cmd.Kind == shard.KindForget && !forgets.Load()}
 	})
 	subj := transport.Subjects{Prefix: transport.DefaultPrefix}
 	a1, a2, b1 := c.accountOn("in-a", 1), c.accountOn("in-a2", 1), c.accountOn("in-b", 2)

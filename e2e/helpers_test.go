@@ -41,7 +41,7 @@ func startClusterIn(t *testing.T, dir string, shards uint32) *cluster {
 
 // startClusterWith starts a cluster whose nodes pass every saga message they
 // send (credit, abort, forget) through fault; nil injects nothing.
-func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uint32, kind shard.Kind) node.Fault) *cluster {
+func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uint32, cmd *shard.Command) node.Fault) *cluster {
 	t.Helper()
 	return startClusterConfig(t, server.Config{DataDir: dir, Shards: shards, SagaFault: fault})
 }

@@ -222,7 +222,7 @@ var errInjected = errors.New("saga message lost (injected fault)")
 func (n *Node) sagaRequest(ctx context.Context, to uint32, cmd *shard.Command, reply *shard.Reply) error {
 	var f Fault
 	if n.cfg.SagaFault != nil {
-		f = n.cfg.SagaFault(to, cmd.Kind)
+		f = n.cfg.SagaFault(to, cmd)
 	}
 	if f.Delay > 0 && !sleepCtx(ctx, f.Delay) {
 		return ctx.Err()

@@ -37,7 +37,7 @@ type Config struct {
 	Logger        *slog.Logger
 	// SagaFault, for fault-injection tests only, is asked about every saga
 	// message (credit, abort, forget) this node sends; nil in production.
-	SagaFault func(to uint32, kind shard.Kind) Fault
+	SagaFault func(to uint32, cmd *shard.Command) Fault
 	// Snapshots is every group's snapshot policy (zero: the defaults).
 	Snapshots raftfsm.SnapshotPolicy
 	// BootstrapExpect is the number of nodes that form a new cluster

@@ -59,7 +59,7 @@ type Config struct {
 	// Snapshots is every Raft group's snapshot policy (zero: the defaults).
 	Snapshots raftfsm.SnapshotPolicy
 	// SagaFault injects faults into saga messages (tests only).
-	SagaFault func(to uint32, kind shard.Kind) node.Fault
+	SagaFault func(to uint32, cmd *shard.Command) node.Fault
 }
 
 // Server is a running process.
