@@ -158,11 +158,6 @@ func drawParams(r *rand.Rand) Params {
 	p.HashEvery = []int{8, 16, 32, 64, 128}[r.IntN(5)]
 
 	p.RequestDeadline = between(r, 100*ms, 5*second)
-	// At least 12 network delays (production: thousands), so that a try's
-	// critical path fits: a lookup across every shard, then a saga of four
-	// hops and three commits. A refused cross-shard transfer redoes its
-	// saga on every retry, and below that no retry ever finished.
-	p.RequestDeadline = max(p.RequestDeadline, 12*(p.NetDelayMin+p.NetDelayMean))
 	p.ClientRetryMean = between(r, 1*ms, 200*ms)
 	// The dispatcher's periods keep production's ratios, scaled down in
 	// most seeds so that aborts (one minute in production) happen.
@@ -178,7 +173,6 @@ func drawParams(r *rand.Rand) Params {
 		p.SendsInFlightMax = 1 + r.IntN(3)
 		p.CreditsPerMessageMax = 1 + r.IntN(4)
 	}
-	p.WaiterTTL = 2 * p.RequestDeadline // production: 10 s for a 5 s deadline
 	if on(r, 0.15) {
 		p.OutboxRowsMax = 1 + r.IntN(8)
 	}
@@ -193,6 +187,23 @@ func drawParams(r *rand.Rand) Params {
 	if on(r, 0.7) {
 		p.BalancingP = 0.03 + r.Float64()*0.12
 	}
+	// The deadline is at least a try's critical path (production: thousands
+	// of network delays), because some tries redo their whole saga on
+	// every retry: a refused cross-shard transfer, and a chain across
+	// shards, whose credit sides are held again even when every leg
+	// exists. A plain try is a lookup across every shard, then a saga of
+	// four hops and three commits: 12 delays. A chain is two sagas. With
+	// one message in flight per shard, a shard's messages to its peers go
+	// one after the other. Below that, a retry may never finish.
+	hops := uint64(12)
+	if p.ChainP > 0 {
+		hops *= 2
+	}
+	if p.SendsInFlightMax == 1 {
+		hops *= uint64(p.Shards)
+	}
+	p.RequestDeadline = max(p.RequestDeadline, hops*(p.NetDelayMin+p.NetDelayMean))
+	p.WaiterTTL = 2 * p.RequestDeadline // production: 10 s for a 5 s deadline
 	p.SafetyTimeMax = 120 * second
 	p.LivenessTimeMax = 15 * 60 * second
 	return p
