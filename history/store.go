@@ -471,3 +471,62 @@ func (l logger) Fatalf(format string, args ...any) {
 	l.l.Error(fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
+
+// Row is one key and value of a store: what a replica that installs a
+// snapshot copies from a peer (the snapshot holds the state in memory, not
+// the history the log entries before it wrote).
+type Row struct {
+	Key   []byte `msgpack:"k"`
+	Value []byte `msgpack:"v"`
+}
+
+// Export returns the history rows whose keys follow after (nil: from the
+// first), about maxBytes of them, and whether more follow. Rows are only
+// ever added or rewritten with what the log says, so a store copied page by
+// page while Apply goes on holds every row up to the applied index the
+// first page was read at, some maybe from later entries (which Apply
+// ignores until it reaches them, and rewrites identically).
+func (s *Store) Export(after []byte, maxBytes int) ([]Row, bool, error) {
+	o := &pebble.IterOptions{}
+	if after != nil {
+		o.LowerBound = append(bytes.Clone(after), 0) // the next key after
+	}
+	it, err := s.db.NewIter(o)
+	if err != nil {
+		return nil, false, err
+	}
+	defer it.Close()
+	var rows []Row
+	size := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if k[0] == prefixMeta {
+			continue
+		}
+		if size >= maxBytes {
+			return rows, true, it.Error()
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, false, err
+		}
+		rows = append(rows, Row{Key: bytes.Clone(k), Value: bytes.Clone(v)})
+		size += len(k) + len(v)
+	}
+	return rows, false, it.Error()
+}
+
+// Import writes rows Export returned (not synced: Sync makes them durable).
+func (s *Store) Import(rows []Row) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, r := range rows {
+		if len(r.Key) == 0 || r.Key[0] == prefixMeta {
+			return fmt.Errorf("history: import: bad key %q", r.Key)
+		}
+		if err := b.Set(r.Key, r.Value, nil); err != nil {
+			return fmt.Errorf("history: import: %w", err)
+		}
+	}
+	return b.Commit(pebble.NoSync)
+}

@@ -53,12 +53,7 @@ func (n *Node) surplusLeadership() (*raftfsm.Group, raft.Server, bool) {
 	if len(voters) < 2 {
 		return nil, raft.Server{}, false
 	}
-	n.mu.Lock()
-	groups := []*raftfsm.Group{n.meta}
-	for _, id := range n.ids {
-		groups = append(groups, n.shards[id].g)
-	}
-	n.mu.Unlock()
+	groups := n.groups()
 	leads := map[raft.ServerID]int{}
 	var mine []*raftfsm.Group
 	for _, g := range groups {

@@ -39,6 +39,24 @@ const (
 // CrashPoints lists the points, in protocol order.
 var CrashPoints = []string{CrashChainBegun, CrashPartHeld, CrashChainDecided, CrashPartFinished, CrashChainDebits, CrashChainDone}
 
+// A test hook for chaos tests: LEDGERD_TEST_RAFT_VIA=peer=proxy,... makes
+// this node dial each listed peer Raft address through the given proxy
+// address, so that a test can cut one pair of nodes apart.
+var raftDialVia = parseRaftVia(os.Getenv("LEDGERD_TEST_RAFT_VIA"))
+
+func parseRaftVia(v string) map[string]string {
+	if v == "" {
+		return nil
+	}
+	m := map[string]string{}
+	for _, pair := range strings.Split(v, ",") {
+		if peer, via, ok := strings.Cut(pair, "="); ok {
+			m[peer] = via
+		}
+	}
+	return m
+}
+
 type crashHook struct {
 	point string
 	n     int64

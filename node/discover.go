@@ -112,16 +112,12 @@ func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error)
 		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Health: "up", RaftAddr: self.RaftAddr}
 		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
 			for _, s := range f.Configuration().Servers {
-				st.Voters = append(st.Voters, string(s.ID))
+				if s.Suffrage == raft.Voter {
+					st.Voters = append(st.Voters, string(s.ID))
+				}
 			}
 		}
-		n.mu.Lock()
-		groups := []*raftfsm.Group{n.meta}
-		for _, id := range n.ids {
-			groups = append(groups, n.shards[id].g)
-		}
-		n.mu.Unlock()
-		for _, g := range groups {
+		for _, g := range n.groups() {
 			r := g.Raft()
 			st.Groups = append(st.Groups, transport.GroupStatus{
 				ID: g.ID(), State: r.State().String(), Term: r.CurrentTerm(), LastIndex: r.LastIndex(), AppliedIndex: r.AppliedIndex(),
@@ -134,18 +130,61 @@ func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error)
 	})
 }
 
-// joinTimeout bounds one AddVoter.
+// joinTimeout bounds one membership change.
 const joinTimeout = 10 * time.Second
 
-// joinReply adds the node in data (a transport.NodeInfo) to g as a voter;
-// the leader calls it for a joining node's request. Adding a voter that is
-// one already changes nothing.
+// promoteLagMax is how far behind the leader's applied index a nonvoter may
+// be and still be made a voter: close enough that it adds no wait to the
+// quorum, loose enough that it is reached under load.
+const promoteLagMax = 256
+
+// joinReply is the leader's answer to a joining node (data is a shard.Join).
+//
+// A node joins as a nonvoter: it takes no part in the quorum while it
+// copies the log. A node that asks to join while it is a voter has lost its
+// data (joining is only for nodes without data), and with it the term and
+// vote it had given: it is removed first, so that no vote of its old life
+// and of its new one can both count. Once its applied index is within
+// promoteLagMax of the leader's, it asks again with Promote and becomes a
+// voter. Each step is idempotent: a repeated request changes nothing more.
 func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
-	var peer transport.NodeInfo
-	if err := transport.Unmarshal(data, &peer); err != nil || peer.ID == "" || peer.RaftAddr == "" {
-		return &shard.Reply{Invalid: fmt.Sprintf("join: bad node info (%v)", err)}
+	var j shard.Join
+	if err := transport.Unmarshal(data, &j); err != nil || j.Node.ID == "" || j.Node.RaftAddr == "" {
+		return &shard.Reply{Invalid: fmt.Sprintf("join: bad request (%v)", err)}
 	}
-	if err := g.Raft().AddVoter(raft.ServerID(peer.ID), raft.ServerAddress(peer.RaftAddr), 0, joinTimeout).Error(); err != nil {
+	r := g.Raft()
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return &shard.Reply{Retry: "join: " + err.Error()}
+	}
+	id, addr := raft.ServerID(j.Node.ID), raft.ServerAddress(j.Node.RaftAddr)
+	var cur *raft.Server
+	for _, s := range f.Configuration().Servers {
+		if s.ID == id {
+			cur = &s
+		}
+	}
+	var err error
+	switch {
+	case j.Promote && (cur == nil || cur.Address != addr):
+		return &shard.Reply{Retry: "join: not a member yet"}
+	case j.Promote && cur.Suffrage == raft.Voter:
+		return &shard.Reply{}
+	case j.Promote && j.Applied+promoteLagMax < r.AppliedIndex():
+		return &shard.Reply{Retry: fmt.Sprintf("join: catching up (applied %d, leader %d)", j.Applied, r.AppliedIndex())}
+	case j.Promote:
+		err = r.AddVoter(id, addr, 0, joinTimeout).Error()
+	case cur != nil && cur.Suffrage == raft.Nonvoter && cur.Address == addr:
+		return &shard.Reply{}
+	default:
+		if cur != nil {
+			if err := r.RemoveServer(id, 0, joinTimeout).Error(); err != nil {
+				return &shard.Reply{Retry: "join: remove the old member: " + err.Error()}
+			}
+		}
+		err = r.AddNonvoter(id, addr, 0, joinTimeout).Error()
+	}
+	if err != nil {
 		return &shard.Reply{Retry: "join: " + err.Error()}
 	}
 	return &shard.Reply{}
@@ -153,22 +192,59 @@ func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
 
 // join asks the leader of group id (on subject) to add this node, until it
 // has.
-func (n *Node) join(ctx context.Context, subject string, id uint32, self transport.NodeInfo) error {
+func (n *Node) join(ctx context.Context, subject string, id uint32, j shard.Join) error {
 	for {
 		var reply shard.Reply
-		err := n.request(ctx, subject, shard.OpJoin, &self, &reply)
+		err := n.request(ctx, subject, shard.OpJoin, &j, &reply)
 		switch {
 		case err == nil && reply.Invalid != "":
 			return fmt.Errorf("join group %d: %s", id, reply.Invalid)
 		case err == nil && reply.Retry == "":
-			n.log.Info("joined", "group", id)
+			n.log.Info("joined", "group", id, "voter", j.Promote)
 			return nil
 		}
-		n.log.Info("joining: retrying", "group", id, "err", err, "retry", reply.Retry)
+		n.log.Info("joining: retrying", "group", id, "voter", j.Promote, "err", err, "retry", reply.Retry)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("join group %d: %w", id, ctx.Err())
 		case <-time.After(discoverEvery):
+		}
+	}
+}
+
+// promoteEvery is how often a node checks whether it is a nonvoter of a
+// group, and asks to become a voter.
+const promoteEvery = 500 * time.Millisecond
+
+// promote asks, for every group where this node is a nonvoter, to be made
+// a voter: after joining, and also after a restart that interrupted a join.
+func (n *Node) promote(ctx context.Context, self transport.NodeInfo) {
+	t := time.NewTicker(promoteEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, g := range n.groups() {
+			f := g.Raft().GetConfiguration()
+			if f.Error() != nil {
+				continue
+			}
+			for _, s := range f.Configuration().Servers {
+				if string(s.ID) != self.ID || s.Suffrage != raft.Nonvoter {
+					continue
+				}
+				j := shard.Join{Node: self, Promote: true, Applied: g.Raft().AppliedIndex()}
+				var reply shard.Reply
+				err := n.request(ctx, n.groupSubject(g.ID()), shard.OpJoin, &j, &reply)
+				if err == nil && reply.Retry == "" && reply.Invalid == "" {
+					n.log.Info("promoted to voter", "group", g.ID())
+				} else {
+					n.log.Debug("promotion: not yet", "group", g.ID(), "err", err, "retry", reply.Retry, "invalid", reply.Invalid)
+				}
+			}
 		}
 	}
 }

@@ -44,7 +44,8 @@ type Config struct {
 	// (discover.go); 0 or 1: this node alone.
 	BootstrapExpect int
 	// Join adds this node, if it has no data, to the cluster running on
-	// this NATS: every group's leader adds it as a voter.
+	// this NATS: every group's leader adds it as a nonvoter, then a voter
+	// once it has caught up (discover.go).
 	Join bool
 }
 
@@ -94,6 +95,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	mux.DialVia = raftDialVia
 	n := &Node{
 		cfg: cfg, nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix},
 		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
@@ -116,7 +118,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	joining := cfg.Join && n.servers == nil && n.meta.Raft().LastIndex() == 0
 	if joining {
-		if err := n.join(ctx, n.subjects.Meta(), metaGroupID, self); err != nil {
+		if err := n.join(ctx, n.subjects.Meta(), metaGroupID, shard.Join{Node: self}); err != nil {
 			n.Close()
 			return nil, err
 		}
@@ -128,6 +130,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			n.servers = f.Configuration().Servers
 		}
 	}
+	bg, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
 	slots, err := n.waitSlotMap(ctx)
 	if err != nil {
 		n.Close()
@@ -151,12 +155,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+		s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
 		n.mu.Lock()
 		n.shards[id] = s
 		n.ids = append(n.ids, id)
 		n.mu.Unlock()
 		if joining {
-			if err := n.join(ctx, n.subjects.Shard(id), id, self); err != nil {
+			if err := n.join(ctx, n.subjects.Shard(id), id, shard.Join{Node: self}); err != nil {
 				n.Close()
 				return nil, err
 			}
@@ -166,9 +171,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
-	bg, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
 	go n.balanceLeaders(bg)
+	go n.promote(bg, self)
 	return n, nil
 }
 
@@ -342,23 +346,38 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
+// groups returns the meta group and every shard group this node has opened.
+func (n *Node) groups() []*raftfsm.Group {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var groups []*raftfsm.Group
+	if n.meta != nil {
+		groups = append(groups, n.meta)
+	}
+	for _, id := range n.ids {
+		if s, ok := n.shards[id]; ok { // gone once Close has begun
+			groups = append(groups, s.g)
+		}
+	}
+	return groups
+}
+
+// groupSubject is the subject group id's leader serves.
+func (n *Node) groupSubject(id uint32) string {
+	if id == metaGroupID {
+		return n.subjects.Meta()
+	}
+	return n.subjects.Shard(id)
+}
+
 // leadershipTransferMax bounds each group's leadership transfer at Close.
 const leadershipTransferMax = 5 * time.Second
 
 // transferLeadership hands every group this node leads to another voter,
 // all groups at once.
 func (n *Node) transferLeadership() {
-	n.mu.Lock()
-	groups := []*raftfsm.Group{n.meta}
-	for _, s := range n.shards {
-		groups = append(groups, s.g)
-	}
-	n.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, g := range groups {
-		if g == nil {
-			continue
-		}
+	for _, g := range n.groups() {
 		r := g.Raft()
 		if r.State() != raft.Leader || len(r.GetConfiguration().Configuration().Servers) < 2 {
 			continue

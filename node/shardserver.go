@@ -221,6 +221,17 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		}()
 	case shard.OpJoin:
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
+	case shard.OpHistoryExport:
+		select {
+		case s.reads <- struct{}{}:
+		default:
+			respond(msg, &shard.Reply{Retry: "too many reads in flight"})
+			return
+		}
+		go func() {
+			defer func() { <-s.reads }()
+			s.exportHistory(msg)
+		}()
 	default:
 		respond(msg, &shard.Reply{Invalid: "unknown op"})
 	}

@@ -21,6 +21,19 @@ type ShardMachine struct {
 	st      *shard.State
 	store   *history.Store
 	applied uint64
+	// fetch, once set, copies the history up to (at least) applied from a
+	// peer into store: what a replica lacks when it is sent a snapshot.
+	fetch func(applied uint64) error
+}
+
+// SetFetch sets how Restore fills a history store that does not cover a
+// snapshot sent by the leader (a new, wiped or lagging replica). It is set
+// once the group is open, so that restoring a node's own snapshot at start
+// never waits for a peer that may need this node to elect a leader.
+func (m *ShardMachine) SetFetch(fetch func(applied uint64) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fetch = fetch
 }
 
 // NewShardMachine returns the machine of an empty shard with its history in
@@ -78,8 +91,10 @@ func (m *ShardMachine) Snapshot() (raft.FSMSnapshot, error) {
 }
 
 // Restore replaces the state with a snapshot's. The history store must
-// already cover the snapshot (it was synced before the snapshot was
-// written); a store that lost its files cannot be rebuilt from this log.
+// cover the snapshot: it does for the node's own snapshot (synced before it
+// was written); for one the leader sent, the history is copied from a peer
+// first (SetFetch). A store that lost its files cannot be rebuilt from this
+// log alone.
 func (m *ShardMachine) Restore(r io.Reader) error {
 	br := bufio.NewReader(r)
 	applied, err := binary.ReadUvarint(br)
@@ -89,6 +104,18 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 	durable, err := m.store.Durable()
 	if err != nil {
 		return err
+	}
+	m.mu.RLock()
+	fetch := m.fetch
+	m.mu.RUnlock()
+	if durable < applied && fetch != nil {
+		if err := fetch(applied); err != nil {
+			return fmt.Errorf("shard %d: copy the history up to index %d: %w", m.st.ID(), applied, err)
+		}
+		if err := m.store.Sync(applied); err != nil {
+			return err
+		}
+		durable = applied
 	}
 	if durable < applied {
 		return fmt.Errorf("shard %d: the history store covers the log up to index %d, the snapshot %d: its history is missing", m.st.ID(), durable, applied)

@@ -24,10 +24,21 @@ const (
 	OpAccountBalances  = "account_balances"
 	// OpStatus: no body.
 	OpStatus = "status"
-	// OpJoin: the body is a transport.NodeInfo; the leader adds that node
-	// to its group as a voter (a node joining the cluster).
+	// OpJoin: the body is a Join; the leader adds that node to its group,
+	// as a nonvoter first, as a voter once it has caught up.
 	OpJoin = "join"
+	// OpHistoryExport: a replica installing a snapshot copies the leader's
+	// history store page by page (node/historycopy.go).
+	OpHistoryExport = "history_export"
 )
+
+// Join is the body of OpJoin: a node without data asks a group's leader to
+// add it (Promote clear), then, once it has caught up, to make it a voter.
+type Join struct {
+	Node    transport.NodeInfo `msgpack:"n"`
+	Promote bool               `msgpack:"p,omitempty"`
+	Applied uint64             `msgpack:"a,omitempty"` // the node's applied index in the group
+}
 
 // Reply answers every request on a shard's subject.
 type Reply struct {

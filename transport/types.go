@@ -108,8 +108,9 @@ type NodeStatus struct {
 	Health   string        `msgpack:"health" json:"health"` // "up" or "unreachable"
 	RaftAddr string        `msgpack:"raft,omitempty" json:"raft,omitempty"`
 	Groups   []GroupStatus `msgpack:"groups,omitempty" json:"groups,omitempty"`
-	// Voters: the node ids of the cluster's configuration (its meta group's)
-	// as this node knows it.
+	// Voters: the voting node ids of the cluster's configuration (its meta
+	// group's) as this node knows it; a joining node is not one until it
+	// has caught up.
 	Voters []string `msgpack:"voters,omitempty" json:"voters,omitempty"`
 }
 

@@ -65,7 +65,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.NATSClusterListen, "nats-cluster-listen", "", "address on which the embedded NATS server accepts the other nodes' NATS servers (multi-node; unauthenticated: keep it on the nodes' network)")
 	f.StringSliceVar(&cfg.NATSRoutes, "nats-routes", nil, "the other nodes' --nats-cluster-listen addresses, comma separated")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "number of nodes that form a new cluster; each waits until it has found them all (a node with data never bootstraps again)")
-	f.BoolVar(&cfg.Join, "join", false, "add this new node (no data yet) to the cluster running on this NATS: every group's leader adds it as a voter and replicates to it")
+	f.BoolVar(&cfg.Join, "join", false, "add this new node (no data yet) to the cluster running on this NATS: every group's leader adds it as a nonvoter, then a voter once it has caught up")
 	f.Uint32Var(&shards, "shards", server.DefaultShards, "number of shards when the cluster is created (fixed afterwards)")
 	f.StringVar(&cfg.Prefix, "prefix", "ledger", "NATS subject prefix")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

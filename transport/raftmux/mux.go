@@ -45,6 +45,11 @@ type Mux struct {
 	done chan struct{}
 	wg   sync.WaitGroup // accept loop and per-connection handoff goroutines
 
+	// DialVia, set before any group dials, maps a peer's address to the
+	// address to dial instead (a chaos test's proxy for that pair of
+	// nodes, which it can cut); nil in production.
+	DialVia map[string]string
+
 	mu      sync.Mutex
 	closed  bool
 	groups  map[uint32]*Layer
@@ -267,7 +272,11 @@ func (l *Layer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Con
 		return nil, l.errClosed()
 	default:
 	}
-	c, err := net.DialTimeout("tcp", string(address), timeout)
+	target := string(address)
+	if via, ok := l.mux.DialVia[target]; ok {
+		target = via
+	}
+	c, err := net.DialTimeout("tcp", target, timeout)
 	if err != nil {
 		return nil, err
 	}
