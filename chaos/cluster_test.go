@@ -1,0 +1,498 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/nats-io/nats.go"
+)
+
+// Guards: how long the harness waits before it calls a run stuck. They
+// bound hangs; they assert nothing about speed.
+const (
+	readyGuard = 90 * time.Second
+	exitGuard  = 30 * time.Second
+	quietGuard = 3 * time.Minute
+)
+
+// cluster is three ledgerd processes on loopback. Every node dials every
+// peer's Raft port through a proxy of its own for that pair
+// (LEDGERD_TEST_RAFT_VIA), so a partition cuts exactly one node's Raft
+// traffic; NATS (embedded, joined by routes) is left alone.
+type cluster struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	shards int
+	nodes  []*node
+	// proxies[i][j] carries node i's dials to node j's Raft port.
+	proxies [][]*proxy
+}
+
+type node struct {
+	id, natsAddr, clusterAddr, raftAddr, dataDir string
+	env                                          []string
+	cur                                          *process
+	runs                                         []*process
+}
+
+type process struct {
+	cmd     *exec.Cmd
+	log     *lineLog
+	exited  chan struct{}
+	waitErr error
+}
+
+func newCluster(t *testing.T, bin string, n, shards int) *cluster {
+	c := &cluster{t: t, bin: bin, dir: t.TempDir(), shards: shards}
+	for i := range n {
+		c.nodes = append(c.nodes, &node{
+			id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(t), clusterAddr: freePort(t), raftAddr: freePort(t),
+			dataDir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)),
+		})
+	}
+	c.proxies = make([][]*proxy, n)
+	for i, a := range c.nodes {
+		c.proxies[i] = make([]*proxy, n)
+		var via []string
+		for j, b := range c.nodes {
+			if i == j {
+				continue
+			}
+			p := newProxy(t, b.raftAddr)
+			c.proxies[i][j] = p
+			via = append(via, b.raftAddr+"="+p.addr())
+		}
+		a.env = append(childEnv(), "LEDGERD_TEST_RAFT_VIA="+strings.Join(via, ","))
+	}
+	t.Cleanup(c.cleanup)
+	for i := range c.nodes {
+		c.launch(i, false)
+	}
+	for i := range c.nodes {
+		c.waitReady(i)
+	}
+	return c
+}
+
+// launch starts node i: forming the cluster (--bootstrap-expect, which a
+// node with data ignores), or joining it (a node whose data was lost).
+func (c *cluster) launch(i int, join bool) {
+	n := c.nodes[i]
+	var routes []string
+	for _, o := range c.nodes {
+		if o != n {
+			routes = append(routes, o.clusterAddr)
+		}
+	}
+	lw := &lineLog{ready: make(chan struct{})}
+	cmd := exec.Command(c.bin,
+		"--node-id", n.id, "--data-dir", n.dataDir,
+		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
+		"--raft-listen", n.raftAddr, "--shards", fmt.Sprint(c.shards), "--log-level", "info",
+		// Snapshots every few hundred entries: restarts restore them and
+		// a rejoining node is sent one.
+		"--snapshot-threshold", "256", "--snapshot-interval", "500ms", "--snapshot-trailing-logs", "64",
+	)
+	if join {
+		cmd.Args = append(cmd.Args, "--join")
+	} else {
+		cmd.Args = append(cmd.Args, "--bootstrap-expect", fmt.Sprint(len(c.nodes)))
+	}
+	cmd.Env = n.env
+	cmd.Stdout, cmd.Stderr = lw, lw
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", n.id, err)
+	}
+	p := &process{cmd: cmd, log: lw, exited: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	n.cur = p
+	n.runs = append(n.runs, p)
+}
+
+func (c *cluster) waitReady(i int) {
+	c.t.Helper()
+	n := c.nodes[i]
+	select {
+	case <-n.cur.log.ready:
+	case <-n.cur.exited:
+		c.t.Fatalf("%s exited before ready: %v\n%s", n.id, n.cur.waitErr, n.cur.log.tail(30))
+	case <-time.After(readyGuard):
+		c.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.tail(30))
+	}
+}
+
+// kill sends SIGKILL (also to a paused process) and reaps it.
+func (c *cluster) kill(i int) {
+	c.t.Helper()
+	p := c.nodes[i].cur
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(exitGuard):
+		c.t.Fatalf("%s did not die after SIGKILL", c.nodes[i].id)
+	}
+	c.nodes[i].cur = nil
+}
+
+func (c *cluster) signal(i int, sig syscall.Signal) {
+	c.t.Helper()
+	if err := c.nodes[i].cur.cmd.Process.Signal(sig); err != nil {
+		c.t.Fatalf("%s: %v: %v", c.nodes[i].id, sig, err)
+	}
+}
+
+// wipe deletes node i's data directory (the node is down).
+func (c *cluster) wipe(i int) {
+	c.t.Helper()
+	if err := os.RemoveAll(c.nodes[i].dataDir); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// partition cuts (or heals) every Raft connection to and from node i.
+func (c *cluster) partition(i int, cut bool) {
+	for j := range c.nodes {
+		if j != i {
+			c.proxies[i][j].setCut(cut)
+			c.proxies[j][i].setCut(cut)
+		}
+	}
+}
+
+func (c *cluster) cleanup() {
+	for _, n := range c.nodes {
+		if p := n.cur; p != nil {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+	for _, row := range c.proxies {
+		for _, p := range row {
+			if p != nil {
+				p.close()
+			}
+		}
+	}
+	for _, n := range c.nodes {
+		for r, p := range n.runs {
+			for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
+				if p.log.contains(bad) {
+					c.t.Errorf("%s run %d logged %q", n.id, r+1, bad)
+				}
+			}
+			if c.t.Failed() {
+				c.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.tail(40))
+			}
+		}
+	}
+}
+
+// connect returns a client connected to every node's NATS: it moves to
+// another node when one dies, and notices a paused one within seconds.
+func (c *cluster) connect() (*nats.Conn, *client.Client) {
+	c.t.Helper()
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, "nats://"+n.natsAddr)
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.Timeout(2*time.Second), nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+	if err != nil {
+		c.t.Fatalf("connect: %v", err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc, client.New(nc)
+}
+
+// status asks for the cluster's status until it gets one.
+func (c *cluster) status(cl *client.Client) *transport.StatusReply {
+	c.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := cl.Status(ctx)
+		cancel()
+		if err == nil {
+			return st
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("no status after %v: %v", quietGuard, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// leaderOf returns the index of the node leading shard id, or -1.
+func (c *cluster) leaderOf(st *transport.StatusReply, id uint32) int {
+	for _, s := range st.Shards {
+		if s.ID == id {
+			for i, n := range c.nodes {
+				if n.id == s.Leader {
+					return i
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// waitQuiet waits until every node is a voter, every shard has a leader,
+// no saga is in flight and every replica has applied what its leader has.
+func (c *cluster) waitQuiet(cl *client.Client) *transport.StatusReply {
+	c.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		st := c.status(cl)
+		why := c.notQuiet(st)
+		if why == "" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cluster not quiet after %v: %s", quietGuard, why)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (c *cluster) notQuiet(st *transport.StatusReply) string {
+	for _, n := range st.Nodes {
+		if n.Health != "up" || len(n.Voters) != len(c.nodes) {
+			return fmt.Sprintf("node %s: %s, voters %v", n.ID, n.Health, n.Voters)
+		}
+	}
+	if len(st.Nodes) != len(c.nodes) {
+		return fmt.Sprintf("%d nodes answer", len(st.Nodes))
+	}
+	for _, s := range st.Shards {
+		if s.Leader == "" || s.OutboxDepth != 0 || s.InboxDepth != 0 || len(s.Replicas) != len(c.nodes) {
+			return fmt.Sprintf("shard %d: leader %q outbox %d inbox %d replicas %d", s.ID, s.Leader, s.OutboxDepth, s.InboxDepth, len(s.Replicas))
+		}
+		for _, r := range s.Replicas {
+			if r.Lag != 0 {
+				return fmt.Sprintf("shard %d: replica %s lags %d", s.ID, r.Node, r.Lag)
+			}
+		}
+	}
+	return ""
+}
+
+// proxy forwards TCP connections to target until it is cut: a cut closes
+// every connection and holds new ones open without forwarding a byte, as a
+// network that drops packets does (the dialer's reads time out), until it
+// heals.
+type proxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	go p.serve()
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.conns[c] = struct{}{}
+		cut := p.cut
+		p.mu.Unlock()
+		if !cut {
+			go p.pipe(c)
+		}
+	}
+}
+
+func (p *proxy) pipe(c net.Conn) {
+	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+	if err != nil {
+		p.drop(c)
+		return
+	}
+	p.mu.Lock()
+	if p.cut {
+		p.mu.Unlock()
+		up.Close()
+		return // setCut closed c
+	}
+	p.conns[up] = struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	p.drop(c)
+	p.drop(up)
+}
+
+func (p *proxy) drop(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	c.Close()
+}
+
+func (p *proxy) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+func (p *proxy) close() {
+	p.ln.Close()
+	p.setCut(true)
+}
+
+// lineLog collects a process's output lines and closes ready at the
+// "ledgerd ready" line.
+type lineLog struct {
+	mu      sync.Mutex
+	partial []byte
+	lines   []string
+	ready   chan struct{}
+	isReady bool
+}
+
+func (w *lineLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(w.partial[:i])
+		w.partial = w.partial[i+1:]
+		w.lines = append(w.lines, line)
+		if !w.isReady && strings.Contains(line, "ledgerd ready") {
+			w.isReady = true
+			close(w.ready)
+		}
+	}
+	return len(p), nil
+}
+
+func (w *lineLog) contains(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *lineLog) count(s string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// logged counts the lines of every run of every node that contain s.
+func (c *cluster) logged(s string) int {
+	n := 0
+	for _, nd := range c.nodes {
+		for _, p := range nd.runs {
+			n += p.log.count(s)
+		}
+	}
+	return n
+}
+
+func (w *lineLog) tail(n int) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines[max(0, len(w.lines)-n):], "\n")
+}
+
+// childEnv is the test's environment without LEDGER_* variables (they
+// would override flags the harness does not pass).
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LEDGER_") && !strings.HasPrefix(kv, "LEDGERD_TEST_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// buildLedgerd builds ./cmd/ledgerd into a temporary directory
+// (LEDGERD_CHAOS_RACE=1: with the race detector).
+func buildLedgerd(t *testing.T) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go command to build ledgerd: %v", err)
+	}
+	out, err := exec.Command(goBin, "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "ledgerd")
+	args := []string{"build", "-o", bin}
+	if os.Getenv("LEDGERD_CHAOS_RACE") == "1" {
+		args = append(args, "-race")
+	}
+	args = append(args, "./cmd/ledgerd")
+	build := exec.Command(goBin, args...)
+	build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return bin
+}
+
+// freePort returns a loopback address whose port was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
