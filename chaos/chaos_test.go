@@ -22,7 +22,7 @@ import (
 var (
 	flagSeeds  = flag.Int("chaos.seeds", 20, "seeds to run (each a fresh cluster)")
 	flagSeed   = flag.Uint64("chaos.seed", 0, "run this one seed")
-	flagFaults = flag.Duration("chaos.faults", 4*time.Second, "how long each seed injects faults")
+	flagFaults = flag.Duration("chaos.faults", 3*time.Second, "how long each seed injects faults")
 	flagBudget = flag.Duration("chaos.budget", 0, "run seeds until this much time has passed (overrides -chaos.seeds)")
 )
 
@@ -106,7 +106,9 @@ func (t totals) String() string {
 
 func runSeed(t *testing.T, bin string, seed uint64) runResult {
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
+	t0 := time.Now()
 	c := newCluster(t, bin, 3, 3)
+	formed := time.Since(t0)
 	_, cl := c.connect()
 	h := &check.History{}
 	rec := &recorder{start: time.Now()}
@@ -143,16 +145,16 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 			w.client(i+1, crng, ccl, rec, stop)
 		}()
 	}
+	t1 := time.Now()
 	faults := runFaults(t, c, cl, rng, *flagFaults)
+	faulted := time.Since(t1)
 	close(stop)
 	wg.Wait()
 
-	// Quiet: every pending timeout has passed, every saga finished (an
-	// expiry settles on the credit shard after it), every replica caught
-	// up. The final reads are taken twice around a quiet cluster until
-	// they agree, so no settlement lands between the accounts and the
-	// transfers read.
-	time.Sleep(time.Duration(pendingTimeoutMax+1) * time.Second)
+	// Quiet: every saga finished, every replica caught up. The final reads
+	// are taken twice around a quiet cluster until they agree, so that no
+	// expiry (a pending transfer's timeout may pass now) or its settlement
+	// lands between the accounts and the transfers read.
 	h.Ops = rec.ops
 	ids2 := rec.sentIDs()
 	for {
@@ -165,7 +167,10 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 		}
 		t.Log("the final reads changed while the cluster was quiet: reading again")
 	}
+	t2 := time.Now()
 	report := check.Check(h)
+	t.Logf("formed in %v, faults for %v, quiet and read back in %v, checked in %v",
+		formed.Round(time.Millisecond), faulted.Round(time.Millisecond), t2.Sub(t1.Add(faulted)).Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
 	// Evidence that the data-loss fault took the path it is there for.
 	faults["history-copies"] = c.logged("copied the history for a snapshot")
 	t.Logf("faults %v; %s", faults, report)

@@ -127,6 +127,10 @@ func Open(cfg GroupConfig) (*Group, error) {
 		store.Close()
 		return nil, fmt.Errorf("group %d: snapshot store: %w", cfg.ID, err)
 	}
+	if err := dropUncovered(cfg.Dir, snaps, cfg.Machine, logger); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("group %d: %w", cfg.ID, err)
+	}
 	logs, err := raft.NewLogCache(512, store)
 	if err != nil {
 		store.Close()
@@ -378,4 +382,48 @@ func (g *Group) Shutdown() error {
 		err = errors.Join(err, c.Close())
 	}
 	return errors.Join(err, g.store.Close())
+}
+
+// coverer is a machine whose snapshots need more than themselves to be
+// restored (a shard's history store on disk).
+type coverer interface {
+	// Covers reads a snapshot's head and tells whether the machine can
+	// restore it on its own.
+	Covers(snapshot io.Reader) (bool, error)
+}
+
+// dropUncovered deletes the snapshots the machine could not restore on its
+// own. Only one kind exists: a snapshot the leader sent, persisted by Raft
+// before Restore, whose history copy a crash cut short (a node's own
+// snapshots are written after their history is durable). Raft would fail
+// to start on it; without it, the node starts from its older state and the
+// leader sends the snapshot again. The node never acknowledged it: Restore
+// makes the history durable before Raft answers the leader.
+func dropUncovered(dir string, snaps raft.SnapshotStore, m Machine, log *slog.Logger) error {
+	c, ok := m.(coverer)
+	if !ok {
+		return nil
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return err
+	}
+	for _, meta := range list {
+		_, rc, err := snaps.Open(meta.ID)
+		if err != nil {
+			return err
+		}
+		covered, err := c.Covers(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", meta.ID, err)
+		}
+		if !covered {
+			log.Warn("dropping a snapshot whose history copy was cut short; the leader sends it again", "snapshot", meta.ID, "index", meta.Index)
+			if err := os.RemoveAll(filepath.Join(dir, "snapshots", meta.ID)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package raftfsm
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -132,4 +133,54 @@ func TestReplicaSentASnapshotCopiesTheHistory(t *testing.T) {
 			t.Fatalf("%s missing from the replica's history", id)
 		}
 	}
+}
+
+// TestSnapshotWhoseHistoryCopyWasCutShortIsDropped: Raft persists a
+// snapshot the leader sends before Restore copies the history; a crash in
+// between leaves a snapshot the node cannot restore on its own. Opening the
+// group drops it (the leader sends it again) instead of failing to start.
+func TestSnapshotWhoseHistoryCopyWasCutShortIsDropped(t *testing.T) {
+	src := t.TempDir()
+	tg := openTestGroup(t, src)
+	createAccounts(t, tg.g, "a", "b")
+	transfer(t, tg.g, "t1", "a", "b", 5)
+	if err := tg.g.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	tg.close(t)
+
+	// A node whose Raft holds that snapshot, with an empty history store.
+	dir := t.TempDir()
+	if err := os.CopyFS(filepath.Join(dir, "snapshots"), os.DirFS(filepath.Join(src, "snapshots"))); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	mux, err := raftmux.Listen("127.0.0.1:0", nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mux.Close()
+	layer, err := mux.Group(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := history.Open(filepath.Join(dir, "history"), history.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewShardMachine(1, store)
+	g, err := Open(GroupConfig{ID: 1, Dir: dir, NodeID: "n2", Transport: raftmux.NewTransport(layer, log), Machine: m, Logger: log})
+	if err != nil {
+		t.Fatalf("open with an uncovered snapshot: %v", err)
+	}
+	defer g.Shutdown()
+	if left, _ := os.ReadDir(filepath.Join(dir, "snapshots")); len(left) != 0 {
+		t.Fatalf("snapshots left: %v", left)
+	}
+	m.Read(func(st *shard.State, applied uint64) {
+		if applied != 0 || len(st.LookupAccounts([]string{"a"})) != 0 {
+			t.Fatalf("state restored from a dropped snapshot: applied %d", applied)
+		}
+	})
 }

@@ -133,6 +133,16 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 	return nil
 }
 
+// Covers tells whether the history store covers a snapshot (its head).
+func (m *ShardMachine) Covers(snapshot io.Reader) (bool, error) {
+	applied, err := binary.ReadUvarint(bufio.NewReader(snapshot))
+	if err != nil {
+		return false, fmt.Errorf("snapshot applied index: %w", err)
+	}
+	durable, err := m.store.Durable()
+	return durable >= applied, err
+}
+
 // stateSnapshot is the applied index (a uvarint: Raft does not tell Restore)
 // followed by the shard's encoding.
 type stateSnapshot struct {
