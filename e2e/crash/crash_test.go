@@ -938,9 +938,15 @@ func verifyAfterRestart(t *testing.T, c *client.Client, m *model, tp *topology, 
 	}
 }
 
+// quietWaiter is a cluster whose status can be awaited at rest: one process
+// (cluster) or several (multiCluster).
+type quietWaiter interface {
+	waitQuiet(c *client.Client) *transport.StatusReply
+}
+
 // checkBalances compares every account with the model's replay, then checks
 // conservation and the limits, and the status totals.
-func checkBalances(t *testing.T, c *client.Client, m *model, cl *cluster) {
+func checkBalances(t *testing.T, c *client.Client, m *model, cl quietWaiter) {
 	t.Helper()
 	exp := m.expected()
 	ids := make([]string, 0, len(exp))

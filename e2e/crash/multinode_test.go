@@ -340,6 +340,50 @@ func (mc *multiCluster) kill(i int) {
 	mc.nodes[i].cur = nil
 }
 
+// pause stops node i with SIGSTOP, as a long GC pause or a host swapping
+// would: it keeps its sockets and its Raft state, answers nothing, and its
+// peers see only silence, until resume.
+func (mc *multiCluster) pause(i int) {
+	mc.t.Helper()
+	mc.signal(i, syscall.SIGSTOP, 'T')
+}
+
+// resume wakes node i with SIGCONT.
+func (mc *multiCluster) resume(i int) {
+	mc.t.Helper()
+	mc.signal(i, syscall.SIGCONT, 0)
+}
+
+// signal sends sig to node i and, when state is not 0, waits until the
+// kernel reports the process in that state (/proc/<pid>/stat; skipped where
+// there is no /proc): a signal is delivered asynchronously.
+func (mc *multiCluster) signal(i int, sig syscall.Signal, state byte) {
+	mc.t.Helper()
+	n := mc.nodes[i]
+	if err := n.cur.cmd.Process.Signal(sig); err != nil {
+		mc.t.Fatalf("%v to %s: %v", sig, n.id, err)
+	}
+	if state == 0 {
+		return
+	}
+	deadline := time.Now().Add(exitGuard)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.cur.cmd.Process.Pid))
+		if err != nil {
+			return
+		}
+		// "pid (comm) state ...": comm may hold spaces and ')', so the
+		// state follows the last ") ".
+		if j := strings.LastIndex(string(b), ") "); j >= 0 && j+2 < len(b) && b[j+2] == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			mc.t.Fatalf("%s not in state %c %v after %v: %s", n.id, state, exitGuard, sig, b)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // stop sends SIGTERM and expects a clean exit after "stopping".
 func (mc *multiCluster) stop(i int) {
 	mc.t.Helper()
@@ -392,6 +436,17 @@ func (mc *multiCluster) connect() (*nats.Conn, *client.Client) {
 	return nc, client.New(nc)
 }
 
+// connectTo connects to node i's NATS alone: requests go through that
+// node's router, whatever befalls the others.
+func (mc *multiCluster) connectTo(i int) (*nats.Conn, *client.Client) {
+	mc.t.Helper()
+	nc, err := nats.Connect("nats://"+mc.nodes[i].natsAddr, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.Timeout(5*time.Second))
+	if err != nil {
+		mc.t.Fatalf("connect %s: %v", mc.nodes[i].id, err)
+	}
+	return nc, client.New(nc)
+}
+
 func (mc *multiCluster) status(c *client.Client) *transport.StatusReply {
 	mc.t.Helper()
 	deadline := time.Now().Add(quietGuard)
@@ -413,8 +468,9 @@ func (mc *multiCluster) status(c *client.Client) *transport.StatusReply {
 	}
 }
 
-// waitQuiet waits until every shard has a leader and empty outbox and inbox.
-func (mc *multiCluster) waitQuiet(c *client.Client) {
+// waitQuiet waits until every shard has a leader and empty outbox and inbox,
+// and returns that status.
+func (mc *multiCluster) waitQuiet(c *client.Client) *transport.StatusReply {
 	mc.t.Helper()
 	deadline := time.Now().Add(quietGuard)
 	for {
@@ -424,12 +480,71 @@ func (mc *multiCluster) waitQuiet(c *client.Client) {
 			quiet = quiet && s.OutboxDepth == 0 && s.InboxDepth == 0
 		}
 		if quiet {
-			return
+			return st
 		}
 		if time.Now().After(deadline) {
 			mc.t.Fatalf("not quiet after %v: %+v", quietGuard, st.Shards)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitLeadersSpread waits until every node is up, every group led, and no
+// node leads more than its share (groups ÷ nodes, rounded up: with three
+// nodes and two shards, one each), so that no node hands a leadership over
+// on its own while the test runs.
+func (mc *multiCluster) waitLeadersSpread(c *client.Client) *transport.StatusReply {
+	mc.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		st := mc.status(c)
+		groups := 1 + mc.shards
+		share := (groups + len(mc.nodes) - 1) / len(mc.nodes)
+		spread, up, led := true, 0, 0
+		for _, n := range st.Nodes {
+			if n.Health == "up" {
+				up++
+			}
+			leads := 0
+			for _, g := range n.Groups {
+				if g.State == "Leader" {
+					leads++
+				}
+			}
+			led += leads
+			spread = spread && leads <= share
+		}
+		if spread && up == len(mc.nodes) && led == groups {
+			return st
+		}
+		if time.Now().After(deadline) {
+			mc.t.Fatalf("leaders not spread over the nodes after %v: %+v", quietGuard, st.Nodes)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitCaughtUp waits until every node holds a replica of every shard that
+// has applied as far as the shard's leader.
+func (mc *multiCluster) waitCaughtUp(c *client.Client) *transport.StatusReply {
+	mc.t.Helper()
+	deadline := time.Now().Add(quietGuard)
+	for {
+		st := mc.status(c)
+		caughtUp := true
+		for _, s := range st.Shards {
+			caughtUp = caughtUp && len(s.Replicas) == len(mc.nodes)
+			for _, r := range s.Replicas {
+				caughtUp = caughtUp && r.Lag == 0 && r.AppliedIndex == s.Replicas[0].AppliedIndex
+			}
+		}
+		if caughtUp {
+			return st
+		}
+		if time.Now().After(deadline) {
+			mc.t.Fatalf("replicas not caught up after %v: %+v", quietGuard, st.Shards)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
