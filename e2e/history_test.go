@@ -106,3 +106,58 @@ func TestAccountHistoryThroughTheCluster(t *testing.T) {
 		}
 	}
 }
+
+// The credit half of a cross-shard transfer is listed when it was credited,
+// after the transfer's own (debit shard's) timestamp: its row shows the time
+// it is listed at, so rows are in timestamp order and paging with
+// timestamp_min = the last row's + 1 neither repeats nor skips a row (it
+// used to show the debit shard's timestamp, and the page repeated it).
+func TestAccountHistoryPagesThroughCreditHalves(t *testing.T) {
+	c := startCluster(t, 2)
+	bank, shop := c.accountOn("bank", 1), c.accountOn("shop", 2)
+	c.mustCreateAccounts(acct(bank, 0), acct(shop, transport.AccountHistory))
+	var sent []string
+	for _, id := range []string{"x1", "x2", "x3"} {
+		if r := c.transfer(xfer(id, bank, shop, 5)); r[0].Code != transport.CodeOK {
+			t.Fatalf("%s: %v", id, r[0].Code)
+		}
+		sent = append(sent, id)
+	}
+	var paged []string
+	f := transport.AccountFilter{AccountID: shop, Limit: 1}
+	for range 10 {
+		rows, err := c.c.AccountTransfers(c.ctx(), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) == 0 {
+			break
+		}
+		if rows[0].Timestamp < f.TimestampMin {
+			t.Fatalf("row %s at %d, below timestamp_min %d", rows[0].ID, rows[0].Timestamp, f.TimestampMin)
+		}
+		debited, err := c.c.LookupTransfers(c.ctx(), []string{rows[0].ID})
+		if err != nil || len(debited) != 1 {
+			t.Fatalf("lookup %s: %v %v", rows[0].ID, debited, err)
+		}
+		if rows[0].Timestamp <= debited[0].Timestamp {
+			t.Fatalf("credit half of %s listed at %d, not after its debit at %d", rows[0].ID, rows[0].Timestamp, debited[0].Timestamp)
+		}
+		paged = append(paged, rows[0].ID)
+		f.TimestampMin = rows[0].Timestamp + 1
+	}
+	if !slices.Equal(paged, sent) {
+		t.Fatalf("paged one row at a time: %v, want %v", paged, sent)
+	}
+	// Each row's timestamp is a balance row's: the account's own event.
+	bs := c.balances(transport.AccountFilter{AccountID: shop, Limit: 10})
+	rows, err := c.c.AccountTransfers(c.ctx(), transport.AccountFilter{AccountID: shop, Limit: 10})
+	if err != nil || len(rows) != len(bs) {
+		t.Fatalf("%d rows (%v), %d balance rows", len(rows), err, len(bs))
+	}
+	for i := range rows {
+		if rows[i].Timestamp != bs[i].Timestamp {
+			t.Fatalf("row %s at %d, its balance row at %d", rows[i].ID, rows[i].Timestamp, bs[i].Timestamp)
+		}
+	}
+}

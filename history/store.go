@@ -332,11 +332,15 @@ var errFull = errors.New("reply full")
 
 // AccountTransfers returns the account's transfers on this shard that the
 // filter selects (the filter is checked by the caller), stopping before
-// their encoding would pass maxBytes.
+// their encoding would pass maxBytes. Each row carries the timestamp it is
+// listed at, the event's on this shard: the credit half of a transfer
+// across shards is listed when it was credited, later than the transfer's
+// own timestamp (its debit shard's), and shows that time, so that rows are
+// in timestamp order and the filter pages through them.
 func (s *Store) AccountTransfers(f *transport.AccountFilter, maxBytes int) ([]transport.Transfer, error) {
 	var out []transport.Transfer
 	size := 0
-	err := s.scan(prefixAccount, f, func(_ uint64, v []byte) error {
+	err := s.scan(prefixAccount, f, func(ts uint64, v []byte) error {
 		if len(v) == 0 {
 			return errors.New("history: empty account row")
 		}
@@ -359,6 +363,7 @@ func (s *Store) AccountTransfers(f *transport.AccountFilter, maxBytes int) ([]tr
 			return errFull
 		}
 		t, err := decodeTransferValue(v)
+		t.Timestamp = ts
 		out = append(out, t)
 		return err
 	})
