@@ -206,8 +206,8 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// A fourth node joins the running cluster: every group adds it, and it
-	// catches up.
+	// A fourth node joins the running cluster: every group adds it, it
+	// catches up, and it becomes a voter.
 	mc.add(true)
 	mc.launch(3)
 	mc.waitReady(3)
@@ -225,11 +225,15 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 			}
 			joined = joined && n == 4
 		}
+		// It joined as a nonvoter and asks to vote once caught up.
+		for _, n := range st.Nodes {
+			joined = joined && len(n.Voters) == 4
+		}
 		if joined {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node-4 not a caught-up replica of every shard after %v: %+v", quietGuard, st.Shards)
+			t.Fatalf("node-4 not a caught-up voting replica of every shard after %v: %+v %+v", quietGuard, st.Shards, st.Nodes)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
