@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -344,10 +345,24 @@ func (g *Group) watchLeadership(onLeader func(context.Context)) {
 		if onLeader != nil {
 			go func() {
 				// Apply everything committed by earlier terms before
-				// serving, so reads and the outbox see it.
-				if err := g.raft.Barrier(0).Error(); err != nil {
+				// serving, so reads and the outbox see it. A barrier
+				// fails while a leadership transfer is in progress; if
+				// the transfer fails, this node still leads and must
+				// serve: try again for as long as the term lasts (giving
+				// up once left a leader that never served, "no
+				// responders" until the next election, which the chaos
+				// test hit).
+				for {
+					err := g.raft.Barrier(0).Error()
+					if err == nil {
+						break
+					}
 					g.log.Warn("leader barrier failed", "err", err)
-					return
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(100 * time.Millisecond):
+					}
 				}
 				onLeader(ctx)
 			}()
@@ -392,13 +407,18 @@ type coverer interface {
 	Covers(snapshot io.Reader) (bool, error)
 }
 
-// dropUncovered deletes the snapshots the machine could not restore on its
-// own. Only one kind exists: a snapshot the leader sent, persisted by Raft
-// before Restore, whose history copy a crash cut short (a node's own
-// snapshots are written after their history is durable). Raft would fail
-// to start on it; without it, the node starts from its older state and the
-// leader sends the snapshot again. The node never acknowledged it: Restore
-// makes the history durable before Raft answers the leader.
+// dropUncovered deletes the snapshots Raft must not start from:
+//   - the ones the machine could not restore on its own. Only one kind
+//     exists: a snapshot the leader sent, persisted by Raft before Restore,
+//     whose history copy a crash cut short (a node's own snapshots are
+//     written after their history is durable). Raft would fail to start on
+//     it; without it, the node starts from its older state and the leader
+//     sends it again. The node never acknowledged it: Restore makes the
+//     history durable before Raft answers the leader.
+//   - the ones listed before a restorable snapshot with a higher index.
+//     Raft tries the list in order (newest term first): a snapshot a
+//     leader sent that was older than this node's state (Restore refused
+//     it, but Raft had persisted it) would rewind the state at start.
 func dropUncovered(dir string, snaps raft.SnapshotStore, m Machine, log *slog.Logger) error {
 	c, ok := m.(coverer)
 	if !ok {
@@ -408,21 +428,32 @@ func dropUncovered(dir string, snaps raft.SnapshotStore, m Machine, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	for _, meta := range list {
+	covered := make([]bool, len(list))
+	for i, meta := range list {
 		_, rc, err := snaps.Open(meta.ID)
 		if err != nil {
 			return err
 		}
-		covered, err := c.Covers(rc)
+		covered[i], err = c.Covers(rc)
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("snapshot %s: %w", meta.ID, err)
 		}
-		if !covered {
+	}
+	for i, meta := range list {
+		older := slices.ContainsFunc(list[i+1:], func(later *raft.SnapshotMeta) bool {
+			return later.Index > meta.Index && covered[slices.Index(list, later)]
+		})
+		switch {
+		case !covered[i]:
 			log.Warn("dropping a snapshot whose history copy was cut short; the leader sends it again", "snapshot", meta.ID, "index", meta.Index)
-			if err := os.RemoveAll(filepath.Join(dir, "snapshots", meta.ID)); err != nil {
-				return err
-			}
+		case older:
+			log.Warn("dropping a snapshot listed before a newer one", "snapshot", meta.ID, "index", meta.Index)
+		default:
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, "snapshots", meta.ID)); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -184,3 +184,38 @@ func TestSnapshotWhoseHistoryCopyWasCutShortIsDropped(t *testing.T) {
 		}
 	})
 }
+
+// TestRestoreRefusesASnapshotOlderThanTheState: Raft would rewind its
+// applied index to an older snapshot a leader sent and then replay entries
+// this replica has compacted away (hashicorp/raft#697, a panic). Restore
+// refuses it and keeps the state.
+func TestRestoreRefusesASnapshotOlderThanTheState(t *testing.T) {
+	store, err := history.Open(filepath.Join(t.TempDir(), "history"), history.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewShardMachine(1, store)
+	cmd := func(c *shard.Command) [][]byte { return [][]byte{encode(t, c)} }
+	m.Apply(1, 100, cmd(&shard.Command{Kind: shard.KindCreateAccounts, Accounts: []transport.Account{{ID: "a", Ledger: 1, Code: 1}, {ID: "b", Ledger: 1, Code: 1}}}))
+	snap, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old memSink
+	if err := snap.Persist(&old); err != nil {
+		t.Fatal(err)
+	}
+	m.Apply(2, 200, cmd(&shard.Command{Kind: shard.KindCreateTransfers, CreditShards: []uint32{1},
+		Transfers: []transport.Transfer{{ID: "t1", DebitAccountID: "a", CreditAccountID: "b", Amount: 7, Ledger: 1, Code: 1}}}))
+	var want uint64
+	m.Read(func(st *shard.State, _ uint64) { want = st.Hash() })
+	if err := m.Restore(&old.Buffer); err == nil {
+		t.Fatal("restored a snapshot at index 1 over a state at index 2")
+	}
+	m.Read(func(st *shard.State, applied uint64) {
+		if applied != 2 || st.Hash() != want {
+			t.Fatalf("state changed by a refused restore: applied %d", applied)
+		}
+	})
+}

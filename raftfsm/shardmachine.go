@@ -106,8 +106,17 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 		return err
 	}
 	m.mu.RLock()
-	fetch := m.fetch
+	fetch, current := m.fetch, m.applied
 	m.mu.RUnlock()
+	if applied < current {
+		// A leader sent a snapshot older than this replica's state (it
+		// walked back over a divergent tail past its own compacted log).
+		// Raft would rewind its applied index to it and then replay
+		// entries this replica has compacted away, and panic
+		// (hashicorp/raft#697). Refused, the leader tries again, with a
+		// newer snapshot once it has taken one.
+		return fmt.Errorf("shard %d: snapshot at index %d is older than the state applied here (%d): refused, it would rewind the state", m.st.ID(), applied, current)
+	}
 	if durable < applied && fetch != nil {
 		if err := fetch(applied); err != nil {
 			return fmt.Errorf("shard %d: copy the history up to index %d: %w", m.st.ID(), applied, err)
