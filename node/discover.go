@@ -177,6 +177,15 @@ func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
 	case cur != nil && cur.Suffrage == raft.Nonvoter && cur.Address == addr:
 		return &shard.Reply{}
 	default:
+		if _, leader := r.LeaderWithID(); cur != nil && leader == id {
+			// The node that lost its data leads this group (elected, or
+			// handed the leadership by the balancer, once it had restored
+			// the leader's snapshot): removing itself would shut its
+			// Raft down. It hands the leadership on first; the join is
+			// tried again against the next leader.
+			go r.LeadershipTransfer()
+			return &shard.Reply{Retry: "join: the joining node leads this group: handing it on"}
+		}
 		if cur != nil {
 			if err := r.RemoveServer(id, 0, joinTimeout).Error(); err != nil {
 				return &shard.Reply{Retry: "join: remove the old member: " + err.Error()}
