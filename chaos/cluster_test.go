@@ -5,10 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -520,13 +522,30 @@ func buildLedgerd(t *testing.T) string {
 	return bin
 }
 
-// freePort returns a loopback address whose port was free a moment ago.
+// freePort returns a loopback address whose port was free a moment ago,
+// below the kernel's ephemeral range: a port from that range (what
+// listening on port 0 gives) can be taken by any outgoing connection
+// before the node binds it, and a long run hit that ("embedded NATS did not
+// start").
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	for range 1000 {
+		port := 10000 + rand.IntN(max(low-10000, 1))
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
