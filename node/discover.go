@@ -106,7 +106,9 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 }
 
 // answerStatus answers the NodesStatus subject with this node's view of
-// every group, for as long as the node runs.
+// every group, for as long as the node runs. Start subscribes only once the
+// node has joined every group: a joining node does not answer, so the
+// balancer hands it no leadership.
 func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error) {
 	return n.nc.Subscribe(n.subjects.NodesStatus(), func(msg *nats.Msg) {
 		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Health: "up", RaftAddr: self.RaftAddr}

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -390,43 +389,12 @@ func (r *Router) status(ctx context.Context, _ []byte) any {
 	return &out
 }
 
-// accountTransfers asks the account's shard for its history. The credit
-// halves of cross-shard transfers are listed there too, when credited.
-// How long the router collects the nodes' status answers: until none came
-// for nodesQuiet after the last, at most nodesWaitMax.
-const (
-	nodesQuiet   = 100 * time.Millisecond
-	nodesWaitMax = time.Second
-)
-
 // nodeStatuses asks every node for its status. A node of the cluster's
 // configuration that did not answer is listed unreachable.
 func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
-	out := []transport.NodeStatus{}
-	inbox := r.nc.NewRespInbox()
-	sub, err := r.nc.SubscribeSync(inbox)
-	if err != nil {
-		return out
-	}
-	defer sub.Unsubscribe()
-	if err := r.nc.PublishRequest(r.subjects.NodesStatus(), inbox, nil); err != nil {
-		return out
-	}
+	out := transport.NodeStatuses(ctx, r.nc, r.subjects)
 	voters := map[string]bool{}
-	end := time.Now().Add(nodesWaitMax)
-	for wait := nodesWaitMax; ; wait = min(nodesQuiet, time.Until(end)) {
-		if ctx.Err() != nil || wait <= 0 {
-			break
-		}
-		msg, err := sub.NextMsg(wait)
-		if err != nil {
-			break
-		}
-		var n transport.NodeStatus
-		if transport.Unmarshal(msg.Data, &n) != nil || n.ID == "" {
-			continue
-		}
-		out = append(out, n)
+	for _, n := range out {
 		for _, v := range n.Voters {
 			voters[v] = true
 		}
@@ -437,10 +405,15 @@ func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
 	for v := range voters {
 		out = append(out, transport.NodeStatus{ID: v, Health: "unreachable"})
 	}
+	if out == nil {
+		out = []transport.NodeStatus{}
+	}
 	slices.SortFunc(out, func(a, b transport.NodeStatus) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
+// accountTransfers asks the account's shard for its history. The credit
+// halves of cross-shard transfers are listed there too, when credited.
 func (r *Router) accountTransfers(ctx context.Context, body []byte) any {
 	reply, err := r.history(ctx, body, shard.OpAccountTransfers)
 	if err != nil {
