@@ -225,14 +225,19 @@ func runFaults(t *testing.T, c *cluster, cl *client.Client, rng *rand.Rand, d ti
 			time.Sleep(hold)
 			c.partition(victim, false)
 		case "wipe":
-			// The node loses its disk: it comes back empty and rejoins
-			// (--join): removed, added as a nonvoter, sent a snapshot and
-			// the log, made a voter again. Until then the groups have two
-			// voters, so the next fault waits for the cluster to be whole.
+			// The node loses its disk: it comes back empty and rejoins:
+			// removed, added as a nonvoter, sent a snapshot and the log,
+			// made a voter again, silent in elections until re-added.
+			// Half the time it is told --join; otherwise it has its
+			// usual flags, as a pod given a new volume would, and joins
+			// because it finds the cluster running. Until it is a voter
+			// the groups have two, so the next fault waits for the
+			// cluster to be whole.
+			join := rng.IntN(2) == 0
 			c.kill(victim)
 			c.wipe(victim)
 			time.Sleep(hold)
-			c.launch(victim, true)
+			c.launch(victim, join)
 			c.waitReady(victim)
 			c.waitVoters(cl)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ledgerd/ledgerd/client"
 	"github.com/ledgerd/ledgerd/transport"
+	"github.com/ledgerd/ledgerd/transport/nodetls"
 	"github.com/nats-io/nats.go"
 )
 
@@ -33,7 +34,8 @@ const (
 // cluster is three ledgerd processes on loopback. Every node dials every
 // peer's Raft port through a proxy of its own for that pair
 // (LEDGERD_TEST_RAFT_VIA), so a partition cuts exactly one node's Raft
-// traffic; NATS (embedded, joined by routes) is left alone.
+// traffic; NATS (embedded, joined by routes) is left alone. Nodes run as in
+// production, with mutual TLS between them: the proxies pass it through.
 type cluster struct {
 	t      *testing.T
 	bin    string
@@ -47,6 +49,7 @@ type cluster struct {
 type node struct {
 	id, natsAddr, clusterAddr, raftAddr, dataDir string
 	env                                          []string
+	tls                                          []string // its TLS flags; the files live outside its data
 	cur                                          *process
 	runs                                         []*process
 }
@@ -71,10 +74,19 @@ func newCluster(t *testing.T, bin string, n, shards int) *cluster {
 			}
 		}
 	}
+	ca, err := nodetls.NewCA("chaos cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := range n {
+		f, err := ca.Issue(t.TempDir(), nodetls.DefaultServerName)
+		if err != nil {
+			t.Fatal(err)
+		}
 		c.nodes = append(c.nodes, &node{
 			id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(t), clusterAddr: freePort(t), raftAddr: freePort(t),
 			dataDir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)),
+			tls:     []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA},
 		})
 	}
 	for i, a := range c.nodes {
@@ -125,6 +137,7 @@ func (c *cluster) launch(i int, join bool) {
 		// a rejoining node is sent one.
 		"--snapshot-threshold", "256", "--snapshot-interval", "500ms", "--snapshot-trailing-logs", "64",
 	)
+	cmd.Args = append(cmd.Args, n.tls...)
 	if join {
 		cmd.Args = append(cmd.Args, "--join")
 	} else {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -50,6 +51,21 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 	}
 	if n.cfg.Join {
 		return nil, nil // added to every group by its leader
+	}
+	if n.cfg.BootstrapExpect > 1 {
+		// A node without data that finds its cluster running has lost
+		// its data (or joins late): bootstrapping again would make it a
+		// voter that forgot what it voted and acknowledged. It joins,
+		// so a lost volume heals with the node's usual flags.
+		runs, err := clusterRuns(n.nc, n.subjects)
+		if err != nil {
+			return nil, err
+		}
+		if runs {
+			n.log.Warn("this node has no data and its cluster is running: joining it")
+			n.cfg.Join = true
+			return nil, nil
+		}
 	}
 	if n.cfg.BootstrapExpect <= 1 {
 		return []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(self.ID), Address: raft.ServerAddress(self.RaftAddr)}}, nil
@@ -258,4 +274,55 @@ func (n *Node) promote(ctx context.Context, self transport.NodeInfo) {
 			}
 		}
 	}
+}
+
+// rejoinMarker, in a group's directory, marks a group this node is joining
+// again after losing its data: until the join has made it a member anew,
+// the group stays silent in elections (raftmux.VoteGate). The marker is
+// written before the group's first byte and removed only once joined, so a
+// crash in between resumes the join rather than voting from a partial log.
+const rejoinMarker = "joining"
+
+// rejoining reports whether the group in dir must join: a joining node's
+// group with no data yet, or one whose join was cut short.
+func (n *Node) rejoining(dir string) (bool, error) {
+	path := filepath.Join(n.cfg.DataDir, dir)
+	marker := filepath.Join(path, rejoinMarker)
+	if _, err := os.Stat(marker); err == nil {
+		return true, nil
+	}
+	if !n.cfg.Join {
+		return false, nil
+	}
+	if _, err := os.Stat(filepath.Join(path, "raft.db")); err == nil {
+		return false, nil // a member already: restarted with --join still set
+	}
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return false, err
+	}
+	f, err := os.Create(marker)
+	if err != nil {
+		return false, err
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return false, err
+	}
+	return true, syncDir(path)
+}
+
+// rejoined removes the marker of a group that has joined.
+func (n *Node) rejoined(dir string) error {
+	path := filepath.Join(n.cfg.DataDir, dir)
+	if err := os.Remove(filepath.Join(path, rejoinMarker)); err != nil {
+		return err
+	}
+	return syncDir(path)
+}
+
+func syncDir(path string) error {
+	d, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
 }

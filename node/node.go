@@ -4,6 +4,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,10 +32,12 @@ type Config struct {
 	DataDir       string
 	RaftListen    string // host:port for every group's Raft traffic
 	RaftAdvertise string // address peers dial; defaults to the listener's
-	Shards        uint32 // shard count when the cluster is created
-	Conn          *nats.Conn
-	Prefix        string
-	Logger        *slog.Logger
+	// RaftTLS, if not nil, makes the Raft port mutual TLS (nodetls.Load).
+	RaftTLS *tls.Config
+	Shards  uint32 // shard count when the cluster is created
+	Conn    *nats.Conn
+	Prefix  string
+	Logger  *slog.Logger
 	// SagaFault, for fault-injection tests only, is asked about every saga
 	// message (credit, abort, forget) this node sends; nil in production.
 	SagaFault func(to uint32, cmd *shard.Command) Fault
@@ -91,7 +94,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.RaftAdvertise != "" {
 		adv = advertiseAddr(cfg.RaftAdvertise)
 	}
-	mux, err := raftmux.Listen(cfg.RaftListen, adv, cfg.Logger)
+	mux, err := raftmux.Listen(cfg.RaftListen, adv, cfg.RaftTLS, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -110,22 +113,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		mux.Close()
 		return nil, err
 	}
-	n.meta, err = n.openGroup(metaGroupID, "meta", n.metaM, n.serveMeta)
+	n.meta, err = n.openGroup(ctx, self, metaGroupID, "meta", n.metaM, n.serveMeta)
 	if err != nil {
 		_ = n.nodes.Unsubscribe()
 		mux.Close()
 		return nil, err
 	}
-	joining := cfg.Join && n.servers == nil && n.meta.Raft().LastIndex() == 0
-	if joining {
-		if err := n.join(ctx, n.subjects.Meta(), metaGroupID, shard.Join{Node: self}); err != nil {
-			n.Close()
-			return nil, err
-		}
-	}
-	if n.servers == nil && !joining {
-		// Restarted: a shard group that never got its first entry
-		// bootstraps with the cluster's configuration, the meta group's.
+	if n.servers == nil {
+		// Restarted, or joined: a shard group that never got its first
+		// entry and is not joining bootstraps with the cluster's
+		// configuration, the meta group's.
 		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
 			n.servers = f.Configuration().Servers
 		}
@@ -149,23 +146,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
-		s.g, err = n.openGroup(id, dir, s.m, s.serve)
+		s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
+		s.g, err = n.openGroup(ctx, self, id, dir, s.m, s.serve)
 		if err != nil {
 			store.Close()
 			n.Close()
 			return nil, err
 		}
-		s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
 		n.mu.Lock()
 		n.shards[id] = s
 		n.ids = append(n.ids, id)
 		n.mu.Unlock()
-		if joining {
-			if err := n.join(ctx, n.subjects.Shard(id), id, shard.Join{Node: self}); err != nil {
-				n.Close()
-				return nil, err
-			}
-		}
 	}
 	if n.status, err = n.answerStatus(self); err != nil {
 		n.Close()
@@ -182,34 +173,70 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 // the queue groups: requests, retries included, would land on either, and
 // idempotency holds only within one.
 func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
+	runs, err := clusterRuns(nc, subjects)
+	if err == nil && runs {
+		err = fmt.Errorf("a ledger cluster already serves prefix %q on this NATS: start this node with --join to add it to that cluster", subjects.Prefix)
+	}
+	return err
+}
+
+// clusterRuns reports whether a meta leader answers on this NATS and
+// prefix.
+func clusterRuns(nc *nats.Conn, subjects transport.Subjects) (bool, error) {
 	_, err := nc.Request(subjects.Meta(), nil, 500*time.Millisecond)
 	switch {
 	case err == nil:
-		return fmt.Errorf("a ledger cluster already serves prefix %q on this NATS; nodes cannot join one yet", subjects.Prefix)
+		return true, nil
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout):
-		return nil
+		return false, nil
 	default:
-		return fmt.Errorf("checking for another cluster on this NATS: %w", err)
+		return false, fmt.Errorf("checking for a cluster on this NATS: %w", err)
 	}
 }
 
-func (n *Node) openGroup(id uint32, dir string, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
+// openGroup opens group id in dir. A group this node is joining (rejoin)
+// is opened without a configuration and silent in elections, and joined
+// before openGroup returns.
+func (n *Node) openGroup(ctx context.Context, self transport.NodeInfo, id uint32, dir string, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
+	rejoin, err := n.rejoining(dir)
+	if err != nil {
+		return nil, err
+	}
 	layer, err := n.mux.Group(id)
 	if err != nil {
 		return nil, err
 	}
-	trans := raftmux.NewTransport(layer, n.log)
-	return raftfsm.Open(raftfsm.GroupConfig{
+	var trans raft.Transport = raftmux.NewTransport(layer, n.log)
+	var gate *raftmux.VoteGate
+	servers := n.servers
+	if rejoin {
+		gate = raftmux.NewVoteGate(trans.(*raft.NetworkTransport))
+		trans, servers = gate, nil
+	}
+	g, err := raftfsm.Open(raftfsm.GroupConfig{
 		ID:        id,
 		Dir:       filepath.Join(n.cfg.DataDir, dir),
 		NodeID:    n.cfg.NodeID,
 		Transport: trans,
-		Servers:   n.servers,
+		Servers:   servers,
 		Machine:   m,
 		Logger:    n.log,
 		OnLeader:  onLeader,
 		Snapshots: n.cfg.Snapshots,
 	})
+	if err != nil || !rejoin {
+		return g, err
+	}
+	if err := n.join(ctx, n.groupSubject(id), id, shard.Join{Node: self}); err != nil {
+		g.Shutdown()
+		return nil, err
+	}
+	gate.Allow()
+	if err := n.rejoined(dir); err != nil {
+		g.Shutdown()
+		return nil, err
+	}
+	return g, nil
 }
 
 // waitSlotMap waits until the meta group holds a slot map (the meta leader
@@ -242,8 +269,12 @@ func (n *Node) serveMeta(ctx context.Context) {
 		n.log.Debug("created slot map", "shards", shards)
 	}
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
-		if msg.Header.Get(shard.OpHeader) == shard.OpJoin {
+		switch msg.Header.Get(shard.OpHeader) {
+		case shard.OpJoin:
 			go respond(msg, joinReply(n.meta, msg.Data))
+			return
+		case shard.OpRemove:
+			go respond(msg, removeReply(n.meta, msg.Data))
 			return
 		}
 		m := n.metaM.SlotMap()

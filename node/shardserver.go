@@ -221,6 +221,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		}()
 	case shard.OpJoin:
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
+	case shard.OpRemove:
+		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
 	case shard.OpHistoryExport:
 		select {
 		case s.reads <- struct{}{}:

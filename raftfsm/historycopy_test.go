@@ -26,7 +26,7 @@ func TestReplicaSentASnapshotCopiesTheHistory(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	policy := SnapshotPolicy{Threshold: 1 << 30, Interval: time.Hour, TrailingLogs: 1}
 	open := func(dir, id string, servers []raft.Server) (*Group, *ShardMachine, raft.ServerAddress) {
-		mux, err := raftmux.Listen("127.0.0.1:0", nil, log)
+		mux, err := raftmux.Listen("127.0.0.1:0", nil, nil, log)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +155,7 @@ func TestSnapshotWhoseHistoryCopyWasCutShortIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	mux, err := raftmux.Listen("127.0.0.1:0", nil, log)
+	mux, err := raftmux.Listen("127.0.0.1:0", nil, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ type testGroup struct {
 func openTestGroup(t *testing.T, dir string) *testGroup {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	mux, err := raftmux.Listen("127.0.0.1:0", nil, log)
+	mux, err := raftmux.Listen("127.0.0.1:0", nil, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"github.com/ledgerd/ledgerd/router"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
+	"github.com/ledgerd/ledgerd/transport/nodetls"
 )
 
 // DefaultShards is the shard count of a new cluster when none is given. On
@@ -45,6 +47,9 @@ type Config struct {
 	// the other nodes' (embedNATS).
 	NATSClusterListen string
 	NATSRoutes        []string
+	// TLS, if set, makes the Raft port and the NATS cluster routes mutual
+	// TLS between nodes of one CA (nodetls).
+	TLS nodetls.Files
 	// BootstrapExpect: the number of nodes that form a new cluster
 	// (node.Config.BootstrapExpect); Join: add this new node to the
 	// running cluster (node.Config.Join).
@@ -88,6 +93,14 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
+	var nodeTLS *tls.Config
+	if cfg.TLS.Enabled() {
+		if nodeTLS, err = nodetls.Load(cfg.TLS); err != nil {
+			return nil, err
+		}
+	} else if cfg.BootstrapExpect > 1 || cfg.Join || cfg.NATSClusterListen != "" {
+		cfg.Logger.Warn("no node TLS: the Raft port and the NATS cluster port accept anyone who reaches them; keep them on the nodes' network or set --tls-cert, --tls-key and --tls-ca")
+	}
 	var opts []nats.Option
 	if cfg.NATSURL != "" {
 		s.url = cfg.NATSURL
@@ -95,7 +108,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if s.secret, err = randomSecret(); err != nil {
 			return nil, err
 		}
-		if s.ns, err = embedNATS(cfg, s.secret); err != nil {
+		if s.ns, err = embedNATS(cfg, s.secret, nodeTLS); err != nil {
 			return nil, err
 		}
 		s.url = s.ns.ClientURL()
@@ -114,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
 	s.node, err = node.Start(ctx, node.Config{
-		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, RaftTLS: nodeTLS,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
 		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect, Join: cfg.Join,
 	})
@@ -163,9 +176,11 @@ func clientPermissions(prefix string) *natsserver.Permissions {
 //
 // With NATSClusterListen the server also listens for the other nodes' NATS
 // servers and dials NATSRoutes: one NATS cluster, in which every node's
-// subscriptions (shard leaders, routers) are reachable from every node. The
-// cluster port carries no authentication: keep it on the nodes' network.
-func embedNATS(cfg Config, secret string) (*natsserver.Server, error) {
+// subscriptions (shard leaders, routers) are reachable from every node.
+// With nodeTLS the routes are mutual TLS between nodes of the cluster's CA;
+// without, the cluster port carries no authentication: keep it on the
+// nodes' network.
+func embedNATS(cfg Config, secret string, nodeTLS *tls.Config) (*natsserver.Server, error) {
 	addr, prefix := cfg.NATSListen, cfg.Prefix
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -205,6 +220,9 @@ func embedNATS(cfg Config, secret string) (*natsserver.Server, error) {
 			return nil, fmt.Errorf("nats cluster listen port %q: %w", cp, err)
 		}
 		opts.Cluster = natsserver.ClusterOpts{Name: "ledgerd-" + prefix, Host: ch, Port: port}
+		if nodeTLS != nil {
+			opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = nodeTLS.Clone(), routeTLSTimeout.Seconds()
+		}
 		var routes []string
 		for _, r := range cfg.NATSRoutes {
 			if !strings.Contains(r, "://") {
@@ -227,6 +245,9 @@ func embedNATS(cfg Config, secret string) (*natsserver.Server, error) {
 	}
 	return ns, nil
 }
+
+// routeTLSTimeout bounds a NATS route's TLS handshake.
+const routeTLSTimeout = 2 * time.Second
 
 // ConnectInternal opens an in-process connection with the node's rights on
 // the embedded NATS server (tests that play a shard use it); it fails when

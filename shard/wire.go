@@ -27,6 +27,9 @@ const (
 	// OpJoin: the body is a Join; the leader adds that node to its group,
 	// as a nonvoter first, as a voter once it has caught up.
 	OpJoin = "join"
+	// OpRemove: the body is a Remove; the leader removes that node from
+	// its group.
+	OpRemove = "remove"
 	// OpHistoryExport: a replica installing a snapshot copies the leader's
 	// history store page by page (node/historycopy.go).
 	OpHistoryExport = "history_export"
@@ -38,6 +41,12 @@ type Join struct {
 	Node    transport.NodeInfo `msgpack:"n"`
 	Promote bool               `msgpack:"p,omitempty"`
 	Applied uint64             `msgpack:"a,omitempty"` // the node's applied index in the group
+}
+
+// Remove is the body of OpRemove: the operator removes a node that is gone
+// for good (node/remove.go).
+type Remove struct {
+	Node string `msgpack:"n"`
 }
 
 // Reply answers every request on a shard's subject.

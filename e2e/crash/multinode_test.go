@@ -247,6 +247,7 @@ type multiNode struct {
 	natsAddr, clusterAddr, raftAddr string
 	dataDir                         string
 	join                            bool
+	args                            []string // more flags (TLS)
 	cur                             *process
 	runs                            []*process
 }
@@ -301,6 +302,7 @@ func (mc *multiCluster) launch(i int) {
 		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
 		"--raft-listen", n.raftAddr, "--shards", fmt.Sprint(mc.shards), "--log-level", "info",
 	)
+	cmd.Args = append(cmd.Args, n.args...)
 	if n.join {
 		cmd.Args = append(cmd.Args, "--join")
 	} else {

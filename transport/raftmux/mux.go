@@ -9,9 +9,16 @@
 // a raft.StreamLayer, and runs a stock raft.NetworkTransport over it (see
 // NewTransport), so features raft detects on its transport by type assertion,
 // such as pre-vote, keep working.
+//
+// With a TLS configuration every connection is mutual TLS: the dialer
+// proves a certificate of the cluster's CA before it sends its header, and
+// so does the listener; a connection that does not is closed before it
+// reaches any group.
 package raftmux
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -26,8 +33,9 @@ import (
 const (
 	magic     = 0xA7
 	headerLen = 5
-	// headerTimeout bounds how long a connection may sit without sending its
-	// header, so idle or hostile clients cannot pin goroutines and fds.
+	// headerTimeout bounds how long a connection may sit without finishing
+	// its TLS handshake and sending its header, so idle or hostile clients
+	// cannot pin goroutines and fds.
 	headerTimeout = 5 * time.Second
 	// backlog is how many routed connections a Layer holds before its owner
 	// Accepts them. NetworkTransport accepts in a tight loop, so a full
@@ -42,6 +50,7 @@ type Mux struct {
 	ln   net.Listener
 	addr net.Addr
 	log  *slog.Logger
+	tls  *tls.Config // nil: plain TCP
 	done chan struct{}
 	wg   sync.WaitGroup // accept loop and per-connection handoff goroutines
 
@@ -59,8 +68,11 @@ type Mux struct {
 // Listen opens the node's single Raft port. advertise is the address peers
 // should dial (it is what every Layer reports as Addr, and therefore what
 // raft puts in configurations); nil means the listener's own address.
-// A nil logger discards.
-func Listen(addr string, advertise net.Addr, logger *slog.Logger) (*Mux, error) {
+// tlsConfig, if not nil, serves and dials mutual TLS: it must hold this
+// node's certificate, verify peers' (ClientAuth, ClientCAs) and name the
+// server certificate peers present (RootCAs, ServerName). A nil logger
+// discards.
+func Listen(addr string, advertise net.Addr, tlsConfig *tls.Config, logger *slog.Logger) (*Mux, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -75,6 +87,7 @@ func Listen(addr string, advertise net.Addr, logger *slog.Logger) (*Mux, error) 
 		ln:      ln,
 		addr:    advertise,
 		log:     logger,
+		tls:     tlsConfig,
 		done:    make(chan struct{}),
 		groups:  make(map[uint32]*Layer),
 		pending: make(map[net.Conn]struct{}),
@@ -169,26 +182,44 @@ func (m *Mux) serve() {
 	}
 }
 
-func (m *Mux) handoff(c net.Conn) {
+func (m *Mux) handoff(raw net.Conn) {
 	defer m.wg.Done()
-	id, err := readHeader(c)
+	c, err := m.secure(raw)
+	var id uint32
+	if err == nil {
+		id, err = readHeader(c)
+	}
 
 	m.mu.Lock()
-	delete(m.pending, c)
+	delete(m.pending, raw)
 	l := m.groups[id]
 	m.mu.Unlock()
 
 	switch {
 	case err != nil:
-		m.log.Debug("raftmux: dropping connection", "remote", c.RemoteAddr(), "err", err)
+		m.log.Debug("raftmux: dropping connection", "remote", raw.RemoteAddr(), "err", err)
 	case l == nil:
-		m.log.Debug("raftmux: dropping connection for unknown group", "remote", c.RemoteAddr(), "group", id)
+		m.log.Debug("raftmux: dropping connection for unknown group", "remote", raw.RemoteAddr(), "group", id)
 	case !l.deliver(c):
-		m.log.Debug("raftmux: dropping connection, group closed or backlog full", "remote", c.RemoteAddr(), "group", id)
+		m.log.Debug("raftmux: dropping connection, group closed or backlog full", "remote", raw.RemoteAddr(), "group", id)
 	default:
 		return
 	}
-	c.Close()
+	raw.Close()
+}
+
+// secure runs the server side of the TLS handshake, if the mux has TLS.
+func (m *Mux) secure(c net.Conn) (net.Conn, error) {
+	if m.tls == nil {
+		return c, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), headerTimeout)
+	defer cancel()
+	tc := tls.Server(c, m.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tc, nil
 }
 
 func readHeader(c net.Conn) (uint32, error) {
@@ -279,6 +310,20 @@ func (l *Layer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Con
 	c, err := net.DialTimeout("tcp", target, timeout)
 	if err != nil {
 		return nil, err
+	}
+	if l.mux.tls != nil {
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if timeout > 0 {
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		tc := tls.Client(c, l.mux.tls)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("raftmux: group %d: tls handshake with %s: %w", l.id, address, err)
+		}
+		c = tc
 	}
 	var h [headerLen]byte
 	h[0] = magic

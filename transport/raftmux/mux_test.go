@@ -17,7 +17,7 @@ import (
 
 func newMux(t *testing.T) *Mux {
 	t.Helper()
-	m, err := Listen("127.0.0.1:0", nil, nil)
+	m, err := Listen("127.0.0.1:0", nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestHeaderRouting(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	before := runtime.NumGoroutine()
-	m, err := Listen("127.0.0.1:0", nil, nil)
+	m, err := Listen("127.0.0.1:0", nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,199 @@
+package crash
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/ledgerd/ledgerd/transport/nodetls"
+)
+
+// tlsArgs issues node i a certificate of ca and returns its TLS flags.
+func tlsArgs(t *testing.T, ca *nodetls.CA, dir string) []string {
+	t.Helper()
+	f, err := ca.Issue(dir, nodetls.DefaultServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+}
+
+// TestTLSClusterMembership: three nodes with certificates of one CA form a
+// cluster over mutual TLS (Raft and NATS routes), move money, and survive a
+// SIGKILL and restart of a node, which reconnects over TLS; a fourth node
+// of the CA joins and catches up. A node with a certificate of another CA,
+// told every route, reaches nothing: it never joins, never appears in the
+// cluster, and the cluster does not notice it. The fourth node, killed for
+// good, is removed through node-1's operator endpoint: it leaves every
+// group, and the money is where it was.
+func TestTLSClusterMembership(t *testing.T) {
+	ca, err := nodetls.NewCA("ledgerd test cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := newMultiCluster(t, 3, 2)
+	admin := freePort(t)
+	for i, n := range mc.nodes {
+		n.args = tlsArgs(t, ca, t.TempDir())
+		if i == 0 {
+			n.args = append(n.args, "--http-listen", admin)
+		}
+		mc.launch(i)
+	}
+	for i := range mc.nodes {
+		mc.waitReady(i)
+	}
+	for i, n := range mc.nodes {
+		if n.cur.log.contains("no node TLS") {
+			t.Fatalf("node %d runs without TLS", i+1)
+		}
+	}
+	nc, c := mc.connect()
+	defer nc.Close()
+	st := mc.status(c)
+	ids := accountsPerShard(t, st, 2)
+	var accounts []transport.Account
+	for _, id := range ids {
+		accounts = append(accounts, newAccount(id, 0))
+	}
+	ctx, cancel := reqCtx()
+	defer cancel()
+	if res, err := c.CreateAccounts(ctx, accounts); err != nil || !allOK(res) {
+		t.Fatalf("accounts: %v %v", err, res)
+	}
+	// Every account pays the next, across shards and within them.
+	var xs []transport.Transfer
+	for k, id := range ids {
+		xs = append(xs, newTransfer(fmt.Sprintf("tls-%d", k), id, ids[(k+1)%len(ids)], uint64(10+k)))
+	}
+	if res, err := c.CreateTransfers(ctx, xs); err != nil || !allOK(res) {
+		t.Fatalf("transfers: %v %v", err, res)
+	}
+
+	// A follower killed and restarted reconnects over TLS and catches up.
+	mc.waitLeadersSpread(c)
+	mc.kill(2)
+	mc.launch(2)
+	mc.waitReady(2)
+	mc.waitCaughtUp(c)
+
+	// A fourth node of the CA joins.
+	mc.add(true)
+	mc.nodes[3].args = tlsArgs(t, ca, t.TempDir())
+	mc.launch(3)
+	mc.waitReady(3)
+	mc.waitCaughtUp(c)
+
+	// A node of another CA, told every route, joins nothing.
+	other, err := nodetls.NewCA("impostor CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.add(true)
+	imp := mc.nodes[4]
+	imp.args = tlsArgs(t, other, filepath.Join(t.TempDir()))
+	mc.launch(4)
+	deadline := time.Now().Add(quietGuard)
+	for imp.cur.log.count("joining: retrying") < 10 {
+		select {
+		case <-imp.cur.exited:
+			t.Fatalf("the impostor exited: %v\n%s", imp.cur.waitErr, imp.cur.log.tail(20))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the impostor never tried to join\n%s", imp.cur.log.tail(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if imp.cur.log.contains("ledgerd ready") || imp.cur.log.contains("joined") {
+		t.Fatalf("a node of another CA joined\n%s", imp.cur.log.tail(20))
+	}
+	st = mc.status(c)
+	var nodes []string
+	for _, n := range st.Nodes {
+		nodes = append(nodes, n.ID)
+		if n.Health != "up" || slices.Contains(n.Voters, imp.id) {
+			t.Fatalf("node %s: %+v", n.ID, n)
+		}
+	}
+	if want := []string{"node-1", "node-2", "node-3", "node-4"}; !slices.Equal(nodes, want) {
+		t.Fatalf("nodes %v, want %v", nodes, want)
+	}
+	for _, s := range st.Shards {
+		for _, r := range s.Replicas {
+			if r.Node == imp.id {
+				t.Fatalf("shard %d has a replica on the impostor", s.ID)
+			}
+		}
+	}
+
+	// Removal: only a node that is down, and a member.
+	remove := func(id string, want int) string {
+		t.Helper()
+		resp, err := http.Post("http://"+admin+"/admin/remove-node?id="+id, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("remove %q: %s %s, want %d", id, resp.Status, body, want)
+		}
+		return string(body)
+	}
+	remove("", http.StatusBadRequest)
+	remove("node-4", http.StatusConflict) // it runs
+	remove("node-1", http.StatusConflict) // the node asked
+	remove(imp.id, http.StatusNotFound)   // never a member
+	if resp, err := http.Get("http://" + admin + "/admin/remove-node?id=node-4"); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET removed a node: %v %v", err, resp)
+	}
+	mc.kill(3)
+	if got := remove("node-4", http.StatusOK); !strings.Contains(got, "removed node-4 from 3 groups") {
+		t.Fatalf("remove: %q", got)
+	}
+	remove("node-4", http.StatusNotFound) // once
+	st = mc.status(c)
+	nodes = nodes[:0]
+	for _, n := range st.Nodes {
+		nodes = append(nodes, n.ID)
+		if n.Health != "up" || !slices.Equal(n.Voters, []string{"node-1", "node-2", "node-3"}) {
+			t.Fatalf("after the removal, node %s: %+v", n.ID, n)
+		}
+	}
+	if want := []string{"node-1", "node-2", "node-3"}; !slices.Equal(nodes, want) {
+		t.Fatalf("after the removal, nodes %v, want %v", nodes, want)
+	}
+	for _, s := range st.Shards {
+		for _, r := range s.Replicas {
+			if r.Node == "node-4" {
+				t.Fatalf("shard %d still has a replica on the removed node: %+v", s.ID, s.Replicas)
+			}
+		}
+	}
+	// The three serve on: one more round of payments.
+	for k := range xs {
+		xs[k].ID += "-again"
+	}
+	if res, err := c.CreateTransfers(ctx, xs); err != nil || !allOK(res) {
+		t.Fatalf("transfers after the removal: %v %v", err, res)
+	}
+
+	// The money moved twice, once per round, whatever happened since.
+	got, err := c.LookupAccounts(ctx, ids)
+	if err != nil || len(got) != len(ids) {
+		t.Fatalf("lookup: %v %v", err, got)
+	}
+	for k, a := range got {
+		paid, received := 2*uint64(10+k), 2*uint64(10+(k+len(ids)-1)%len(ids))
+		if a.DebitsPosted != paid || a.CreditsPosted != received {
+			t.Fatalf("account %s: debits %d credits %d, want %d %d", a.ID, a.DebitsPosted, a.CreditsPosted, paid, received)
+		}
+	}
+}
