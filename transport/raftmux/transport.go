@@ -32,10 +32,13 @@ func NewTransport(l *Layer, logger *slog.Logger) *raft.NetworkTransport {
 // Such a node remembers neither the votes it gave nor the entries it
 // acknowledged; raft grants a vote from an empty log to any candidate, so
 // it could elect a second leader in a term it already voted in, or a
-// leader without entries it helped commit. It stays silent in elections
-// until its join has made it a new member (Allow). Embedding keeps every
-// optional interface raft asserts on the NetworkTransport (pre-vote among
-// them); only Consumer and Close are its own.
+// leader without entries it helped commit. Once sent the old
+// configuration, in which it is still a voter, it would also campaign,
+// voting for itself in terms it may have voted in already. It stays out of
+// elections until its join has made it a new member (Allow): it refuses
+// every vote and pre-vote it is asked for, and asks for none. Embedding
+// keeps every optional interface raft asserts on the NetworkTransport
+// (pre-vote among them).
 type VoteGate struct {
 	*raft.NetworkTransport
 	allowed atomic.Bool
@@ -57,6 +60,26 @@ func (g *VoteGate) Allow() { g.allowed.Store(true) }
 
 // Refused counts the votes and pre-votes refused so far.
 func (g *VoteGate) Refused() uint64 { return g.refused.Load() }
+
+// errRejoining fails the vote requests of a node that is not yet allowed
+// to vote.
+var errRejoining = errors.New("raftmux: rejoining after a data loss: no elections until rejoined")
+
+// RequestVote asks target for its vote, once this node may vote.
+func (g *VoteGate) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	if !g.allowed.Load() {
+		return errRejoining
+	}
+	return g.NetworkTransport.RequestVote(id, target, args, resp)
+}
+
+// RequestPreVote asks target for its pre-vote, once this node may vote.
+func (g *VoteGate) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	if !g.allowed.Load() {
+		return errRejoining
+	}
+	return g.NetworkTransport.RequestPreVote(id, target, args, resp)
+}
 
 // Consumer yields the RPCs raft must handle: all but refused votes.
 func (g *VoteGate) Consumer() <-chan raft.RPC { return g.rpcs }

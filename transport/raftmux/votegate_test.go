@@ -13,7 +13,8 @@ var _ raft.WithPreVote = (*VoteGate)(nil) // pre-vote survives the wrapper
 
 // TestVoteGateRefusesVotesUntilAllowed: a gated group answers votes and
 // pre-votes itself, not granted and in the candidate's term, without raft
-// seeing them; everything else, and every vote once allowed, reaches raft.
+// seeing them, and asks for none; everything else, and every vote once
+// allowed, passes.
 func TestVoteGateRefusesVotesUntilAllowed(t *testing.T) {
 	ma, mb := newMux(t), newMux(t)
 	ta := NewTransport(mustGroup(t, ma, 1), nil)
@@ -73,6 +74,26 @@ func TestVoteGateRefusesVotesUntilAllowed(t *testing.T) {
 	}
 	if got := <-reached; func() bool { _, ok := got.(*raft.AppendEntriesRequest); return !ok }() {
 		t.Fatalf("raft saw %T first, want the append entries: the votes reached it", got)
+	}
+
+	// Nor does a gated node ask for votes.
+	back := NewVoteGate(ta)
+	defer back.Close()
+	if err := back.RequestVote("b", b, &raft.RequestVoteRequest{RPCHeader: hdr, Term: 9}, new(raft.RequestVoteResponse)); err == nil {
+		t.Fatal("a gated node asked for a vote")
+	}
+	if err := back.RequestPreVote("b", b, &raft.RequestPreVoteRequest{RPCHeader: hdr, Term: 9}, new(raft.RequestPreVoteResponse)); err == nil {
+		t.Fatal("a gated node asked for a pre-vote")
+	}
+	select {
+	case got := <-reached:
+		t.Fatalf("raft saw %T from a gated node's request", got)
+	default:
+	}
+	back.Allow()
+	var vr raft.RequestVoteResponse
+	if err := back.RequestVote("b", b, &raft.RequestVoteRequest{RPCHeader: hdr, Term: 9}, &vr); err != nil || vr.Granted {
+		t.Fatalf("allowed, its request reaches b's gate: %v %+v", err, vr)
 	}
 
 	gate.Allow()
