@@ -168,9 +168,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 }
 
 // refuseSecondCluster fails if a meta leader already answers on this NATS
-// and prefix. Every node bootstraps its groups alone (multi-node clusters are
-// issue #5), so a second one would be a second, independent ledger sharing
-// the queue groups: requests, retries included, would land on either, and
+// and prefix. A single node (--bootstrap-expect 1, no --join) bootstraps
+// its groups alone: it would be a second, independent ledger sharing the
+// queue groups, where requests, retries included, would land on either, and
 // idempotency holds only within one.
 func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
 	runs, err := clusterRuns(nc, subjects)
