@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/history"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -16,9 +15,15 @@ import (
 // memory; the history the log entries before it wrote (every final
 // transfer, every account's rows) is in the history store, which the
 // snapshot does not carry. A replica that is sent a snapshot (new, wiped,
-// or too far behind) therefore copies the leader's store page by page
+// or too far behind) therefore copies another replica's store page by page
 // before it restores the state: the whole store, so it costs O(history),
 // once per snapshot installed.
+//
+// Any replica that has applied the snapshot's index serves the copy, on a
+// subject of its own (Subjects.History), whether it leads or not, and
+// whether its shard serves clients yet or not: a new leader serves clients
+// only once an entry of its term has committed, which may need the very
+// replica that is copying.
 
 // historyPageBytes bounds one page's rows (NATS messages stay far below
 // transport.MessageBytesMax).
@@ -37,46 +42,92 @@ type historyPage struct {
 	Retry string        `msgpack:"retry,omitempty"`
 }
 
-// exportHistory answers a page, if this leader has applied the snapshot the
-// replica restores (every row it needs is then in the store).
+// serveHistory answers history pages on this node's subject for the shard,
+// for as long as the node runs.
+func (s *shardServer) serveHistory() (*nats.Subscription, error) {
+	return s.n.nc.Subscribe(s.n.subjects.History(s.id, s.n.cfg.NodeID), func(msg *nats.Msg) {
+		select {
+		case s.reads <- struct{}{}:
+		default:
+			respondPage(msg, &historyPage{Retry: "too many reads in flight"})
+			return
+		}
+		go func() {
+			defer func() { <-s.reads }()
+			s.exportHistory(msg)
+		}()
+	})
+}
+
+// exportHistory answers a page, if this replica has applied the snapshot
+// the asking replica restores (every row it needs is then in the store).
 func (s *shardServer) exportHistory(msg *nats.Msg) {
 	var req historyPageRequest
 	var page historyPage
-	switch {
-	case transport.Unmarshal(msg.Data, &req) != nil:
+	if transport.Unmarshal(msg.Data, &req) != nil {
 		page.Retry = "bad history page request"
-	case s.g.Raft().State() != raft.Leader:
-		page.Retry = "not the leader"
-	default:
+	} else {
 		var applied uint64
 		s.m.Read(func(_ *shard.State, a uint64) { applied = a })
 		if applied < req.Applied {
 			page.Retry = fmt.Sprintf("applied %d, below the snapshot's %d", applied, req.Applied)
-			break
-		}
-		var err error
-		if page.Rows, page.More, err = s.m.History().Export(req.After, historyPageBytes); err != nil {
-			page.Rows, page.More, page.Retry = nil, false, err.Error()
+		} else {
+			var err error
+			if page.Rows, page.More, err = s.m.History().Export(req.After, historyPageBytes); err != nil {
+				page.Rows, page.More, page.Retry = nil, false, err.Error()
+			}
 		}
 	}
-	if b, err := transport.Marshal(&page); err == nil && msg.Reply != "" {
+	respondPage(msg, &page)
+}
+
+func respondPage(msg *nats.Msg, page *historyPage) {
+	if b, err := transport.Marshal(page); err == nil && msg.Reply != "" {
 		_ = msg.Respond(b)
 	}
 }
 
-// historyRetryEvery paces a copy's requests while no leader can serve them.
+// historyRetryEvery paces a copy's requests while no replica can serve them.
 const historyRetryEvery = 200 * time.Millisecond
 
-// fetchHistory copies the leader's history store into this replica's, up to
-// at least applied; it runs inside Restore, until it is done or the node
-// closes.
+// historySource picks a node, not this one, that reports this shard applied
+// at least up to applied.
+func (s *shardServer) historySource(ctx context.Context, applied uint64) (string, bool) {
+	for _, st := range transport.NodeStatuses(ctx, s.n.nc, s.n.subjects) {
+		if st.ID == s.n.cfg.NodeID {
+			continue
+		}
+		for _, g := range st.Groups {
+			if g.ID == s.id && g.AppliedIndex >= applied {
+				return st.ID, true
+			}
+		}
+	}
+	return "", false
+}
+
+// fetchHistory copies another replica's history store into this one's, up
+// to at least applied; it runs inside Restore, until it is done or the node
+// closes. Pages may come from different replicas (one dies, another takes
+// over): each covers applied, so together they hold every row up to it.
 func (s *shardServer) fetchHistory(ctx context.Context, applied uint64) error {
 	start := time.Now()
 	req := historyPageRequest{Applied: applied}
 	rows, pages := 0, 0
+	source := ""
 	for {
 		var page historyPage
-		err := s.n.request(ctx, s.n.subjects.Shard(s.id), shard.OpHistoryExport, &req, &page)
+		var err error
+		if source == "" {
+			if id, ok := s.historySource(ctx, applied); ok {
+				source = id
+			} else {
+				err = fmt.Errorf("no replica reports index %d applied", applied)
+			}
+		}
+		if source != "" {
+			err = s.n.request(ctx, s.n.subjects.History(s.id, source), "", &req, &page)
+		}
 		if err == nil && page.Retry == "" {
 			if err := s.m.History().Import(page.Rows); err != nil {
 				return err
@@ -89,7 +140,8 @@ func (s *shardServer) fetchHistory(ctx context.Context, applied uint64) error {
 			req.After = page.Rows[len(page.Rows)-1].Key
 			continue
 		}
-		s.log.Debug("history copy: retrying", "err", err, "retry", page.Retry)
+		s.log.Debug("history copy: retrying", "source", source, "err", err, "retry", page.Retry)
+		source = ""
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -85,6 +85,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if err := transport.ValidNodeID(cfg.NodeID); err != nil {
+		return nil, err
+	}
 	if cfg.BootstrapExpect <= 1 && !cfg.Join {
 		if err := refuseSecondCluster(cfg.Conn, transport.Subjects{Prefix: cfg.Prefix}); err != nil {
 			return nil, err
@@ -147,8 +150,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
 		s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
+		if s.history, err = s.serveHistory(); err != nil {
+			store.Close()
+			n.Close()
+			return nil, err
+		}
 		s.g, err = n.openGroup(ctx, self, id, dir, s.m, s.serve)
 		if err != nil {
+			_ = s.history.Unsubscribe()
 			store.Close()
 			n.Close()
 			return nil, err
@@ -363,6 +372,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	var errs []error
 	for _, s := range shards {
+		_ = s.history.Unsubscribe()
 		errs = append(errs, s.g.Shutdown(), s.m.History().Close())
 	}
 	if n.meta != nil {

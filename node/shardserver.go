@@ -39,6 +39,8 @@ type shardServer struct {
 	// subscription's goroutine so that they never delay a command.
 	reads chan struct{}
 	hash  hashCache
+	// history serves copies of the history store (historycopy.go).
+	history *nats.Subscription
 }
 
 // readsInFlightMax bounds the lookups and status requests a leader serves
@@ -223,17 +225,6 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
 	case shard.OpRemove:
 		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
-	case shard.OpHistoryExport:
-		select {
-		case s.reads <- struct{}{}:
-		default:
-			respond(msg, &shard.Reply{Retry: "too many reads in flight"})
-			return
-		}
-		go func() {
-			defer func() { <-s.reads }()
-			s.exportHistory(msg)
-		}()
 	default:
 		respond(msg, &shard.Reply{Invalid: "unknown op"})
 	}

@@ -30,9 +30,6 @@ const (
 	// OpRemove: the body is a Remove; the leader removes that node from
 	// its group.
 	OpRemove = "remove"
-	// OpHistoryExport: a replica installing a snapshot copies the leader's
-	// history store page by page (node/historycopy.go).
-	OpHistoryExport = "history_export"
 )
 
 // Join is the body of OpJoin: a node without data asks a group's leader to

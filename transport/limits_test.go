@@ -236,3 +236,16 @@ func TestSubjects(t *testing.T) {
 		}
 	}
 }
+
+func TestValidNodeID(t *testing.T) {
+	for _, ok := range []string{"node-1", "ledgerd-0", "a", "N_2", strings.Repeat("x", NodeIDBytesMax)} {
+		if err := ValidNodeID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "node.1", "node 1", "node*", "node>", "nöde", strings.Repeat("x", NodeIDBytesMax+1)} {
+		if err := ValidNodeID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

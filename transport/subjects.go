@@ -1,6 +1,9 @@
 package transport
 
-import "strconv"
+import (
+	"fmt"
+	"strconv"
+)
 
 // DefaultPrefix is the subject prefix when none is configured.
 const DefaultPrefix = "ledger"
@@ -23,6 +26,13 @@ func (s Subjects) Shard(id uint32) string {
 	return s.Prefix + ".internal.shard." + strconv.FormatUint(uint64(id), 10)
 }
 
+// History is the internal subject on which node serves copies of its
+// history store of shard id, to a replica installing a snapshot. Node ids
+// are subject tokens (ValidNodeID).
+func (s Subjects) History(id uint32, node string) string {
+	return s.Prefix + ".internal.history." + strconv.FormatUint(uint64(id), 10) + "." + node
+}
+
 // Meta is the internal subject served by the leader of the meta group.
 func (s Subjects) Meta() string { return s.Prefix + ".internal.meta" }
 
@@ -38,4 +48,21 @@ func (s Subjects) NodesStatus() string { return s.Prefix + ".internal.nodes.stat
 type NodeInfo struct {
 	ID       string `msgpack:"id"`
 	RaftAddr string `msgpack:"raft"`
+}
+
+// NodeIDBytesMax bounds a node id.
+const NodeIDBytesMax = 64
+
+// ValidNodeID checks a node id: 1 to NodeIDBytesMax letters, digits, '-'
+// or '_', so that it is a NATS subject token and a Raft server id as is.
+func ValidNodeID(id string) error {
+	if id == "" || len(id) > NodeIDBytesMax {
+		return fmt.Errorf("node id %q: must be 1 to %d characters", id, NodeIDBytesMax)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("node id %q: only letters, digits, '-' and '_' are allowed", id)
+		}
+	}
+	return nil
 }
