@@ -230,9 +230,9 @@ func runFaults(t *testing.T, c *cluster, cl *client.Client, rng *rand.Rand, d ti
 			// made a voter again, silent in elections until re-added.
 			// Half the time it is told --join; otherwise it has its
 			// usual flags, as a pod given a new volume would, and joins
-			// because it finds the cluster running. Until it is a voter
-			// the groups have two, so the next fault waits for the
-			// cluster to be whole.
+			// because its peers answer that they are members. Until it
+			// is a voter the groups have two, so the next fault waits
+			// for the cluster to be whole.
 			join := rng.IntN(2) == 0
 			c.kill(victim)
 			c.wipe(victim)

@@ -28,18 +28,14 @@ const discoverEvery = 200 * time.Millisecond
 
 // answerNodes answers every node's Nodes request with this node's info for
 // as long as the node runs, so a node that starts late still finds every
-// peer; it records the askers in seen.
-func (n *Node) answerNodes(self transport.NodeInfo, seen func(transport.NodeInfo)) (*nats.Subscription, error) {
-	b, err := transport.Marshal(&self)
-	if err != nil {
-		return nil, err
-	}
+// peer, and learns whether this one is a member of a cluster already.
+func (n *Node) answerNodes(self transport.NodeInfo) (*nats.Subscription, error) {
 	return n.nc.Subscribe(n.subjects.Nodes(), func(msg *nats.Msg) {
-		var asker transport.NodeInfo
-		if transport.Unmarshal(msg.Data, &asker) == nil && asker.ID != "" && seen != nil {
-			seen(asker)
+		info := self
+		info.Member = n.member.Load()
+		if b, err := transport.Marshal(&info); err == nil {
+			_ = msg.Respond(b)
 		}
-		_ = msg.Respond(b)
 	})
 }
 
@@ -51,21 +47,6 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 	}
 	if n.cfg.Join {
 		return nil, nil // added to every group by its leader
-	}
-	if n.cfg.BootstrapExpect > 1 {
-		// A node without data that finds its cluster running has lost
-		// its data (or joins late): bootstrapping again would make it a
-		// voter that forgot what it voted and acknowledged. It joins,
-		// so a lost volume heals with the node's usual flags.
-		runs, err := clusterRuns(n.nc, n.subjects)
-		if err != nil {
-			return nil, err
-		}
-		if runs {
-			n.log.Warn("this node has no data and its cluster is running: joining it")
-			n.cfg.Join = true
-			return nil, nil
-		}
 	}
 	if n.cfg.BootstrapExpect <= 1 {
 		return []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(self.ID), Address: raft.ServerAddress(self.RaftAddr)}}, nil
@@ -94,12 +75,24 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 				break // the round is over
 			}
 			var peer transport.NodeInfo
-			if transport.Unmarshal(msg.Data, &peer) == nil && peer.ID != "" {
-				if old, ok := found[peer.ID]; ok && old.RaftAddr != peer.RaftAddr {
-					return nil, fmt.Errorf("two nodes named %q (Raft %s and %s): node ids must be unique", peer.ID, old.RaftAddr, peer.RaftAddr)
-				}
-				found[peer.ID] = peer
+			if transport.Unmarshal(msg.Data, &peer) != nil || peer.ID == "" {
+				continue
 			}
+			if peer.Member && peer.ID != self.ID {
+				// A node without data whose peers have formed the
+				// cluster has lost its data (or is late): bootstrapping
+				// would make it a voter that forgot what it voted and
+				// acknowledged. It joins, so a lost volume heals with
+				// the node's usual flags. (A peer answers while it runs,
+				// leader or not.)
+				n.log.Warn("this node has no data and its peers are members of a cluster: joining it", "peer", peer.ID)
+				n.cfg.Join = true
+				return nil, nil
+			}
+			if old, ok := found[peer.ID]; ok && old.RaftAddr != peer.RaftAddr {
+				return nil, fmt.Errorf("two nodes named %q (Raft %s and %s): node ids must be unique", peer.ID, old.RaftAddr, peer.RaftAddr)
+			}
+			found[peer.ID] = peer
 		}
 		switch {
 		case len(found) > n.cfg.BootstrapExpect:

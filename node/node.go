@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -72,6 +73,7 @@ type Node struct {
 	metaM   *raftfsm.MetaMachine
 	servers []raft.Server // the initial configuration, if this node forms the cluster
 	nodes   *nats.Subscription
+	member  atomic.Bool // the meta group is open: this node belongs to a cluster
 	status  *nats.Subscription
 	cancel  context.CancelFunc // stops the background loops
 	mu      sync.Mutex
@@ -107,7 +109,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
 	}
 	self := transport.NodeInfo{ID: cfg.NodeID, RaftAddr: mux.Addr().String()}
-	if n.nodes, err = n.answerNodes(self, nil); err != nil {
+	if n.nodes, err = n.answerNodes(self); err != nil {
 		mux.Close()
 		return nil, err
 	}
@@ -122,6 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		mux.Close()
 		return nil, err
 	}
+	n.member.Store(true)
 	if n.servers == nil {
 		// Restarted, or joined: a shard group that never got its first
 		// entry and is not joining bootstraps with the cluster's
@@ -182,24 +185,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 // queue groups, where requests, retries included, would land on either, and
 // idempotency holds only within one.
 func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
-	runs, err := clusterRuns(nc, subjects)
-	if err == nil && runs {
-		err = fmt.Errorf("a ledger cluster already serves prefix %q on this NATS: start this node with --join to add it to that cluster", subjects.Prefix)
-	}
-	return err
-}
-
-// clusterRuns reports whether a meta leader answers on this NATS and
-// prefix.
-func clusterRuns(nc *nats.Conn, subjects transport.Subjects) (bool, error) {
 	_, err := nc.Request(subjects.Meta(), nil, 500*time.Millisecond)
 	switch {
 	case err == nil:
-		return true, nil
+		return fmt.Errorf("a ledger cluster already serves prefix %q on this NATS: start this node with --join to add it to that cluster", subjects.Prefix)
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout):
-		return false, nil
+		return nil
 	default:
-		return false, fmt.Errorf("checking for a cluster on this NATS: %w", err)
+		return fmt.Errorf("checking for another cluster on this NATS: %w", err)
 	}
 }
 

@@ -59,7 +59,7 @@ func command() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.NodeID, "node-id", "node-1", "stable name of this node (its Raft server id)")
+	f.StringVar(&cfg.NodeID, "node-id", "node-1", "stable name of this node (its Raft server id): up to 64 letters, digits, - or _")
 	f.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the Raft logs and snapshots")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "use this external NATS instead of embedding one")

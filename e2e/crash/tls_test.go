@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,9 +26,9 @@ func tlsArgs(t *testing.T, ca *nodetls.CA, dir string) []string {
 }
 
 // TestTLSClusterMembership: three nodes with certificates of one CA form a
-// cluster over mutual TLS (Raft and NATS routes), move money, and survive a
-// SIGKILL and restart of a node, which reconnects over TLS; a fourth node
-// of the CA joins and catches up. A node with a certificate of another CA,
+// cluster over mutual TLS (Raft and NATS routes) and move money; a node
+// killed and restarted without its data, with its usual flags, joins again
+// and catches up; a fourth node of the CA joins. A node with a certificate of another CA,
 // told every route, reaches nothing: it never joins, never appears in the
 // cluster, and the cluster does not notice it. The fourth node, killed for
 // good, is removed through node-1's operator endpoint: it leaves every
@@ -76,11 +77,19 @@ func TestTLSClusterMembership(t *testing.T) {
 		t.Fatalf("transfers: %v %v", err, res)
 	}
 
-	// A follower killed and restarted reconnects over TLS and catches up.
+	// A node killed, its data lost, restarted with its usual flags
+	// (--bootstrap-expect 3, no --join): its peers are members, so it
+	// joins rather than bootstrap, over TLS, and catches up.
 	mc.waitLeadersSpread(c)
 	mc.kill(2)
+	if err := os.RemoveAll(mc.nodes[2].dataDir); err != nil {
+		t.Fatal(err)
+	}
 	mc.launch(2)
 	mc.waitReady(2)
+	if !mc.nodes[2].cur.log.contains("joining it") || mc.nodes[2].cur.log.contains("forming the cluster") {
+		t.Fatalf("node-3 without data did not join\n%s", mc.nodes[2].cur.log.tail(20))
+	}
 	mc.waitCaughtUp(c)
 
 	// A fourth node of the CA joins.
