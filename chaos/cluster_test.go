@@ -535,11 +535,19 @@ func buildLedgerd(t *testing.T) string {
 	return bin
 }
 
+// handedOut holds every port freePort has returned in this run.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
 // freePort returns a loopback address whose port was free a moment ago,
 // below the kernel's ephemeral range: a port from that range (what
 // listening on port 0 gives) can be taken by any outgoing connection
 // before the node binds it, and a long run hit that ("embedded NATS did not
-// start").
+// start"). It never returns a port twice in a run: nine random picks a
+// seed, over hundreds of seeds, drew the same one for two nodes ("bind:
+// address already in use").
 func freePort(t *testing.T) string {
 	t.Helper()
 	low := 32768
@@ -552,6 +560,13 @@ func freePort(t *testing.T) string {
 	}
 	for range 1000 {
 		port := 10000 + rand.IntN(max(low-10000, 1))
+		handedOut.Lock()
+		taken := handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if taken {
+			continue
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
