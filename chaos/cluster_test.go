@@ -5,12 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/ledgerd/ledgerd/transport/nodetls"
 	"github.com/nats-io/nats.go"
@@ -84,7 +83,7 @@ func newCluster(t *testing.T, bin string, n, shards int) *cluster {
 			t.Fatal(err)
 		}
 		c.nodes = append(c.nodes, &node{
-			id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(t), clusterAddr: freePort(t), raftAddr: freePort(t),
+			id: fmt.Sprintf("node-%d", i+1), natsAddr: testnet.FreePort(t), clusterAddr: testnet.FreePort(t), raftAddr: testnet.FreePort(t),
 			dataDir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i+1)),
 			tls:     []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA},
 		})
@@ -533,47 +532,4 @@ func buildLedgerd(t *testing.T) string {
 		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin
-}
-
-// handedOut holds every port freePort has returned in this run.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a loopback address whose port was free a moment ago,
-// below the kernel's ephemeral range: a port from that range (what
-// listening on port 0 gives) can be taken by any outgoing connection
-// before the node binds it, and a long run hit that ("embedded NATS did not
-// start"). It never returns a port twice in a run: nine random picks a
-// seed, over hundreds of seeds, drew the same one for two nodes ("bind:
-// address already in use").
-func freePort(t *testing.T) string {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil {
-				low = v
-			}
-		}
-	}
-	for range 1000 {
-		port := 10000 + rand.IntN(max(low-10000, 1))
-		handedOut.Lock()
-		taken := handedOut.ports[port]
-		handedOut.ports[port] = true
-		handedOut.Unlock()
-		if taken {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		defer l.Close()
-		return l.Addr().String()
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
 }

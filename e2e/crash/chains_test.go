@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
@@ -56,8 +57,8 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 		t:        t,
 		bin:      buildLedgerd(t),
 		dataDir:  filepath.Join(t.TempDir(), "data"),
-		natsAddr: freePort(t),
-		raftAddr: freePort(t),
+		natsAddr: testnet.FreePort(t),
+		raftAddr: testnet.FreePort(t),
 		shards:   1,
 		args:     snapshotOften,
 	}

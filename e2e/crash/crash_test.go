@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
@@ -59,8 +59,8 @@ func TestAcknowledgedTransfersSurviveKill9(t *testing.T) {
 		t:        t,
 		bin:      bin,
 		dataDir:  filepath.Join(t.TempDir(), "data"),
-		natsAddr: freePort(t),
-		raftAddr: freePort(t),
+		natsAddr: testnet.FreePort(t),
+		raftAddr: testnet.FreePort(t),
 	}
 	t.Cleanup(cl.cleanup)
 	cl.start()
@@ -420,20 +420,6 @@ func crashRNG(t *testing.T, stream uint64) *rand.Rand {
 // behind, so a restart restores a snapshot, checks that the history store
 // covers it, and replays the few entries after it.
 var snapshotOften = []string{"--snapshot-threshold", "16", "--snapshot-interval", "100ms", "--snapshot-trailing-logs", "4"}
-
-// freePort returns a loopback address whose port was free a moment ago.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
 
 // ---------------------------------------------------------------------------
 // The model: what the cluster must hold.

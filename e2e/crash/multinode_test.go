@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 )
@@ -277,7 +278,7 @@ func newMultiCluster(t *testing.T, n, shards int) *multiCluster {
 func (mc *multiCluster) add(join bool) {
 	i := len(mc.nodes)
 	mc.nodes = append(mc.nodes, &multiNode{
-		id: fmt.Sprintf("node-%d", i+1), natsAddr: freePort(mc.t), clusterAddr: freePort(mc.t), raftAddr: freePort(mc.t),
+		id: fmt.Sprintf("node-%d", i+1), natsAddr: testnet.FreePort(mc.t), clusterAddr: testnet.FreePort(mc.t), raftAddr: testnet.FreePort(mc.t),
 		dataDir: filepath.Join(mc.dir, fmt.Sprintf("node-%d", i+1)), join: join,
 	})
 }

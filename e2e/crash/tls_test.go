@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/ledgerd/ledgerd/transport/nodetls"
 )
@@ -39,7 +40,7 @@ func TestTLSClusterMembership(t *testing.T) {
 		t.Fatal(err)
 	}
 	mc := newMultiCluster(t, 3, 2)
-	admin := freePort(t)
+	admin := testnet.FreePort(t)
 	for i, n := range mc.nodes {
 		n.args = tlsArgs(t, ca, t.TempDir())
 		if i == 0 {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -28,7 +29,7 @@ func TestChainsAcrossShardsAtEveryStepOfKill9(t *testing.T) {
 	rng := crashRNG(t, 0xc4a1)
 	cl := &cluster{
 		t: t, bin: buildLedgerd(t), dataDir: filepath.Join(t.TempDir(), "data"),
-		natsAddr: freePort(t), raftAddr: freePort(t), shards: 2,
+		natsAddr: testnet.FreePort(t), raftAddr: testnet.FreePort(t), shards: 2,
 		args: snapshotOften,
 	}
 	t.Cleanup(cl.cleanup)
