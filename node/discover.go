@@ -28,11 +28,19 @@ const discoverEvery = 200 * time.Millisecond
 
 // answerNodes answers every node's Nodes request with this node's info for
 // as long as the node runs, so a node that starts late still finds every
-// peer, and learns whether this one is a member of a cluster already.
+// peer, and learns whether this one is a member of an established cluster:
+// its meta log holds an entry past the bootstrap configuration, which only
+// a leader writes, and a leader is elected only by a quorum of voters that
+// have bootstrapped. A node without data that hears it therefore joins a
+// cluster that has a quorum without it; a node that has merely
+// bootstrapped, as its peers form the cluster, is no member yet, so that a
+// slow peer still bootstraps with the others.
 func (n *Node) answerNodes(self transport.NodeInfo) (*nats.Subscription, error) {
 	return n.nc.Subscribe(n.subjects.Nodes(), func(msg *nats.Msg) {
 		info := self
-		info.Member = n.member.Load()
+		if g := n.opened.Load(); g != nil {
+			info.Member = g.Raft().LastIndex() > bootstrapIndex
+		}
 		if b, err := transport.Marshal(&info); err == nil {
 			_ = msg.Respond(b)
 		}
@@ -140,6 +148,10 @@ func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error)
 		}
 	})
 }
+
+// bootstrapIndex is the index of the configuration a cluster bootstraps
+// with, its first entry.
+const bootstrapIndex = 1
 
 // joinTimeout bounds one membership change.
 const joinTimeout = 10 * time.Second

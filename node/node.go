@@ -73,7 +73,7 @@ type Node struct {
 	metaM   *raftfsm.MetaMachine
 	servers []raft.Server // the initial configuration, if this node forms the cluster
 	nodes   *nats.Subscription
-	member  atomic.Bool // the meta group is open: this node belongs to a cluster
+	opened  atomic.Pointer[raftfsm.Group] // the meta group, once open (answerNodes reads it)
 	status  *nats.Subscription
 	cancel  context.CancelFunc // stops the background loops
 	mu      sync.Mutex
@@ -124,7 +124,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		mux.Close()
 		return nil, err
 	}
-	n.member.Store(true)
+	n.opened.Store(n.meta)
 	if n.servers == nil {
 		// Restarted, or joined: a shard group that never got its first
 		// entry and is not joining bootstraps with the cluster's

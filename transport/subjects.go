@@ -48,8 +48,9 @@ func (s Subjects) NodesStatus() string { return s.Prefix + ".internal.nodes.stat
 type NodeInfo struct {
 	ID       string `msgpack:"id"`
 	RaftAddr string `msgpack:"raft"`
-	// Member: the node belongs to a cluster (it has opened its meta
-	// group), as it answers on the Nodes subject.
+	// Member: the node belongs to an established cluster (its meta log
+	// holds entries past the bootstrap), as it answers on the Nodes
+	// subject.
 	Member bool `msgpack:"member,omitempty"`
 }
 
