@@ -135,10 +135,10 @@ func surplus(self raft.ServerID, nodes []raft.Server, groups []groupView) bool {
 // and can serve the group at once, as long as that spreads the leaders
 // better. It returns the group's index in groups.
 func pickHandoff(self raft.ServerID, nodes []raft.Server, groups []groupView, applied map[raft.ServerID]map[uint32]uint64) (int, raft.Server, bool) {
-	if !surplus(self, nodes, groups) {
+	count, mine, share := leads(self, nodes, groups)
+	if len(nodes) < 2 || len(mine) <= share {
 		return 0, raft.Server{}, false
 	}
-	count, mine, _ := leads(self, nodes, groups)
 	order := slices.Clone(nodes)
 	slices.SortFunc(order, func(a, b raft.Server) int {
 		return cmp.Or(cmp.Compare(count[a.ID], count[b.ID]), cmp.Compare(a.ID, b.ID))

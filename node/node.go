@@ -208,11 +208,12 @@ func (n *Node) openGroup(ctx context.Context, self transport.NodeInfo, id uint32
 	if err != nil {
 		return nil, err
 	}
-	var trans raft.Transport = raftmux.NewTransport(layer, n.log)
+	nt := raftmux.NewTransport(layer, n.log)
+	var trans raft.Transport = nt
 	var gate *raftmux.VoteGate
 	servers := n.servers
 	if rejoin {
-		gate = raftmux.NewVoteGate(trans.(*raft.NetworkTransport))
+		gate = raftmux.NewVoteGate(nt)
 		trans, servers = gate, nil
 	}
 	g, err := raftfsm.Open(raftfsm.GroupConfig{

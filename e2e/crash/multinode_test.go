@@ -44,15 +44,7 @@ func TestThreeNodesSurviveKillingALeader(t *testing.T) {
 
 	st := mc.status(c)
 	ids := accountsPerShard(t, st, 3)
-	var accounts []transport.Account
-	for _, id := range ids {
-		accounts = append(accounts, newAccount(id, 0))
-	}
-	ctx, cancel := reqCtx()
-	if res, err := c.CreateAccounts(ctx, accounts); err != nil || !allOK(res) {
-		t.Fatalf("accounts: %v %v", err, res)
-	}
-	cancel()
+	createAccounts(t, c, ids)
 	acked := map[string]transport.Transfer{}
 	next := 0
 	batch := func() []transport.Transfer {
@@ -552,6 +544,21 @@ func (mc *multiCluster) waitCaughtUp(c *client.Client) *transport.StatusReply {
 			mc.t.Fatalf("replicas not caught up after %v: %+v", quietGuard, st.Shards)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// createAccounts creates a plain account (no flags) for each id, every one
+// of which must be new.
+func createAccounts(t *testing.T, c *client.Client, ids []string) {
+	t.Helper()
+	var accounts []transport.Account
+	for _, id := range ids {
+		accounts = append(accounts, newAccount(id, 0))
+	}
+	ctx, cancel := reqCtx()
+	defer cancel()
+	if res, err := c.CreateAccounts(ctx, accounts); err != nil || !allOK(res) {
+		t.Fatalf("accounts: %v %v", err, res)
 	}
 }
 

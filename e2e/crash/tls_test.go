@@ -60,15 +60,9 @@ func TestTLSClusterMembership(t *testing.T) {
 	defer nc.Close()
 	st := mc.status(c)
 	ids := accountsPerShard(t, st, 2)
-	var accounts []transport.Account
-	for _, id := range ids {
-		accounts = append(accounts, newAccount(id, 0))
-	}
+	createAccounts(t, c, ids)
 	ctx, cancel := reqCtx()
 	defer cancel()
-	if res, err := c.CreateAccounts(ctx, accounts); err != nil || !allOK(res) {
-		t.Fatalf("accounts: %v %v", err, res)
-	}
 	// Every account pays the next, across shards and within them.
 	var xs []transport.Transfer
 	for k, id := range ids {

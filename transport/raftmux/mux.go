@@ -311,35 +311,28 @@ func (l *Layer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Con
 	if err != nil {
 		return nil, err
 	}
-	if l.mux.tls != nil {
-		ctx, cancel := context.Background(), context.CancelFunc(func() {})
-		if timeout > 0 {
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-		}
+	// One deadline bounds the TLS handshake and the header, then is
+	// cleared for the Raft stream.
+	if timeout > 0 {
+		err = c.SetDeadline(time.Now().Add(timeout))
+	}
+	if err == nil && l.mux.tls != nil {
 		tc := tls.Client(c, l.mux.tls)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("raftmux: group %d: tls handshake with %s: %w", l.id, address, err)
-		}
+		err = tc.Handshake()
 		c = tc
 	}
 	var h [headerLen]byte
 	h[0] = magic
 	binary.BigEndian.PutUint32(h[1:], l.id)
-	if timeout > 0 {
-		err = c.SetWriteDeadline(time.Now().Add(timeout))
-	}
 	if err == nil {
 		_, err = c.Write(h[:])
 	}
 	if err == nil && timeout > 0 {
-		err = c.SetWriteDeadline(time.Time{})
+		err = c.SetDeadline(time.Time{})
 	}
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("raftmux: group %d: sending header to %s: %w", l.id, address, err)
+		return nil, fmt.Errorf("raftmux: group %d: connecting to %s: %w", l.id, address, err)
 	}
 	return c, nil
 }

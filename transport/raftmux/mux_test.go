@@ -17,12 +17,7 @@ import (
 
 func newMux(t *testing.T) *Mux {
 	t.Helper()
-	m, err := Listen("127.0.0.1:0", nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
+	return tlsMux(t, nil)
 }
 
 func mustGroup(t *testing.T, m *Mux, id uint32) *Layer {

@@ -40,6 +40,8 @@ func load(t *testing.T, f nodetls.Files) *tls.Config {
 	return cfg
 }
 
+// tlsMux opens a mux on a free loopback port, closed at the test's end;
+// a nil cfg serves plain TCP.
 func tlsMux(t *testing.T, cfg *tls.Config) *Mux {
 	t.Helper()
 	m, err := Listen("127.0.0.1:0", nil, cfg, nil)
