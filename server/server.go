@@ -63,9 +63,28 @@ type Config struct {
 	RequestDeadline time.Duration
 	// Snapshots is every Raft group's snapshot policy (zero: the defaults).
 	Snapshots raftfsm.SnapshotPolicy
+	// Providers is the path of the providers file (docs/security.md):
+	// with it, clients authenticate and each is an operator or a provider
+	// confined to its ledgers and id prefixes; without it every client is
+	// an operator (a development setup).
+	Providers string
+	// ClientTLS, if set, is TLS on the client port (--nats-tls-*).
+	ClientTLS ClientTLS
+	// Insecure lets a multi-node node run without node TLS.
+	Insecure bool
 	// SagaFault injects faults into saga messages (tests only).
 	SagaFault func(to uint32, cmd *shard.Command) node.Fault
 }
+
+// ClientTLS is the embedded NATS server's TLS on the client port: its
+// certificate and key, and optionally a CA whose certificate every client
+// must show.
+type ClientTLS struct {
+	Cert, Key, CA string
+}
+
+// Enabled reports whether client TLS was asked for.
+func (t ClientTLS) Enabled() bool { return t.Cert != "" || t.Key != "" || t.CA != "" }
 
 // Server is a running process.
 type Server struct {
