@@ -62,7 +62,11 @@ func startClusterConfig(t *testing.T, cfg server.Config, opts ...client.Option) 
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
-	nc, err := nats.Connect(srv.ClientURL())
+	var connOpts []nats.Option
+	if cfg.Providers != "" {
+		connOpts = append(connOpts, nats.UserInfo(opsUser, opsPassword))
+	}
+	nc, err := nats.Connect(srv.ClientURL(), connOpts...)
 	if err != nil {
 		srv.Close()
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ledgerd/ledgerd/auth"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -18,7 +19,7 @@ type part struct {
 	index []int
 }
 
-func (r *Router) createAccounts(ctx context.Context, body []byte) any {
+func (r *Router) createAccounts(ctx context.Context, caller *auth.Identity, body []byte) any {
 	var req transport.CreateAccountsRequest
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
@@ -33,7 +34,8 @@ func (r *Router) createAccounts(ctx context.Context, body []byte) any {
 	for i := range as {
 		shards[i] = m.shardOf(as[i].ID)
 	}
-	sent := refuseChains(results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 })
+	sent := refuseChains(results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 },
+		func(i int) bool { return caller.Owner.MayCreateAccount(&as[i]) })
 	parts := map[uint32]*part{}
 	for i := range as {
 		if sent[i] {
@@ -45,7 +47,7 @@ func (r *Router) createAccounts(ctx context.Context, body []byte) any {
 	return r.sendParts(ctx, parts, results)
 }
 
-func (r *Router) createTransfers(ctx context.Context, body []byte) any {
+func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
 	var req transport.CreateTransfersRequest
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
@@ -94,11 +96,12 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 			}
 		}
 	})
-	sent := refuseChains(results, shards, linked)
+	sent := refuseChains(results, shards, linked, func(i int) bool { return caller.Owner.MayCreateTransfer(&ts[i]) })
 	parts := map[uint32]*part{}
 	for i := range ts {
 		if sent[i] {
 			p := partOf(parts, shards[i], shard.KindCreateTransfers)
+			p.cmd.Owner = caller.Owner
 			p.cmd.Transfers = append(p.cmd.Transfers, ts[i])
 			p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
 			p.cmd.DebitShards = append(p.cmd.DebitShards, debitShards[i])
@@ -110,20 +113,24 @@ func (r *Router) createTransfers(ctx context.Context, body []byte) any {
 
 const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
 
-// refuseChains answers the linked chains no shard can take and reports
-// which events are to be sent. A chain left open at the end of the batch
-// gets linked_event_chain_open on each event. A chain whose events are sent
-// to more than one shard (accounts; a chain of transfers goes to its
-// coordinator) is refused: flags_invalid on its first such event,
-// linked_event_failed on the others. A shard gets each chain whole and in
-// order.
-func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool) []bool {
+// refuseChains answers the events no shard may take and reports which
+// events are to be sent. An event the caller may not create gets
+// unauthorized. A linked chain left open at the end of the batch gets
+// linked_event_chain_open on each event. A chain whose events are sent to
+// more than one shard (accounts; a chain of transfers goes to its
+// coordinator) is refused: flags_invalid on its first such event. A chain
+// with a refused event fails whole: linked_event_failed on its other
+// events. A shard gets each chain whole and in order.
+func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool, allowed func(int) bool) []bool {
 	sent := make([]bool, len(results))
 	shard.EachChain(len(results), linked, func(i, j int, open bool) {
-		bad := -1
-		for k := i; k < j && bad < 0 && j-i > 1; k++ {
-			if shards[k] != shards[i] {
-				bad = k
+		bad, code := -1, transport.CodeOK
+		for k := i; k < j && bad < 0; k++ {
+			switch {
+			case !allowed(k):
+				bad, code = k, transport.CodeUnauthorized
+			case shards[k] != shards[i]:
+				bad, code = k, transport.CodeFlagsInvalid
 			}
 		}
 		for k := i; k < j; k++ {
@@ -131,7 +138,7 @@ func refuseChains(results []transport.Result, shards []uint32, linked func(int) 
 			case open:
 				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
 			case bad == k:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeFlagsInvalid}
+				results[k] = transport.Result{Index: uint32(k), Code: code}
 			case bad >= 0:
 				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
 			default:
@@ -264,28 +271,39 @@ func (p *part) slice(i, j int) *part {
 	return &part{cmd: c, index: p.index[i:j]}
 }
 
-func (r *Router) lookupAccounts(ctx context.Context, body []byte) any {
+// lookupAccounts asks each id's shard. A provider is not even sent the
+// accounts it does not own: they are left out as if unknown.
+func (r *Router) lookupAccounts(ctx context.Context, caller *auth.Identity, body []byte) any {
 	found, err := lookup(r, ctx, body, shard.OpLookupAccounts,
-		func(m slotMap, id string) []uint32 { return []uint32{m.shardOf(id)} },
+		func(m slotMap, id string) []uint32 {
+			if !caller.Owner.Owns(id) {
+				return nil
+			}
+			return []uint32{m.shardOf(id)}
+		},
 		func(rep *shard.Reply) []transport.Account { return rep.Accounts },
-		func(a *transport.Account) string { return a.ID })
+		func(a *transport.Account) string { return a.ID },
+		caller.Owner.OwnsAccount)
 	return &transport.AccountsReply{Accounts: found, Error: err}
 }
 
 // lookupTransfers asks every shard: a transfer lives on its debit account's
-// shard, which its id does not tell.
-func (r *Router) lookupTransfers(ctx context.Context, body []byte) any {
+// shard, which its id does not tell. A provider sees only the transfers
+// that touch one of its accounts.
+func (r *Router) lookupTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
 	found, err := lookup(r, ctx, body, shard.OpLookupTransfers,
 		func(m slotMap, _ string) []uint32 { return m.shards() },
 		func(rep *shard.Reply) []transport.Transfer { return rep.Transfers },
-		func(t *transport.Transfer) string { return t.ID })
+		func(t *transport.Transfer) string { return t.ID },
+		caller.Owner.SeesTransfer)
 	return &transport.TransfersReply{Transfers: found, Error: err}
 }
 
 // lookup asks each shard that may hold an id for it, and answers the records
-// found in the order of the ids asked (an id asked twice is answered once).
+// found that the caller may see, in the order of the ids asked (an id asked
+// twice is answered once).
 func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
-	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string) ([]T, *transport.Error) {
+	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string, sees func(*T) bool) ([]T, *transport.Error) {
 	var req transport.LookupRequest
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return nil, requestError(ctx, err)
@@ -300,7 +318,7 @@ func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
 	}
 	out := []T{}
 	for _, id := range req.IDs {
-		if rec, ok := found[id]; ok {
+		if rec, ok := found[id]; ok && sees(&rec) {
 			out = append(out, rec)
 			delete(found, id)
 		}
@@ -347,7 +365,10 @@ func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op str
 
 // status asks every shard's leader; a shard that does not answer in time is
 // listed with an error rather than failing the whole status.
-func (r *Router) status(ctx context.Context, _ []byte) any {
+func (r *Router) status(ctx context.Context, caller *auth.Identity, _ []byte) any {
+	if !caller.Operator() {
+		return &transport.StatusReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: "cluster status is for operators"}}
+	}
 	m, err := r.slotMap(ctx)
 	if err != nil {
 		return &transport.StatusReply{Error: requestError(ctx, err)}
@@ -414,8 +435,8 @@ func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
 
 // accountTransfers asks the account's shard for its history. The credit
 // halves of cross-shard transfers are listed there too, when credited.
-func (r *Router) accountTransfers(ctx context.Context, body []byte) any {
-	reply, err := r.history(ctx, body, shard.OpAccountTransfers)
+func (r *Router) accountTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
+	reply, err := r.history(ctx, caller, body, shard.OpAccountTransfers)
 	if err != nil {
 		return &transport.TransfersReply{Error: err}
 	}
@@ -423,15 +444,17 @@ func (r *Router) accountTransfers(ctx context.Context, body []byte) any {
 }
 
 // accountBalances asks the account's shard for its balance history.
-func (r *Router) accountBalances(ctx context.Context, body []byte) any {
-	reply, err := r.history(ctx, body, shard.OpAccountBalances)
+func (r *Router) accountBalances(ctx context.Context, caller *auth.Identity, body []byte) any {
+	reply, err := r.history(ctx, caller, body, shard.OpAccountBalances)
 	if err != nil {
 		return &transport.BalancesReply{Error: err}
 	}
 	return &transport.BalancesReply{Balances: reply.Balances}
 }
 
-func (r *Router) history(ctx context.Context, body []byte, op string) (*shard.Reply, *transport.Error) {
+// history asks the account's shard for its history. A provider reading an
+// account it does not own gets an empty history, as for an unknown account.
+func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte, op string) (*shard.Reply, *transport.Error) {
 	var f transport.AccountFilter
 	if err := transport.Unmarshal(body, &f); err != nil {
 		return nil, requestError(ctx, err)
@@ -443,6 +466,11 @@ func (r *Router) history(ctx context.Context, body []byte, op string) (*shard.Re
 	if err != nil {
 		return nil, requestError(ctx, err)
 	}
+	if !caller.Operator() {
+		if ok, err := r.owns(ctx, caller, m, f.AccountID); err != nil || !ok {
+			return &shard.Reply{}, err
+		}
+	}
 	b, err := transport.Marshal(&f)
 	if err != nil {
 		return nil, requestError(ctx, err)
@@ -452,4 +480,21 @@ func (r *Router) history(ctx context.Context, body []byte, op string) (*shard.Re
 		return nil, requestError(ctx, err)
 	}
 	return reply, nil
+}
+
+// owns reports whether the caller owns the account: its id and, looked up,
+// its ledger.
+func (r *Router) owns(ctx context.Context, caller *auth.Identity, m slotMap, id string) (bool, *transport.Error) {
+	if !caller.Owner.Owns(id) {
+		return false, nil
+	}
+	found, err := find(r, ctx, m, []string{id}, shard.OpLookupAccounts,
+		func(m slotMap, id string) []uint32 { return []uint32{m.shardOf(id)} },
+		func(rep *shard.Reply) []transport.Account { return rep.Accounts },
+		func(a *transport.Account) string { return a.ID })
+	if err != nil {
+		return false, requestError(ctx, err)
+	}
+	a, ok := found[id]
+	return ok && caller.Owner.OwnsAccount(&a), nil
 }

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/ledgerd/ledgerd/auth"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
@@ -38,6 +40,11 @@ type Config struct {
 	Prefix          string
 	RequestDeadline time.Duration
 	Logger          *slog.Logger
+	// Policy, if set, returns the providers policy in force: every request
+	// must then carry the identity the NATS server verified (auth), and a
+	// provider is confined to what it owns. Without it every client is an
+	// operator.
+	Policy func() *auth.Policy
 }
 
 // Router serves the client protocol.
@@ -53,6 +60,11 @@ type Router struct {
 
 	mu    sync.RWMutex
 	slots slotMap
+
+	policy func() *auth.Policy
+	// inFlight counts each provider's requests being worked on here, by
+	// name, against its Limits.RequestsInFlight.
+	inFlight sync.Map // string → *atomic.Int64
 }
 
 type slotMap struct {
@@ -75,6 +87,7 @@ func Start(cfg Config) (*Router, error) {
 	r := &Router{
 		nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix}, deadline: cfg.RequestDeadline,
 		log: cfg.Logger, sem: make(chan struct{}, requestsInFlightMax), ctx: ctx, cancel: cancel,
+		policy: cfg.Policy,
 	}
 	svc, err := micro.AddService(cfg.Conn, micro.Config{
 		Name:        "ledger",
@@ -89,7 +102,7 @@ func Start(cfg Config) (*Router, error) {
 	r.svc = svc
 	endpoints := []struct {
 		name, subject string
-		h             func(context.Context, []byte) any
+		h             handler
 	}{
 		{"accounts_create", r.subjects.AccountsCreate(), r.createAccounts},
 		{"transfers_create", r.subjects.TransfersCreate(), r.createTransfers},
@@ -115,23 +128,68 @@ func (r *Router) Stop() error {
 	return r.svc.Stop()
 }
 
-// async hands a request to its own goroutine so the endpoint's subscription
-// keeps reading, and answers unavailable when too many are in flight.
-func (r *Router) async(h func(context.Context, []byte) any) micro.Handler {
+// handler serves one request of a verified caller.
+type handler func(ctx context.Context, caller *auth.Identity, body []byte) any
+
+// operator is every caller when there is no policy.
+var operator = &auth.Identity{Name: "operator"}
+
+// async identifies the caller, then hands the request to its own goroutine
+// so the endpoint's subscription keeps reading. It answers unauthorized at
+// once to a caller without a verified identity, and unavailable when too
+// many requests are in flight: in all, or of this caller (a provider
+// flooding the router takes only its own share).
+func (r *Router) async(h handler) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		caller, err := r.caller(req)
+		if err != nil {
+			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: err.Error()}})
+			return
+		}
+		release, ok := r.admit(caller)
+		if !ok {
+			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode,
+				Message: fmt.Sprintf("over the limit of %d requests in flight: wait for replies before sending more", caller.Limits.RequestsInFlight)}})
+			return
+		}
 		select {
 		case r.sem <- struct{}{}:
 		default:
+			release()
 			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: "router overloaded"}})
 			return
 		}
 		go func() {
-			defer func() { <-r.sem }()
+			defer func() { <-r.sem; release() }()
 			ctx, cancel := context.WithTimeout(r.ctx, r.deadline)
 			defer cancel()
-			respond(req, h(ctx, req.Data()))
+			respond(req, h(ctx, caller, req.Data()))
 		}()
 	})
+}
+
+// caller returns who sent req: with a policy, the identity the NATS server
+// put in the request's header; without, an operator.
+func (r *Router) caller(req micro.Request) (*auth.Identity, error) {
+	if r.policy == nil {
+		return operator, nil
+	}
+	return r.policy().Requester(req.Headers().Get(auth.RequestInfoHeader))
+}
+
+// admit counts a provider's request in flight, if under its limit, and
+// returns how to release it.
+func (r *Router) admit(caller *auth.Identity) (release func(), ok bool) {
+	if caller.Operator() {
+		return func() {}, true
+	}
+	v, _ := r.inFlight.LoadOrStore(caller.Name, new(atomic.Int64))
+	n := v.(*atomic.Int64)
+	if n.Add(1) > int64(caller.Limits.RequestsInFlight) {
+		n.Add(-1)
+		return nil, false
+	}
+	return func() { n.Add(-1) }, true
 }
 
 func respond(req micro.Request, reply any) {

@@ -15,11 +15,14 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/ledgerd/ledgerd/auth"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/router"
@@ -96,6 +99,14 @@ type Server struct {
 	log    *slog.Logger
 	url    string
 	secret string // of the embedded server's internal user
+	// natsOpts: the embedded server's options, which a reload of the
+	// providers file copies with new accounts.
+	natsOpts *natsserver.Options
+	// providers: the path of the providers file and the policy in force
+	// (nil: every client is an operator).
+	providers string
+	policy    atomic.Pointer[auth.Policy]
+	prefix    string
 }
 
 // Start starts everything and returns once every group has a leader.
@@ -118,7 +129,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	} else if cfg.BootstrapExpect > 1 || cfg.Join || cfg.NATSClusterListen != "" {
-		cfg.Logger.Warn("no node TLS: the Raft port and the NATS cluster port accept anyone who reaches them; keep them on the nodes' network or set --tls-cert, --tls-key and --tls-ca")
+		if !cfg.Insecure {
+			return nil, ErrNoNodeTLS
+		}
+		cfg.Logger.Warn("--insecure: no node TLS: the Raft port and the NATS cluster port accept anyone who reaches them, who can then forge the cluster's own messages and move money")
+	}
+	s.providers, s.prefix = cfg.Providers, cfg.Prefix
+	if cfg.Providers != "" {
+		p, err := auth.Load(cfg.Providers)
+		if err != nil {
+			return nil, err
+		}
+		s.policy.Store(p)
+		cfg.Logger.Info("providers", "file", cfg.Providers, "providers", len(p.Providers()))
+	} else {
+		cfg.Logger.Warn("no --providers: every client is an operator and may move any account's money; give a providers file before serving anyone else")
 	}
 	var opts []nats.Option
 	if cfg.NATSURL != "" {
@@ -127,8 +152,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if s.secret, err = randomSecret(); err != nil {
 			return nil, err
 		}
-		if s.ns, err = embedNATS(cfg, s.secret, nodeTLS); err != nil {
+		if s.natsOpts, err = natsOptions(cfg, s.secret, nodeTLS, s.policy.Load()); err != nil {
 			return nil, err
+		}
+		if s.ns, err = embedNATS(s.natsOpts); err != nil {
+			return nil, err
+		}
+		if p := s.policy.Load(); p != nil {
+			if err := addImports(s.ns, p, cfg.Prefix); err != nil {
+				return nil, err
+			}
 		}
 		s.url = s.ns.ClientURL()
 		opts = append(opts, nats.InProcessServer(s.ns), nats.UserInfo(internalUser, s.secret))
@@ -153,7 +186,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.router, err = router.Start(router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline}); err != nil {
+	rcfg := router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline}
+	if cfg.Providers != "" {
+		rcfg.Policy = s.policy.Load
+	}
+	if s.router, err = router.Start(rcfg); err != nil {
 		return nil, err
 	}
 	for !s.node.Ready() {
@@ -190,8 +227,14 @@ func clientPermissions(prefix string) *natsserver.Permissions {
 	}
 }
 
-// embedNATS starts a NATS server on addr with the protocol's max payload.
-// Connections without credentials are clients, with clientPermissions.
+// ErrNoNodeTLS: a multi-node node without node TLS and without --insecure.
+var ErrNoNodeTLS = errors.New("a node of a multi-node cluster needs node TLS (--tls-cert, --tls-key, --tls-ca): without it anyone who reaches the Raft or NATS cluster port can forge the cluster's messages; --insecure runs without it")
+
+// natsOptions are the embedded NATS server's options: addr, the protocol's
+// max payload, client TLS, and who may connect. Without a policy,
+// connections without credentials are clients with clientPermissions (a
+// development setup). With one, the accounts of policy.NATSAccounts: no
+// anonymous connection, each provider in its own account.
 //
 // With NATSClusterListen the server also listens for the other nodes' NATS
 // servers and dials NATSRoutes: one NATS cluster, in which every node's
@@ -199,7 +242,7 @@ func clientPermissions(prefix string) *natsserver.Permissions {
 // With nodeTLS the routes are mutual TLS between nodes of the cluster's CA;
 // without, the cluster port carries no authentication: keep it on the
 // nodes' network.
-func embedNATS(cfg Config, secret string, nodeTLS *tls.Config) (*natsserver.Server, error) {
+func natsOptions(cfg Config, secret string, nodeTLS *tls.Config, policy *auth.Policy) (*natsserver.Options, error) {
 	addr, prefix := cfg.NATSListen, cfg.Prefix
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -219,15 +262,33 @@ func embedNATS(cfg Config, secret string, nodeTLS *tls.Config) (*natsserver.Serv
 		}
 		l.Close()
 	}
-	opts := &natsserver.Options{
-		ServerName: "ledgerd-" + cfg.NodeID, Host: host, Port: port,
-		MaxPayload: transport.MessageBytesMax, MaxPending: 4 * transport.MessageBytesMax,
-		NoSigs: true, NoLog: true,
-		Users: []*natsserver.User{
+	opts := &natsserver.Options{}
+	if policy != nil {
+		if err := setAccounts(opts, policy, prefix, secret); err != nil {
+			return nil, err
+		}
+	} else {
+		opts.Users = []*natsserver.User{
 			{Username: internalUser, Password: secret},
 			{Username: "client", Permissions: clientPermissions(prefix)},
-		},
-		NoAuthUser: "client",
+		}
+		opts.NoAuthUser = "client"
+	}
+	opts.ServerName, opts.Host, opts.Port = "ledgerd-"+cfg.NodeID, host, port
+	opts.MaxPayload, opts.MaxPending = transport.MessageBytesMax, 4*transport.MessageBytesMax
+	opts.NoSigs, opts.NoLog = true, true
+	if cfg.ClientTLS.Enabled() {
+		if cfg.ClientTLS.Cert == "" || cfg.ClientTLS.Key == "" {
+			return nil, errors.New("client TLS needs both --nats-tls-cert and --nats-tls-key")
+		}
+		tc, err := natsserver.GenTLSConfig(&natsserver.TLSConfigOpts{
+			CertFile: cfg.ClientTLS.Cert, KeyFile: cfg.ClientTLS.Key, CaFile: cfg.ClientTLS.CA,
+			Verify: cfg.ClientTLS.CA != "", Timeout: clientTLSTimeout.Seconds(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("client TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, cfg.ClientTLS.CA != "", clientTLSTimeout.Seconds()
 	}
 	if cfg.NATSClusterListen != "" {
 		ch, cp, err := net.SplitHostPort(cfg.NATSClusterListen)
@@ -253,6 +314,50 @@ func embedNATS(cfg Config, secret string, nodeTLS *tls.Config) (*natsserver.Serv
 	} else if len(cfg.NATSRoutes) > 0 {
 		return nil, errors.New("--nats-routes needs --nats-cluster-listen")
 	}
+	return opts, nil
+}
+
+// setAccounts sets opts' accounts and users to policy's.
+func setAccounts(opts *natsserver.Options, policy *auth.Policy, prefix, secret string) error {
+	conf, err := policy.NATSAccounts(prefix, auth.User{User: internalUser, Password: secret}, false)
+	if err != nil {
+		return err
+	}
+	var parsed natsserver.Options
+	if err := parsed.ProcessConfigString(string(conf)); err != nil {
+		return fmt.Errorf("providers: nats accounts: %w", err)
+	}
+	opts.Accounts, opts.Users, opts.Nkeys, opts.NoAuthUser = parsed.Accounts, parsed.Users, parsed.Nkeys, ""
+	return nil
+}
+
+// addImports gives each account of policy its imports from the internal
+// account (auth.Policy.Imports).
+func addImports(ns *natsserver.Server, policy *auth.Policy, prefix string) error {
+	internal, err := ns.LookupAccount(auth.InternalAccount)
+	if err != nil {
+		return fmt.Errorf("providers: %w", err)
+	}
+	for name, imports := range policy.Imports(prefix) {
+		acc, err := ns.LookupAccount(name)
+		if err != nil {
+			return fmt.Errorf("providers: account %s: %w", name, err)
+		}
+		for _, im := range imports {
+			claim := &jwt.Import{Subject: jwt.Subject(im.Subject), Account: auth.InternalAccount, Type: jwt.Service, Share: im.Share}
+			if err := acc.AddServiceImportWithClaim(internal, im.Subject, im.Subject, claim); err != nil {
+				return fmt.Errorf("providers: account %s imports %s: %w", name, im.Subject, err)
+			}
+		}
+	}
+	return nil
+}
+
+// clientTLSTimeout bounds a client's TLS handshake.
+const clientTLSTimeout = 2 * time.Second
+
+// embedNATS starts a NATS server with opts.
+func embedNATS(opts *natsserver.Options) (*natsserver.Server, error) {
 	ns, err := natsserver.NewServer(opts)
 	if err != nil {
 		return nil, err
@@ -263,6 +368,39 @@ func embedNATS(cfg Config, secret string, nodeTLS *tls.Config) (*natsserver.Serv
 		return nil, errors.New("embedded NATS did not start")
 	}
 	return ns, nil
+}
+
+// ReloadProviders reads the providers file again and puts it in force:
+// new users may connect, and the connections of removed users are closed
+// by the NATS server. A bad file changes nothing and is reported. With an
+// external NATS the operator reloads its configuration; the router's
+// rules change here.
+func (s *Server) ReloadProviders() error {
+	if s.providers == "" {
+		return errors.New("no --providers file to reload")
+	}
+	p, err := auth.Load(s.providers)
+	if err != nil {
+		return err
+	}
+	if s.ns != nil {
+		opts := s.natsOpts.Clone()
+		if err := setAccounts(opts, p, s.prefix, s.secret); err != nil {
+			return err
+		}
+		if err := s.ns.ReloadOptions(opts); err != nil {
+			return fmt.Errorf("reload NATS accounts: %w", err)
+		}
+		// The reload dropped every import; a request in between is
+		// answered no responders, which clients retry.
+		if err := addImports(s.ns, p, s.prefix); err != nil {
+			return err
+		}
+		s.natsOpts = opts
+	}
+	s.policy.Store(p)
+	s.log.Info("providers reloaded", "file", s.providers, "providers", len(p.Providers()))
+	return nil
 }
 
 // routeTLSTimeout bounds a NATS route's TLS handshake.

@@ -61,6 +61,11 @@ type Command struct {
 	Answers []Answer `msgpack:"an,omitempty"`
 	// Forget for KindForget.
 	Forget *Forget `msgpack:"f,omitempty"`
+	// Owner, on a provider's KindCreateTransfers: what the provider owns.
+	// The router checked everything an event shows; the shard checks that a
+	// post or void that leaves its accounts empty resolves one of the
+	// provider's pending transfers (State.resolvePending).
+	Owner *transport.Owner `msgpack:"o,omitempty"`
 }
 
 // Credit asks a credit shard to apply (or abort) one attempt of a

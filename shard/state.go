@@ -41,6 +41,9 @@ type State struct {
 	// legs held for a chain, to the part's key.
 	chains  map[string]*ChainRow
 	heldIDs map[string]string
+	// owner: the provider whose command is being applied (nil: an
+	// operator's). Set for one command only; never part of the state.
+	owner *transport.Owner
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -139,7 +142,9 @@ func (s *State) Apply(e *Entry) *Output {
 		case KindCreateAccounts:
 			out.Events[i] = s.createAccounts(e.Timestamp, c.Accounts)
 		case KindCreateTransfers:
+			s.owner = c.Owner
 			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, c.DebitShards, out)
+			s.owner = nil
 		case KindCredit:
 			out.Answers[i] = s.credits(e.Timestamp, c.Credits, false)
 		case KindAbort:

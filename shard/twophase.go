@@ -27,6 +27,9 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer, chained bool) 
 		}
 		p = &final
 	}
+	if !s.owner.MayResolve(p) {
+		return EventResult{Code: transport.CodeUnauthorized}
+	}
 	if code := checkResolution(t, p, max(s.last+1, now)); code != transport.CodeOK {
 		return EventResult{Code: code}
 	}

@@ -15,6 +15,10 @@ type Code uint8
 const (
 	CodeOK Code = iota
 	CodeExists
+	// CodeUnauthorized: the caller's verified identity may not do this
+	// (Owner). Checked first; for a post or void that leaves its accounts
+	// empty, right after pending_transfer_not_found.
+	CodeUnauthorized
 	CodeIDInvalid
 	CodeFlagsInvalid
 	CodeLedgerInvalid
@@ -49,6 +53,7 @@ const (
 var codeNames = [codeCount]string{
 	CodeOK:                           "ok",
 	CodeExists:                       "exists",
+	CodeUnauthorized:                 "unauthorized",
 	CodeIDInvalid:                    "id_invalid",
 	CodeFlagsInvalid:                 "flags_invalid",
 	CodeLedgerInvalid:                "ledger_invalid",

@@ -296,6 +296,9 @@ func (mc *multiCluster) launch(i int) {
 		"--raft-listen", n.raftAddr, "--shards", fmt.Sprint(mc.shards), "--log-level", "info",
 	)
 	cmd.Args = append(cmd.Args, n.args...)
+	if !slices.Contains(n.args, "--tls-cert") {
+		cmd.Args = append(cmd.Args, "--insecure") // the tests of node TLS give it
+	}
 	if n.join {
 		cmd.Args = append(cmd.Args, "--join")
 	} else {
