@@ -1,7 +1,8 @@
 // Package client is the Go client of a ledgerd cluster: what a payment
 // provider links to create and look up accounts and transfers over NATS.
 //
-// A Client wraps a *nats.Conn the caller owns. Every call retries on its own
+// A Client wraps a *nats.Conn the caller owns (Connect opens one with the
+// caller's Credentials, or use nats.Connect). Every call retries on its own
 // until ctx is done when the cluster answers `timeout` or `unavailable`, or
 // when NATS reports a timeout or no responders: it sends the same batch with
 // the same ids again. That is safe because creation is idempotent: an event
@@ -22,7 +23,7 @@
 // later request fails, the earlier ones stay applied, and calling again with
 // the same batch is the way to finish it.
 //
-//	nc, err := nats.Connect(nats.DefaultURL)
+//	nc, err := client.Connect(nats.DefaultURL, client.Credentials{User: "acme", Password: pw})
 //	if err != nil { ... }
 //	c := client.New(nc)
 //	results, err := c.CreateTransfers(ctx, []transport.Transfer{{

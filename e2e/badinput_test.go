@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -72,23 +74,27 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("state changed: %v -> %v", before, after)
 		}
 	}
+	// answersError checks that body on subject is answered {error} alone,
+	// with code.
+	answersError := func(t *testing.T, subject string, b []byte, code string) {
+		t.Helper()
+		reply := c.request(subject, b)
+		var fields map[string]msgpack.RawMessage
+		if err := msgpack.Unmarshal(reply, &fields); err != nil {
+			t.Fatalf("reply is not a msgpack map: %v (% x)", err, reply)
+		}
+		var e transport.Error
+		if err := msgpack.Unmarshal(fields["error"], &e); err != nil || len(fields) != 1 {
+			t.Fatalf("want only {error}, got %v keys (%v)", len(fields), err)
+		}
+		if e.Code != code {
+			t.Fatalf("error %+v, want code %s", e, code)
+		}
+	}
 	// refused checks that body on subject is refused as a whole with code.
 	refused := func(t *testing.T, subject string, b []byte, code string) {
 		t.Helper()
-		unchanged(t, func() {
-			reply := c.request(subject, b)
-			var fields map[string]msgpack.RawMessage
-			if err := msgpack.Unmarshal(reply, &fields); err != nil {
-				t.Fatalf("reply is not a msgpack map: %v (% x)", err, reply)
-			}
-			var e transport.Error
-			if err := msgpack.Unmarshal(fields["error"], &e); err != nil || len(fields) != 1 {
-				t.Fatalf("want only {error}, got %v keys (%v)", len(fields), err)
-			}
-			if e.Code != code {
-				t.Fatalf("error %+v, want code %s", e, code)
-			}
-		})
+		unchanged(t, func() { answersError(t, subject, b, code) })
 	}
 	// events sends transfers (or accounts) and checks each event's code.
 	events := func(t *testing.T, subject string, b []byte, want ...transport.Code) []transport.Result {
@@ -346,6 +352,43 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("trailing bytes", func(t *testing.T) {
+		// Each a valid body of its subject, that the subject serves.
+		fresh := c.accountOn("tail-acct", 1)
+		filter := body(t, map[string]any{"account_id": a1, "limit": 10})
+		bodies := []struct {
+			subject string
+			body    []byte
+		}{
+			{subj.AccountsCreate(), body(t, map[string]any{"accounts": []any{map[string]any{"id": fresh, "ledger": 1, "code": 1}}})},
+			{subj.TransfersCreate(), transfersBody(t, wireTransfer("tail-1", a1, b1))},
+			{subj.AccountsLookup(), body(t, map[string]any{"ids": []string{a1}})},
+			{subj.TransfersLookup(), body(t, map[string]any{"ids": []string{"tail-1"}})},
+			{subj.AccountsTransfers(), filter},
+			{subj.AccountsBalances(), filter},
+			{subj.ClusterStatus(), body(t, map[string]any{})},
+		}
+		unchanged(t, func() {
+			for _, b := range bodies {
+				for _, tail := range [][]byte{{0xc0}, {0x00}, {0xc1}, {0x80}, b.body, []byte("\n")} {
+					answersError(t, b.subject, append(slices.Clone(b.body), tail...), transport.ErrMalformedCode)
+				}
+				for _, notAMap := range [][]byte{{}, {0xc0}, {0x90}, {0xa0}, {0x00}} {
+					answersError(t, b.subject, notAMap, transport.ErrMalformedCode)
+				}
+			}
+		})
+		// Without the tail each is served: the creates apply only now.
+		events(t, bodies[0].subject, bodies[0].body, transport.CodeOK)
+		events(t, bodies[1].subject, bodies[1].body, transport.CodeOK)
+		for _, b := range bodies[2:] {
+			var fields map[string]msgpack.RawMessage
+			if err := msgpack.Unmarshal(c.request(b.subject, b.body), &fields); err != nil || fields["error"] != nil {
+				t.Fatalf("%s without a tail: %v, %s", b.subject, err, fields["error"])
+			}
+		}
+	})
+
 	t.Run("discovery", func(t *testing.T) {
 		var ping micro.Ping
 		if err := json.Unmarshal(c.request("$SRV.PING.ledger", nil), &ping); err != nil {
@@ -374,6 +417,45 @@ func TestBadInput(t *testing.T) {
 		}
 		if err := json.Unmarshal(c.request("$SRV.PING", nil), &ping); err != nil || ping.Name != "ledger" {
 			t.Fatalf("ping any service: %v %+v", err, ping)
+		}
+	})
+
+	// Each balance is a uint64; their sum over accounts is not. Three
+	// accounts of one shard credited 2^64−1 each: status sums the ledger
+	// exactly (it wrapped to 2^64−3), past 2^64.
+	t.Run("totals past 2^64", func(t *testing.T) {
+		const ledger = 7
+		var accounts []transport.Account
+		var transfers []transport.Transfer
+		for i := range 3 {
+			from, to := c.accountOn(fmt.Sprintf("big-from-%d", i), 1), c.accountOn(fmt.Sprintf("big-to-%d", i), 1)
+			accounts = append(accounts, transport.Account{ID: from, Ledger: ledger, Code: 1}, transport.Account{ID: to, Ledger: ledger, Code: 1})
+			transfers = append(transfers, transport.Transfer{ID: fmt.Sprintf("big-%d", i), DebitAccountID: from, CreditAccountID: to,
+				Amount: math.MaxUint64, Ledger: ledger, Code: 1})
+		}
+		c.mustCreateAccounts(accounts...)
+		if got := codes(c.transfer(transfers...)); !slices.Equal(got, []transport.Code{transport.CodeOK, transport.CodeOK, transport.CodeOK}) {
+			t.Fatalf("transfers of 2^64-1: %v", got)
+		}
+		top := transport.U128(math.MaxUint64)
+		want, _ := top.Add(top)
+		want, _ = want.Add(top)
+		found := 0
+		for _, s := range c.status().Shards {
+			for _, l := range s.Ledgers {
+				if l.Ledger != ledger {
+					continue
+				}
+				found++
+				sums := l.Sums()
+				if s.ID != 1 || l.Exact == nil || sums.DebitsPosted != want || sums.CreditsPosted != want ||
+					l.DebitsPosted != math.MaxUint64 || l.CreditsPosted != math.MaxUint64 || sums.DebitsPending != (transport.Uint128{}) {
+					t.Fatalf("shard %d, ledger %d: %+v, exact %+v; want posted sums of %s on shard 1", s.ID, ledger, l, l.Exact, want)
+				}
+			}
+		}
+		if found != 1 {
+			t.Fatalf("ledger %d reported by %d shards", ledger, found)
 		}
 	})
 

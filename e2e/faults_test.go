@@ -115,7 +115,7 @@ func crossShardLoad(c *cluster, shards uint32, perShard, n int, prefix string, s
 // records them in m. A batch answered on its first attempt must answer ok
 // for every transfer (each is new). A batch the cluster answered timeout
 // first (the saga outlived the request deadline) is sent again with the
-// same ids, and then each transfer answers ok or exists (PROTOCOL.md). It
+// same ids, and then each transfer answers ok or exists (docs/protocol.md). It
 // returns how many batches needed a retry.
 func sendConcurrently(c *cluster, m *ledgerModel, transfers []transport.Transfer, batch int) int {
 	c.t.Helper()

@@ -207,23 +207,20 @@ func (c *cluster) quiesce() *transport.StatusReply {
 
 func checkBalanced(t *testing.T, st *transport.StatusReply) {
 	t.Helper()
-	type sums struct{ dp, cp, dpend, cpend uint64 }
-	by := map[uint32]*sums{}
+	by := map[uint32]*transport.ExactTotals{} // a ledger's sums pass 2^64 with amounts near it
 	for _, s := range st.Shards {
 		for _, l := range s.Ledgers {
 			if by[l.Ledger] == nil {
-				by[l.Ledger] = &sums{}
+				by[l.Ledger] = &transport.ExactTotals{}
 			}
-			x := by[l.Ledger]
-			x.dp += l.DebitsPosted
-			x.cp += l.CreditsPosted
-			x.dpend += l.DebitsPending
-			x.cpend += l.CreditsPending
+			if err := by[l.Ledger].Add(l.Sums()); err != nil {
+				t.Fatalf("ledger %d: %v", l.Ledger, err)
+			}
 		}
 	}
 	for l, x := range by {
-		if x.dp != x.cp || x.dpend != 0 || x.cpend != 0 {
-			t.Fatalf("ledger %d unbalanced at quiescence: debits_posted %d credits_posted %d pending %d/%d", l, x.dp, x.cp, x.dpend, x.cpend)
+		if x.DebitsPosted != x.CreditsPosted || x.DebitsPending != (transport.Uint128{}) || x.CreditsPending != (transport.Uint128{}) {
+			t.Fatalf("ledger %d unbalanced at quiescence: debits_posted %s credits_posted %s pending %s/%s", l, x.DebitsPosted, x.CreditsPosted, x.DebitsPending, x.CreditsPending)
 		}
 	}
 }

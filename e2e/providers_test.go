@@ -102,7 +102,7 @@ func TestConnectionsWithoutValidCredentialsAreRefused(t *testing.T) {
 	}
 }
 
-// Every rule of PROTOCOL.md's "Who may do what" for creation, each through
+// Every rule of docs/protocol.md's "Who may do what" for creation, each through
 // real NATS authentication, and nothing refused changes anything.
 func TestProviderMayCreateOnlyWhatItOwns(t *testing.T) {
 	c := startProviders(t, providersFile)

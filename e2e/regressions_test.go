@@ -42,7 +42,7 @@ func TestOneBatchToMoreThan32CreditShardsResolves(t *testing.T) {
 // The deadlines are hang guards here: the largest batch takes under a second
 // in a release build and over ten under the race detector on a loaded CI
 // machine, past the router's default 5 s. A request past its deadline is
-// retried by the client and its retry is answered exists (PROTOCOL.md), which
+// retried by the client and its retry is answered exists (docs/protocol.md), which
 // would hide whether the first attempt was answered ok.
 func TestLargestValidTransferBatchIsServed(t *testing.T) {
 	c := startClusterConfig(t, server.Config{DataDir: t.TempDir(), Shards: 1, RequestDeadline: 25 * time.Second},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/internal/buildinfo"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -25,6 +26,10 @@ import (
 
 // discoverEvery is how often a forming node asks who is there.
 const discoverEvery = 200 * time.Millisecond
+
+// formingReminder is how often a forming node repeats whom it has found
+// when nothing changed: it logs each change at once.
+const formingReminder = 5 * time.Second
 
 // answerNodes answers every node's Nodes request with this node's info for
 // as long as the node runs, so a node that starts late still finds every
@@ -72,6 +77,8 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 	}
 	t := time.NewTicker(discoverEvery)
 	defer t.Stop()
+	var logged []string // the nodes last logged as found, and when
+	var loggedAt time.Time
 	for {
 		if err := n.nc.PublishRequest(n.subjects.Nodes(), inbox, ask); err != nil {
 			return nil, err
@@ -113,7 +120,10 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 			n.log.Info("forming the cluster", "nodes", slices.Sorted(maps.Keys(found)))
 			return servers, nil
 		}
-		n.log.Info("waiting for nodes to form the cluster", "found", len(found), "expect", n.cfg.BootstrapExpect)
+		if ids := slices.Sorted(maps.Keys(found)); !slices.Equal(ids, logged) || time.Since(loggedAt) >= formingReminder {
+			n.log.Info("waiting for nodes to form the cluster", "found", ids, "expect", n.cfg.BootstrapExpect)
+			logged, loggedAt = ids, time.Now()
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for %d nodes (found %v): %w", n.cfg.BootstrapExpect, slices.Sorted(maps.Keys(found)), ctx.Err())
@@ -127,8 +137,9 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 // node has joined every group: a joining node does not answer, so the
 // balancer hands it no leadership.
 func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error) {
+	build := buildinfo.Get().Build()
 	return n.nc.Subscribe(n.subjects.NodesStatus(), func(msg *nats.Msg) {
-		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Health: "up", RaftAddr: self.RaftAddr}
+		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Build: build, Health: "up", RaftAddr: self.RaftAddr}
 		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
 			for _, s := range f.Configuration().Servers {
 				if s.Suffrage == raft.Voter {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -73,12 +74,36 @@ func (s *shardServer) exportHistory(msg *nats.Msg) {
 			page.Retry = fmt.Sprintf("applied %d, below the snapshot's %d", applied, req.Applied)
 		} else {
 			var err error
-			if page.Rows, page.More, err = s.m.History().Export(req.After, historyPageBytes); err != nil {
-				page.Rows, page.More, page.Retry = nil, false, err.Error()
+			if page, err = exportPage(s.m.History(), req.After); err != nil {
+				page = historyPage{Retry: err.Error()}
 			}
 		}
 	}
 	respondPage(msg, &page)
+}
+
+// exportPage reads the rows after after: about historyPageBytes of them,
+// and at most transport.BatchEventsMax, the longest list a message may hold
+// (transport.Unmarshal refuses more): 1 MiB of balance rows, about 50 bytes
+// each, is 20,000 rows, a page the copying replica could never decode.
+func exportPage(store *history.Store, after []byte) (historyPage, error) {
+	rows, more, err := store.Export(after, historyPageBytes)
+	if err != nil {
+		return historyPage{}, err
+	}
+	if len(rows) > transport.BatchEventsMax {
+		rows, more = rows[:transport.BatchEventsMax], true
+	}
+	return historyPage{Rows: rows, More: more}, nil
+}
+
+// check refuses a page the copy cannot go on from: more rows to come after
+// none.
+func (p *historyPage) check() error {
+	if p.More && len(p.Rows) == 0 {
+		return errors.New("history page: more rows to come after none")
+	}
+	return nil
 }
 
 func respondPage(msg *nats.Msg, page *historyPage) {
@@ -127,6 +152,9 @@ func (s *shardServer) fetchHistory(ctx context.Context, applied uint64) error {
 		}
 		if source != "" {
 			err = s.n.request(ctx, s.n.subjects.History(s.id, source), "", &req, &page)
+		}
+		if err == nil && page.Retry == "" {
+			err = page.check()
 		}
 		if err == nil && page.Retry == "" {
 			if err := s.m.History().Import(page.Rows); err != nil {

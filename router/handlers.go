@@ -2,6 +2,8 @@ package router
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
@@ -61,7 +63,7 @@ func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, bod
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
 	// A transfer goes to its debit account's shard, which owns the saga
-	// if the credit account lives elsewhere (DESIGN.md); a post or void goes
+	// if the credit account lives elsewhere (docs/design.md); a post or void goes
 	// where its pending transfer lives.
 	ts := req.Transfers
 	results := make([]transport.Result, len(ts))
@@ -195,6 +197,13 @@ func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
 // request is answered timeout: the client retries it, and the parts that
 // were applied answer exists.
 func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, results []transport.Result) any {
+	// One id for the client's request, the same on every re-send, so a
+	// shard answers a re-send as it answered the first (shard/requests.go).
+	var request shard.RequestID
+	_, _ = rand.Read(request[:]) // crypto/rand never fails
+	for _, p := range parts {
+		p.cmd.Request = request[:]
+	}
 	err := scatter(parts, func(id uint32, p *part) error {
 		return r.sendPart(ctx, id, p, results)
 	})
@@ -218,7 +227,11 @@ func (r *Router) sendPart(ctx context.Context, id uint32, p *part, results []tra
 		return err
 	}
 	if n, cut := len(p.index), p.chainBoundary(); len(body) > commandBytesMax && cut > 0 {
-		for _, half := range []*part{p.slice(0, cut), p.slice(cut, n)} {
+		for i, half := range []*part{p.slice(0, cut), p.slice(cut, n)} {
+			// Each piece is a command of its own: its own request id, the
+			// same on a re-send (the cut is too).
+			sum := sha256.Sum256(append(slices.Clone(p.cmd.Request), byte(i)))
+			half.cmd.Request = sum[:shard.RequestIDBytes]
 			if err := r.sendPart(ctx, id, half, results); err != nil {
 				return err
 			}
@@ -365,7 +378,10 @@ func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op str
 
 // status asks every shard's leader; a shard that does not answer in time is
 // listed with an error rather than failing the whole status.
-func (r *Router) status(ctx context.Context, caller *auth.Identity, _ []byte) any {
+func (r *Router) status(ctx context.Context, caller *auth.Identity, body []byte) any {
+	if err := transport.Unmarshal(body, &transport.StatusRequest{}); err != nil {
+		return &transport.StatusReply{Error: requestError(ctx, err)}
+	}
 	if !caller.Operator() {
 		return &transport.StatusReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: "cluster status is for operators"}}
 	}

@@ -1,5 +1,5 @@
 // Package router is the stateless front end: it serves the client subjects
-// of PROTOCOL.md as the NATS micro service "ledger" (any number of copies in
+// of docs/protocol.md as the NATS micro service "ledger" (any number of copies in
 // one queue group), hashes account ids to shards with the meta group's slot
 // map, forwards each shard its part of a batch, retries with the same
 // command while shards are unavailable, and answers every request.

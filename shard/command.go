@@ -66,6 +66,9 @@ type Command struct {
 	// post or void that leaves its accounts empty resolves one of the
 	// provider's pending transfers (State.resolvePending).
 	Owner *transport.Owner `msgpack:"o,omitempty"`
+	// Request, on a create command: the id of the client request it is
+	// part of (RequestIDBytes), the same on every re-send (requests.go).
+	Request []byte `msgpack:"rq,omitempty"`
 }
 
 // Credit asks a credit shard to apply (or abort) one attempt of a

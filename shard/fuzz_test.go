@@ -2,6 +2,12 @@ package shard
 
 import (
 	"bytes"
+	"errors"
+	"maps"
+	"math"
+	"math/big"
+	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/ledgerd/ledgerd/transport"
@@ -83,25 +89,31 @@ func FuzzApplyEntry(f *testing.F) {
 		{Kind: KindCreateTransfers, Transfers: []transport.Transfer{{ID: "big", DebitAccountID: "a", CreditAccountID: "b", Amount: ^uint64(0), Ledger: 1, Code: 1}}},
 		{Kind: 99}, {Kind: KindForget},
 	}})
+	// Balances of several accounts near 2^64−1: the ledger's sums pass
+	// 2^64, which Totals must carry exactly (checkTotals).
+	fuzzSeed(f, Entry{Timestamp: 3000, Commands: []Command{
+		{Kind: KindCreateAccounts, Accounts: []transport.Account{acct("p1", 1, 0), acct("p2", 1, 0), acct("p3", 1, 0), acct("q1", 1, 0), acct("q2", 1, 0), acct("q3", 1, 0)}},
+		{Kind: KindCreateTransfers, Transfers: []transport.Transfer{xfer("big1", "p1", "q1", maxU64), xfer("big2", "p2", "q2", maxU64), xfer("big3", "p3", "q3", maxU64)}},
+	}})
 	f.Add([]byte{})
 	f.Add([]byte{0x81, 0xa1, 'c', 0x91, 0x81, 0xa1, 'k', 0x05})
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// Decode as production does: each command goes through
 		// transport.Unmarshal, whose bounds check keeps msgpack/v5 from
-		// preallocating whatever length a header declares.
+		// preallocating whatever length a header declares. The input is
+		// a stream of entries, read one bounded value at a time.
 		var entries []Entry
-		rest := data
+		dec := msgpack.NewDecoder(bytes.NewReader(data))
 		for range fuzzEntriesMax {
-			if transport.CheckBounds(rest, transport.BatchEventsMax) != nil {
+			raw, err := transport.DecodeRaw(dec, transport.BatchEventsMax)
+			if err != nil {
 				break
 			}
-			r := bytes.NewReader(rest)
 			var e Entry
-			if msgpack.NewDecoder(r).Decode(&e) != nil {
+			if transport.Unmarshal(raw, &e) != nil {
 				break
 			}
-			rest = rest[len(rest)-r.Len():]
 			// A leader's clock is time.Now().UnixNano(), below 2^63; near
 			// 2^64 the timestamps would wrap.
 			e.Timestamp &= 1<<63 - 1
@@ -119,6 +131,8 @@ func FuzzApplyEntry(f *testing.F) {
 			checkShardInvariants(t, raw)
 			checkShardInvariants(t, single)
 			checkSingleShardBalanced(t, single)
+			checkTotals(t, raw)
+			checkTotals(t, single)
 		}
 		checkSnapshotRoundTrip(t, raw)
 		checkSnapshotRoundTrip(t, single)
@@ -196,6 +210,51 @@ func checkSingleShardBalanced(t *testing.T, s *State) {
 		}
 	}
 	assertBalanced(t, s)
+	for _, l := range s.Totals() {
+		if sums := l.Sums(); sums.DebitsPosted != sums.CreditsPosted {
+			t.Fatalf("single shard: ledger %d has debits posted %s, credits posted %s", l.Ledger, sums.DebitsPosted, sums.CreditsPosted)
+		}
+	}
+}
+
+// checkTotals: Totals sums every ledger exactly (against math/big), and a
+// sum past 2^64−1 saturates its uint64 field and sets Exact, never wraps.
+func checkTotals(t *testing.T, s *State) {
+	t.Helper()
+	want := map[uint32]*[4]big.Int{}
+	for _, a := range s.accounts {
+		w := want[a.Ledger]
+		if w == nil {
+			w = new([4]big.Int)
+			want[a.Ledger] = w
+		}
+		for i, v := range [4]uint64{a.DebitsPosted, a.CreditsPosted, a.DebitsPending, a.CreditsPending} {
+			w[i].Add(&w[i], new(big.Int).SetUint64(v))
+		}
+	}
+	totals := s.Totals()
+	if len(totals) != len(want) {
+		t.Fatalf("totals of %d ledgers, the accounts have %d", len(totals), len(want))
+	}
+	limit := new(big.Int).SetUint64(math.MaxUint64)
+	for _, l := range totals {
+		w, sums := want[l.Ledger], l.Sums()
+		wide := false
+		for i, got := range [4]transport.Uint128{sums.DebitsPosted, sums.CreditsPosted, sums.DebitsPending, sums.CreditsPending} {
+			field := [4]uint64{l.DebitsPosted, l.CreditsPosted, l.DebitsPending, l.CreditsPending}[i]
+			if got.String() != w[i].String() {
+				t.Fatalf("ledger %d sum %d: %s, the accounts sum to %s", l.Ledger, i, got, &w[i])
+			}
+			fits := w[i].Cmp(limit) <= 0
+			wide = wide || !fits
+			if fits && field != w[i].Uint64() || !fits && field != math.MaxUint64 {
+				t.Fatalf("ledger %d sum %d is %s; its uint64 field says %d", l.Ledger, i, &w[i], field)
+			}
+		}
+		if wide != (l.Exact != nil) {
+			t.Fatalf("ledger %d: exact %+v, a sum past 2^64-1: %v", l.Ledger, l.Exact, wide)
+		}
+	}
 }
 
 func checkSnapshotRoundTrip(t *testing.T, s *State) {
@@ -211,4 +270,184 @@ func checkSnapshotRoundTrip(t *testing.T, s *State) {
 	if r.Hash() != s.Hash() {
 		t.Fatal("snapshot round trip changed the state")
 	}
+}
+
+// FuzzDecodeCommand decodes a command as the shard leader and every replica
+// do (transport.Unmarshal: router commands and saga messages alike). One
+// that decodes is one map, with no byte after it, within the batch bound;
+// it round-trips, and PeekKind, which routes it before it is proposed,
+// reads the kind the replicas apply.
+func FuzzDecodeCommand(f *testing.F) {
+	cross := xfer("t2", "w", "remote", 60)
+	cross.Timestamp = 5000
+	for _, c := range []Command{
+		{Kind: KindCreateAccounts, Accounts: []transport.Account{acct("n", 1, 2)}},
+		{Kind: KindCreateTransfers, Transfers: []transport.Transfer{xfer("t1", "a", "b", 10), cross}, CreditShards: []uint32{1, 2}, DebitShards: []uint32{1, 1},
+			Owner: &transport.Owner{Prefixes: []string{"p-"}, Ledgers: []uint32{1}}},
+		{Kind: KindCredit, Credits: []Credit{{Transfer: cross, DebitShard: 2, Part: &ChainPart{Chain: "c", Leg: 1, ID: "t2", Debit: true, DebitShard: 2, CreditShard: 1}}}},
+		{Kind: KindResolve, Answers: []Answer{{ID: "t2", Attempt: 5000, Outcome: OutcomeRefused, Code: transport.CodeExceedsDebits, Amount: 3}}},
+		{Kind: KindForget, Forget: &Forget{DebitShard: 2, Below: 3001}},
+		{Kind: KindExpire},
+	} {
+		f.Add(mustMarshal(f, &c))
+	}
+	f.Add([]byte{0x82, 0xa1, 'k', 0x02, 0xa1, 'k', 0x01})
+	f.Add([]byte{0x81, 0xa1, 'k', 0xcd, 0x01, 0x02})
+	f.Add([]byte{0x81, 0xa1, 'k', 0x02, 0x80})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if transport.CheckBounds(data, transport.BatchEventsMax) == nil {
+			_, _ = PeekKind(data) // as handleCommand does: bounds first
+		}
+		var c Command
+		if transport.Unmarshal(data, &c) != nil {
+			return
+		}
+		checkOneBody[Command](t, data)
+		for _, n := range []int{len(c.Accounts), len(c.Transfers), len(c.CreditShards), len(c.DebitShards), len(c.Credits), len(c.Answers)} {
+			if n > transport.BatchEventsMax {
+				t.Fatalf("a command of %d elements", n)
+			}
+		}
+		b1 := mustMarshal(t, &c)
+		var back Command
+		if err := transport.Unmarshal(b1, &back); err != nil {
+			t.Fatalf("re-decoding %+v: %v", c, err)
+		}
+		if b2 := mustMarshal(t, &back); !bytes.Equal(b1, b2) {
+			t.Fatalf("encoding not stable:\n% x\n% x", b1, b2)
+		}
+		if k, err := PeekKind(b1); err != nil || k != c.Kind {
+			t.Fatalf("PeekKind of %+v: %v, %v", c, k, err)
+		}
+	})
+}
+
+// FuzzDecodeShardReply decodes what comes back on a shard's subject and
+// the membership requests it serves: a Reply (to the router and to a
+// saga's sender), a Join and a Remove. Each that decodes is one map and
+// round-trips; a status's exact totals parse back.
+func FuzzDecodeShardReply(f *testing.F) {
+	big := transport.NewLedgerTotals(1, transport.ExactTotals{DebitsPosted: transport.Uint128{Hi: 1}, CreditsPosted: transport.Uint128{Hi: 1}})
+	for _, v := range []any{
+		&Reply{Results: []transport.Result{{Index: 1, Code: transport.CodeOverflow}}, Answers: []Answer{{ID: "x", Attempt: 7, Outcome: OutcomeCredited}}},
+		&Reply{Accounts: []transport.Account{acct("a", 1, 0)}, Transfers: []transport.Transfer{xfer("t", "a", "b", 1)}, Balances: []transport.Balance{{Timestamp: 9}}},
+		&Reply{Status: &transport.ShardStatus{ID: 1, Slots: []uint16{1, 2}, Ledgers: []transport.LedgerTotals{big}}},
+		&Reply{Retry: "not the leader", Unknown: true},
+		&Join{Node: transport.NodeInfo{ID: "node-2", RaftAddr: "127.0.0.1:7402"}, Promote: true, Applied: 12},
+		&Remove{Node: "node-3"},
+	} {
+		f.Add(mustMarshal(f, v))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if r := fuzzShardStable[Reply](t, data); r != nil && r.Status != nil {
+			for _, l := range r.Status.Ledgers {
+				s := l.Sums()
+				if back, err := transport.ParseUint128(s.CreditsPosted.String()); err != nil || back != s.CreditsPosted {
+					t.Fatalf("total %+v: %v", s.CreditsPosted, err)
+				}
+			}
+		}
+		fuzzShardStable[Join](t, data)
+		fuzzShardStable[Remove](t, data)
+	})
+}
+
+// fuzzShardStable decodes data as a *T with transport.Unmarshal; if that
+// succeeds, data is one body and the value's encoding is stable.
+func fuzzShardStable[T any](t *testing.T, data []byte) *T {
+	var v T
+	if transport.Unmarshal(data, &v) != nil {
+		return nil
+	}
+	checkOneBody[T](t, data)
+	b1 := mustMarshal(t, &v)
+	var back T
+	if err := transport.Unmarshal(b1, &back); err != nil {
+		t.Fatalf("re-decoding %T: %v", v, err)
+	}
+	if b2 := mustMarshal(t, &back); !bytes.Equal(b1, b2) {
+		t.Fatalf("%T: encoding not stable:\n% x\n% x", v, b1, b2)
+	}
+	return &v
+}
+
+// checkOneBody: with a byte after it, a body that decoded is malformed.
+func checkOneBody[T any](t *testing.T, data []byte) {
+	t.Helper()
+	for _, tail := range []byte{0x80, 0xc0, 0xc1} {
+		if err := transport.Unmarshal(append(bytes.Clone(data), tail), new(T)); !errors.Is(err, transport.ErrMalformed) {
+			t.Fatalf("%T with the trailing byte %02x: %v", *new(T), tail, err)
+		}
+	}
+}
+
+func mustMarshal(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := transport.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzReadSnapshot restores a shard from a snapshot stream, as a replica
+// does from its disk or from the leader. Read never panics, whatever the
+// bytes; a state it returns has a version it knows, answers every read
+// without panicking, and writes a snapshot that reads back to the same
+// bytes.
+func FuzzReadSnapshot(f *testing.F) {
+	fx := fuzzFixture()
+	hold := xfer("hold", "a", "b", 5)
+	hold.Flags, hold.Timeout = transport.TransferPending, 60
+	fx.Apply(&Entry{Timestamp: 2000, Commands: []Command{
+		{Kind: KindCreateTransfers, Transfers: []transport.Transfer{hold}},
+		{Kind: KindCreateTransfers, Transfers: []transport.Transfer{xfer("out", "a", "remote", 7)}, CreditShards: []uint32{2}},
+	}})
+	cl := threeShards(f)
+	cl.send(linkedXfer("t1", "a2", "b", 5), xfer("t2", "b", "c", 4))
+	home := cl.shard(1)
+	for _, row := range home.Outbox()[:2] {
+		cl.deliver(home, row, false, false)
+	}
+	for _, s := range append([]*State{New(7, nil), fx}, cl.states...) {
+		var buf bytes.Buffer
+		if _, err := s.WriteTo(&buf); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(buf.Bytes())
+	}
+	// Regressions in testdata/fuzz/FuzzReadSnapshot: a chain row declaring
+	// 268M legs (msgpack/v5 allocates a slice of any declared length:
+	// tens of GiB of transfers, before it fails at the end of the input),
+	// and one without legs (its key, Legs[0], panicked).
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Read(bytes.NewReader(data), nil)
+		if err != nil {
+			return
+		}
+		if v, err := msgpack.NewDecoder(bytes.NewReader(data)).DecodeUint64(); err != nil || v < 2 || v > snapshotVersion {
+			t.Fatalf("read a snapshot of version %d (%v)", v, err)
+		}
+		_, _, _, _ = s.Counts()
+		_ = s.Totals()
+		_ = s.Outbox()
+		_ = s.ForgetBelow()
+		_ = s.LookupAccounts(slices.Collect(maps.Keys(s.accounts)))
+		_ = s.LookupTransfers(slices.Collect(maps.Keys(s.transfers)))
+		var b1 bytes.Buffer
+		if _, err := s.Clone().WriteTo(&b1); err != nil {
+			t.Fatalf("WriteTo of a restored state: %v", err)
+		}
+		again, err := Read(bytes.NewReader(b1.Bytes()), nil)
+		if err != nil {
+			t.Fatalf("reading back a restored state's snapshot: %v", err)
+		}
+		var b2 bytes.Buffer
+		if _, err := again.WriteTo(&b2); err != nil || !bytes.Equal(b1.Bytes(), b2.Bytes()) {
+			t.Fatalf("snapshot not stable (%v):\n% x\n% x", err, b1.Bytes(), b2.Bytes())
+		}
+		if again.Hash() != s.Hash() || !reflect.DeepEqual(again.Totals(), s.Totals()) {
+			t.Fatal("the snapshot read back differs")
+		}
+	})
 }

@@ -87,14 +87,15 @@ func metadataBytes(n int) map[string]string {
 }
 
 // ledgerSums returns, per ledger, Σ debits_posted and Σ credits_posted over
-// the given shards.
+// the given shards, modulo 2^64: a shard's sums are exact (Totals), and
+// amounts in overflow territory take them past 2^64.
 func ledgerSums(states ...*State) map[uint32][2]uint64 {
 	sums := map[uint32][2]uint64{}
 	for _, s := range states {
 		for _, tot := range s.Totals() {
-			v := sums[tot.Ledger]
-			v[0] += tot.DebitsPosted
-			v[1] += tot.CreditsPosted
+			v, exact := sums[tot.Ledger], tot.Sums()
+			v[0] += exact.DebitsPosted.Lo
+			v[1] += exact.CreditsPosted.Lo
 			sums[tot.Ledger] = v
 		}
 	}

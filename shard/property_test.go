@@ -18,7 +18,7 @@ import (
 // accounts and transfers, saga messages lost, duplicated and reordered,
 // aborts racing credits, watermarks announced late. After every step it
 // audits every account exactly, by transfer id; at the end it drains the
-// network and checks the quiescent audit of DESIGN.md.
+// network and checks the quiescent audit of docs/design.md.
 
 const simShards = 3
 

@@ -45,23 +45,22 @@ func (s *State) Counts() (accounts, transfers, outbox, inbox int) {
 // OpenTransfers returns the number of pending transfers held in memory.
 func (s *State) OpenTransfers() int { return len(s.transfers) }
 
-// Totals sums balances per ledger, sorted by ledger.
+// Totals sums balances per ledger, sorted by ledger. Each balance fits 64
+// bits but their sum may not: the sums are exact (128-bit), and a sum past
+// 2^64−1 is carried in the totals' Exact, never wrapped.
 func (s *State) Totals() []transport.LedgerTotals {
-	by := map[uint32]*transport.LedgerTotals{}
+	by := map[uint32]*transport.ExactTotals{}
 	for _, a := range s.accounts {
 		t := by[a.Ledger]
 		if t == nil {
-			t = &transport.LedgerTotals{Ledger: a.Ledger}
+			t = new(transport.ExactTotals)
 			by[a.Ledger] = t
 		}
-		t.DebitsPosted += a.DebitsPosted
-		t.CreditsPosted += a.CreditsPosted
-		t.DebitsPending += a.DebitsPending
-		t.CreditsPending += a.CreditsPending
+		t.AddAccount(a)
 	}
 	out := make([]transport.LedgerTotals, 0, len(by))
 	for _, l := range slices.Sorted(maps.Keys(by)) {
-		out = append(out, *by[l])
+		out = append(out, transport.NewLedgerTotals(l, *by[l]))
 	}
 	return out
 }
@@ -127,8 +126,9 @@ func (s *State) Clone() *State {
 // snapshotVersion is written first in every snapshot. Version 2: final
 // transfers live in the archive, not in the snapshot. Version 3: two-phase
 // transfers across shards (remote, pendingCredits). Version 4: linked
-// chains across shards (chains, heldIDs). Read takes 2 and 3 as well.
-const snapshotVersion = 4
+// chains across shards (chains, heldIDs). Version 5: the recent client
+// requests (requests.go). Read takes 2 to 4 as well.
+const snapshotVersion = 5
 
 // WriteTo encodes the in-memory state deterministically (every table sorted
 // by key), so equal states encode to equal bytes. The archive is not part
@@ -192,6 +192,9 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 		if err := enc.EncodeMulti(id, s.heldIDs[id]); err != nil {
 			return fail(err)
 		}
+	}
+	if err := s.encodeRequests(enc); err != nil {
+		return fail(err)
 	}
 	if err := bw.Flush(); err != nil {
 		return fail(err)
@@ -290,7 +293,7 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	if version < 4 {
 		return s, nil
 	}
-	if err := decodeRows(dec, s.chains, func(r *ChainRow) string { return r.Legs[0].ID }); err != nil {
+	if err := decodeRows(dec, s.chains, chainKey); err != nil {
 		return nil, err
 	}
 	if n, err = dec.DecodeArrayLen(); err != nil {
@@ -303,22 +306,53 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 		}
 		s.heldIDs[id] = key
 	}
+	if version < 5 {
+		return s, nil
+	}
+	if err := s.decodeRequests(dec); err != nil {
+		return nil, fmt.Errorf("decode shard snapshot requests: %w", err)
+	}
 	return s, nil
 }
 
+// decodeRows reads a table of rows, each read whole and bounded first
+// (transport.DecodeRaw): decoded straight from the stream, a corrupt row
+// could declare a slice of billions of elements, which msgpack/v5 would
+// allocate. A row without a key is corrupt.
 func decodeRows[V any](dec *msgpack.Decoder, m map[string]*V, key func(*V) string) error {
 	n, err := dec.DecodeArrayLen()
 	if err != nil {
 		return err
 	}
 	for range n {
-		v := new(V)
-		if err := dec.Decode(v); err != nil {
+		raw, err := transport.DecodeRaw(dec, snapshotRowElementsMax)
+		if err != nil {
 			return err
 		}
-		m[key(v)] = v
+		v := new(V)
+		if err := msgpack.Unmarshal(raw, v); err != nil {
+			return err
+		}
+		k := key(v)
+		if k == "" {
+			return fmt.Errorf("a %T without its key", v)
+		}
+		m[k] = v
 	}
 	return nil
+}
+
+// snapshotRowElementsMax bounds a row's lists: a chain's votes, two per leg,
+// are the longest.
+const snapshotRowElementsMax = 2 * transport.BatchEventsMax
+
+// chainKey is a chain row's key, its first leg's id ("" for a corrupt row
+// without legs).
+func chainKey(r *ChainRow) string {
+	if len(r.Legs) == 0 {
+		return ""
+	}
+	return r.Legs[0].ID
 }
 
 // Hash is a digest of the in-memory state: replicas at the same applied

@@ -44,6 +44,9 @@ type State struct {
 	// owner: the provider whose command is being applied (nil: an
 	// operator's). Set for one command only; never part of the state.
 	owner *transport.Owner
+	// requests: recent client requests, so that a router's re-send is
+	// answered as the first application was (requests.go).
+	requests requests
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -140,11 +143,15 @@ func (s *State) Apply(e *Entry) *Output {
 		c := &e.Commands[i]
 		switch c.Kind {
 		case KindCreateAccounts:
+			from := s.last
 			out.Events[i] = s.createAccounts(e.Timestamp, c.Accounts)
+			s.answerAsFirst(c, from, out.Events[i])
 		case KindCreateTransfers:
+			from := s.last
 			s.owner = c.Owner
 			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, c.DebitShards, out)
 			s.owner = nil
+			s.answerAsFirst(c, from, out.Events[i])
 		case KindCredit:
 			out.Answers[i] = s.credits(e.Timestamp, c.Credits, false)
 		case KindAbort:

@@ -541,7 +541,7 @@ func (d *dispatcher) send(rows []shard.OutboxRow, now uint64) {
 		switch {
 		case now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > w.p.AbortAfter:
 			if w.mut == MutVoidOnTimer {
-				// The bug DESIGN.md rules out: giving up on this node's
+				// The bug docs/design.md rules out: giving up on this node's
 				// clock instead of where the credit would land.
 				voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeAborted})
 				continue

@@ -3,15 +3,19 @@ package transport
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
-// CheckBounds walks one msgpack value in data without decoding it and fails
-// if any array or map declares more than countMax elements (pairs, for a
-// map) or more than the bytes left could hold, or if a string, binary or
-// extension runs past the end. msgpack/v5 preallocates a slice of whatever
-// length a header declares (v5.4.1 bypasses its own limit for slices), so an
-// unchecked 5-byte message could ask for gigabytes. Every reflection-based
-// decode of network bytes goes through Unmarshal, which calls this first.
+// CheckBounds walks the msgpack value in data without decoding it and fails
+// if data is not exactly one value (bytes after a body's map make it
+// malformed: docs/protocol.md), if any array or map declares more than
+// countMax elements (pairs, for a map) or more than the bytes left could
+// hold, or if a string, binary or extension runs past the end. msgpack/v5 preallocates
+// a slice of whatever length a header declares (v5.4.1 bypasses its own
+// limit for slices), so an unchecked 5-byte message could ask for
+// gigabytes. Every reflection-based decode of network bytes goes through
+// Unmarshal, which calls this first.
 // A container over countMax is ErrTooManyEvents (an over-long batch).
 //
 // Containers may nest at most nestingMax deep: msgpack/v5 decodes and skips
@@ -60,6 +64,9 @@ func CheckBounds(data []byte, countMax int) error {
 			depth--
 		}
 		if depth == 0 {
+			if pos != len(data) {
+				return fmt.Errorf("%d bytes after the msgpack value, which ends at byte %d", len(data)-pos, pos)
+			}
 			return nil
 		}
 	}
@@ -135,4 +142,88 @@ func valueHeader(data []byte, c byte, pos int) (skip, count int, isMap bool, nex
 		err = fmt.Errorf("msgpack code 0x%02x is invalid", c)
 	}
 	return skip, count, isMap, pos, err
+}
+
+// DecodeRaw reads the next msgpack value from dec and returns its bytes,
+// checked as CheckBounds checks a body (containers of at most countMax
+// elements, nested at most nestingMax deep) while it reads: without
+// recursion, and allocating no more than the bytes the stream really holds,
+// whatever lengths its headers declare. A stream too large to hold in
+// memory (a shard snapshot) is so read one bounded value at a time, each
+// then decoded from memory.
+func DecodeRaw(dec *msgpack.Decoder, countMax int) ([]byte, error) {
+	var out []byte
+	read := func(n int) error { // appends the stream's next n bytes to out
+		for n > 0 {
+			k := min(n, rawChunkBytes)
+			start := len(out)
+			out = append(out, make([]byte, k)...)
+			if err := dec.ReadFull(out[start:]); err != nil {
+				return fmt.Errorf("msgpack truncated at byte %d: %w", start, err)
+			}
+			n -= k
+		}
+		return nil
+	}
+	var open [nestingMax]int
+	depth := 0
+	for {
+		start := len(out)
+		if err := read(1); err != nil {
+			return nil, err
+		}
+		c := out[start]
+		if err := read(lengthWidth(c)); err != nil {
+			return nil, err
+		}
+		skip, count, isMap, _, err := valueHeader(out, c, start+1)
+		if err != nil {
+			return nil, err
+		}
+		if count > countMax {
+			return nil, fmt.Errorf("%w: a msgpack container of %d elements at byte %d, at most %d", ErrTooManyEvents, count, start, countMax)
+		}
+		if err := read(skip); err != nil {
+			return nil, err
+		}
+		items := count
+		if isMap {
+			items = 2 * count
+		}
+		if items > 0 {
+			if depth == nestingMax {
+				return nil, fmt.Errorf("msgpack containers nested more than %d deep at byte %d", nestingMax, start)
+			}
+			open[depth] = items
+			depth++
+			continue
+		}
+		for depth > 0 {
+			open[depth-1]--
+			if open[depth-1] > 0 {
+				break
+			}
+			depth--
+		}
+		if depth == 0 {
+			return out, nil
+		}
+	}
+}
+
+// rawChunkBytes is how much DecodeRaw allocates ahead of what it has read.
+const rawChunkBytes = 64 << 10
+
+// lengthWidth is the size of the length that follows code c in a str, bin,
+// ext, array or map header (0 for every other code).
+func lengthWidth(c byte) int {
+	switch c {
+	case 0xc4, 0xd9, 0xc7: // bin8, str8, ext8
+		return 1
+	case 0xc5, 0xda, 0xc8, 0xdc, 0xde: // bin16, str16, ext16, array16, map16
+		return 2
+	case 0xc6, 0xdb, 0xc9, 0xdd, 0xdf: // bin32, str32, ext32, array32, map32
+		return 4
+	}
+	return 0
 }

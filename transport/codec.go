@@ -46,7 +46,9 @@ func putBuffer(b *bytes.Buffer) {
 	}
 }
 
-// Unmarshal decodes data into v after CheckBounds: no container may hold
+// Unmarshal decodes data into v after CheckBounds: data must be exactly one
+// msgpack map (every body and every internal message is one; bytes after
+// it, or a body of another type, are malformed), and no container may hold
 // more than BatchEventsMax elements. Errors wrap ErrMalformed or
 // ErrTooManyEvents. Every decode of bytes from the network goes through here.
 func Unmarshal(data []byte, v any) error {
@@ -55,6 +57,9 @@ func Unmarshal(data []byte, v any) error {
 			return err
 		}
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if c := data[0]; !msgpcode.IsFixedMap(c) && c != msgpcode.Map16 && c != msgpcode.Map32 {
+		return fmt.Errorf("%w: the body is not a msgpack map (code 0x%02x)", ErrMalformed, c)
 	}
 	dec := msgpack.GetDecoder()
 	defer msgpack.PutDecoder(dec)

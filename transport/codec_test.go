@@ -147,7 +147,7 @@ func TestMetadataNilAndEmptyKeepTheirForm(t *testing.T) {
 	}
 }
 
-// The wire names of PROTOCOL.md, and the optional transfer fields left out
+// The wire names of docs/protocol.md, and the optional transfer fields left out
 // when zero.
 func TestWireFieldNames(t *testing.T) {
 	keys := func(m map[string]any) []string {
@@ -259,14 +259,14 @@ func TestRequestAndReplyRoundTrip(t *testing.T) {
 				{ID: 2, Error: "no leader", Slots: []uint16{}, Ledgers: []LedgerTotals{}}},
 		}
 		roundTrip(t, in, in)
-		withErr := &StatusReply{Nodes: []NodeStatus{}, Shards: []ShardStatus{}, Error: e}
-		roundTrip(t, withErr, withErr)
+		// An error is the whole reply: {error}, as every reply's.
+		roundTrip(t, &StatusReply{Nodes: []NodeStatus{}, Shards: []ShardStatus{}, Error: e}, &StatusReply{Error: e})
 	})
 }
 
-// Every result code of PROTOCOL.md, in its order of precedence.
+// Every result code of docs/protocol.md, in its order of precedence.
 var protocolCodeNames = []string{
-	"ok", "exists",
+	"ok", "exists", "unauthorized",
 	"id_invalid", "flags_invalid", "ledger_invalid", "code_invalid", "amount_invalid", "timeout_invalid",
 	"metadata_invalid", "timestamp_must_be_zero", "balances_must_be_zero", "pending_id_invalid",
 	"accounts_must_be_different", "exists_with_different_fields", "debit_account_not_found",
@@ -306,12 +306,12 @@ func TestCodeWireNamesRoundTrip(t *testing.T) {
 		if !bytes.Equal(b, mp(t, name)) {
 			t.Errorf("code %q encodes as % x, want a msgpack string", name, b)
 		}
-		var got Code
-		if err := Unmarshal(b, &got); err != nil || got != c {
+		var got Code // a bare string, not a body: Unmarshal takes maps only
+		if err := msgpack.Unmarshal(b, &got); err != nil || got != c {
 			t.Errorf("Unmarshal(%q) = %v, %v", name, got, err)
 		}
 	}
-	if s := codeCount.String(); s != "code(30)" {
+	if s := codeCount.String(); s != "code(31)" {
 		t.Errorf("out-of-range code prints as %q", s)
 	}
 }
@@ -923,7 +923,11 @@ func TestBodyMustBeAMap(t *testing.T) {
 		{0xcb, 0, 0, 0, 0, 0, 0, 0, 0}, // 0.0
 	} {
 		for _, v := range []any{new(CreateAccountsRequest), new(CreateTransfersRequest), new(LookupRequest),
-			new(ResultsReply), new(AccountsReply), new(TransfersReply), new(Account), new(Transfer), new(Result)} {
+			new(AccountFilter), new(StatusRequest), new(ResultsReply), new(AccountsReply), new(TransfersReply),
+			new(BalancesReply), new(Account), new(Transfer), new(Result),
+			// Decoded by reflection, which takes nil for an empty struct:
+			// Unmarshal refuses every body that is not a map first.
+			new(StatusReply), new(NodeStatus), new(NodeInfo), new(struct{}), new(map[string]any)} {
 			if err := Unmarshal(body, v); !errors.Is(err, ErrMalformed) {
 				t.Errorf("%T from % x: err = %v, want ErrMalformed", v, body, err)
 			}
@@ -1013,18 +1017,35 @@ func TestTruncatedBodiesFail(t *testing.T) {
 	}
 }
 
-// Unmarshal decodes one msgpack value and ignores what follows it: a body
-// with trailing bytes, even garbage, decodes as its first value.
-func TestUnmarshalIgnoresTrailingBytesAfterBody(t *testing.T) {
-	want := CreateTransfersRequest{Transfers: sampleTransfers()}
-	body := mustMarshal(t, &want)
-	for _, tail := range [][]byte{{0x00}, {0xc1}, {0xc1, 0xff, 0x00}, mustMarshal(t, &CreateTransfersRequest{}), []byte("garbage")} {
-		var got CreateTransfersRequest
-		if err := Unmarshal(append(bytes.Clone(body), tail...), &got); err != nil {
-			t.Errorf("tail % x: %v", tail, err)
-		} else if !reflect.DeepEqual(got, want) {
-			t.Errorf("tail % x: got %#v", tail, got)
+// A body is exactly one msgpack map (docs/protocol.md): bytes after it, even a
+// second valid body, make it malformed, for every body type.
+func TestUnmarshalRefusesTrailingBytes(t *testing.T) {
+	bodies := []struct {
+		body   []byte
+		target func() any
+	}{
+		{mustMarshal(t, &CreateTransfersRequest{Transfers: sampleTransfers()}), func() any { return new(CreateTransfersRequest) }},
+		{mustMarshal(t, &CreateAccountsRequest{Accounts: sampleAccounts()}), func() any { return new(CreateAccountsRequest) }},
+		{mustMarshal(t, &LookupRequest{IDs: []string{"a"}}), func() any { return new(LookupRequest) }},
+		{mustMarshal(t, &AccountFilter{AccountID: "a", Limit: 1}), func() any { return new(AccountFilter) }},
+		{mustMarshal(t, &StatusRequest{}), func() any { return new(StatusRequest) }},
+		{mustMarshal(t, &ResultsReply{Results: []Result{{Index: 1}}}), func() any { return new(ResultsReply) }},
+		{mustMarshal(t, &StatusReply{Shards: []ShardStatus{{ID: 1}}}), func() any { return new(StatusReply) }},
+		{mustMarshal(t, &NodeInfo{ID: "n"}), func() any { return new(NodeInfo) }},
+	}
+	for _, b := range bodies {
+		if err := Unmarshal(b.body, b.target()); err != nil {
+			t.Fatalf("%T without a tail: %v", b.target(), err)
 		}
+		for _, tail := range [][]byte{{0x00}, {0xc0}, {0xc1}, {0xc1, 0xff, 0x00}, {0x80}, b.body, []byte("garbage")} {
+			v := b.target()
+			if err := Unmarshal(append(bytes.Clone(b.body), tail...), v); !errors.Is(err, ErrMalformed) {
+				t.Errorf("%T with tail % x: err = %v, want ErrMalformed", v, tail, err)
+			}
+		}
+	}
+	if err := CheckBounds([]byte{0x80, 0x80}, BatchEventsMax); err == nil || !strings.Contains(err.Error(), "1 bytes after") {
+		t.Errorf("CheckBounds of two maps: %v", err)
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 )
 
 // Code is a per-event result code. The numeric order is the precedence order of
-// PROTOCOL.md: when several codes apply to one event, the smallest wins.
+// docs/protocol.md: when several codes apply to one event, the smallest wins.
 // Codes travel on the wire as their snake_case names.
 type Code uint8
 

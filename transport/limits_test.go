@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The limits of PROTOCOL.md. SlotCount can never change: it would move
+// The limits of docs/protocol.md. SlotCount can never change: it would move
 // every account.
 func TestLimitValues(t *testing.T) {
 	for _, c := range []struct {

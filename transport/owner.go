@@ -2,7 +2,7 @@ package transport
 
 import "strings"
 
-// Owner is what a provider owns (PROTOCOL.md, "Who may do what"): the
+// Owner is what a provider owns (docs/protocol.md, "Who may do what"): the
 // accounts and transfers whose ids start with one of Prefixes, on the
 // Ledgers it is allowed. A nil *Owner is an operator, who may do anything.
 // The router checks every event and filters every read with it; a shard

@@ -11,7 +11,7 @@ const DefaultPrefix = "ledger"
 // Subjects names every NATS subject under one prefix.
 type Subjects struct{ Prefix string }
 
-// Client-facing subjects (PROTOCOL.md).
+// Client-facing subjects (docs/protocol.md).
 func (s Subjects) AccountsCreate() string    { return s.Prefix + ".v1.accounts.create" }
 func (s Subjects) TransfersCreate() string   { return s.Prefix + ".v1.transfers.create" }
 func (s Subjects) AccountsLookup() string    { return s.Prefix + ".v1.accounts.lookup" }

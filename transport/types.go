@@ -103,8 +103,11 @@ const Version = "0.1.0"
 // status subject; a configured node that did not answer is listed with
 // Health "unreachable" and nothing else.
 type NodeStatus struct {
-	ID       string        `msgpack:"id" json:"id"`
-	Version  string        `msgpack:"version" json:"version"`
+	ID      string `msgpack:"id" json:"id"`
+	Version string `msgpack:"version" json:"version"`
+	// Build: the commit the node's binary was built from and the Go that
+	// built it, e.g. "7f616d2c4e1a go1.26.8" (internal/buildinfo).
+	Build    string        `msgpack:"build,omitempty" json:"build,omitempty"`
 	Health   string        `msgpack:"health" json:"health"` // "up" or "unreachable"
 	RaftAddr string        `msgpack:"raft,omitempty" json:"raft,omitempty"`
 	Groups   []GroupStatus `msgpack:"groups,omitempty" json:"groups,omitempty"`
@@ -156,13 +159,17 @@ type ShardStatus struct {
 	Replicas []ReplicaStatus `msgpack:"replicas,omitempty" json:"replicas,omitempty"`
 }
 
-// LedgerTotals sums one ledger's balances over a shard's accounts.
+// LedgerTotals sums one ledger's balances over a shard's accounts. A sum
+// may pass 2^64−1 (each balance is a uint64, not their sum): its uint64
+// field then holds 2^64−1, never a wrapped value, and Exact holds all four
+// sums exactly (NewLedgerTotals; Sums reads them either way).
 type LedgerTotals struct {
-	Ledger         uint32 `msgpack:"ledger" json:"ledger"`
-	DebitsPosted   uint64 `msgpack:"debits_posted" json:"debits_posted"`
-	CreditsPosted  uint64 `msgpack:"credits_posted" json:"credits_posted"`
-	DebitsPending  uint64 `msgpack:"debits_pending" json:"debits_pending"`
-	CreditsPending uint64 `msgpack:"credits_pending" json:"credits_pending"`
+	Ledger         uint32       `msgpack:"ledger" json:"ledger"`
+	DebitsPosted   uint64       `msgpack:"debits_posted" json:"debits_posted"`
+	CreditsPosted  uint64       `msgpack:"credits_posted" json:"credits_posted"`
+	DebitsPending  uint64       `msgpack:"debits_pending" json:"debits_pending"`
+	CreditsPending uint64       `msgpack:"credits_pending" json:"credits_pending"`
+	Exact          *ExactTotals `msgpack:"exact,omitempty" json:"exact,omitempty"`
 }
 
 // AccountFilter is the body of accounts.transfers and accounts.balances:

@@ -503,3 +503,42 @@ func (r *BalancesReply) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return decodeList(dec, "balances", func(n int) { r.Balances = make([]Balance, n) },
 		func(i int) error { return r.Balances[i].DecodeMsgpack(dec) }, &r.Error)
 }
+
+// StatusRequest is the body of cluster.status: a map with no field of its
+// own (unknown fields are skipped, as in every body).
+type StatusRequest struct{}
+
+// EncodeMsgpack implements msgpack.CustomEncoder: {}.
+func (r *StatusRequest) EncodeMsgpack(enc *msgpack.Encoder) error { return enc.EncodeMapLen(0) }
+
+// DecodeMsgpack implements msgpack.CustomDecoder.
+func (r *StatusRequest) DecodeMsgpack(dec *msgpack.Decoder) error {
+	n, err := decodeMapLen(dec)
+	if err != nil {
+		return malformed("request", err)
+	}
+	var buf [32]byte
+	for range n {
+		key, err := decodeKey(dec, &buf)
+		if err != nil {
+			return malformed("request key", err)
+		}
+		if err := skipValue(dec); err != nil {
+			return malformed(string(key), err)
+		}
+	}
+	return nil
+}
+
+// statusReplyFields is StatusReply without its methods: encoded by its
+// struct tags.
+type statusReplyFields StatusReply
+
+// EncodeMsgpack implements msgpack.CustomEncoder: a reply that failed as a
+// whole is {error} alone, as every other reply's (docs/protocol.md).
+func (r *StatusReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	if r.Error != nil {
+		return encodeList(enc, "", 0, nil, r.Error)
+	}
+	return enc.Encode((*statusReplyFields)(r))
+}

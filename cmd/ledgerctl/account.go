@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -18,10 +20,10 @@ import (
 var accountFlagNames = []string{"linked", "debits_must_not_exceed_credits", "credits_must_not_exceed_debits", "history", "closed"}
 
 func newAccountCmd(a *app) *cobra.Command {
-	cmd := &cobra.Command{Use: "account", Short: "Create and look up accounts"}
+	cmd := group(&cobra.Command{Use: "account", Short: "Create and look up accounts"})
 	cmd.AddCommand(newAccountCreateCmd(a), newAccountHistoryCmd(a), newAccountTransfersCmd(a), &cobra.Command{
 		Use:   "get ID...",
-		Short: "Look up accounts by id",
+		Short: "Look up accounts by id (exit 1 if one is not found)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
@@ -29,7 +31,7 @@ func newAccountCmd(a *app) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := a.print(accounts, func(w io.Writer) { accountTable(w, accounts) }); err != nil {
+				if err := a.printFound(accounts, func(w io.Writer) { accountTable(w, accounts) }); err != nil {
 					return err
 				}
 				return notFound(ids, accounts, func(a transport.Account) string { return a.ID })
@@ -37,6 +39,15 @@ func newAccountCmd(a *app) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// printFound prints what a lookup found: in a table only if it found
+// something (a header alone would read as an answer), in JSON always.
+func (a *app) printFound(found any, table func(w io.Writer)) error {
+	if a.output == "table" && reflect.ValueOf(found).Len() == 0 {
+		return nil
+	}
+	return a.print(found, table)
 }
 
 // accountOptions are the flags of `account create`.
@@ -166,9 +177,19 @@ func notFound[T any](ids []string, found []T, id func(T) string) error {
 func accountTable(w io.Writer, accounts []transport.Account) {
 	fmt.Fprintln(w, "ID\tLEDGER\tCODE\tFLAGS\tDEBITS_PENDING\tDEBITS_POSTED\tCREDITS_PENDING\tCREDITS_POSTED\tTIMESTAMP\tMETADATA")
 	for _, a := range accounts {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", a.ID, a.Ledger, a.Code, flagString(a.Flags, accountFlagNames),
-			a.DebitsPending, a.DebitsPosted, a.CreditsPending, a.CreditsPosted, a.Timestamp, metadataString(a.Metadata))
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", a.ID, a.Ledger, a.Code, flagString(a.Flags, accountFlagNames),
+			a.DebitsPending, a.DebitsPosted, a.CreditsPending, a.CreditsPosted, timestamp(a.Timestamp), metadataString(a.Metadata))
 	}
+}
+
+// timestamp shows a cluster timestamp (nanoseconds since the Unix epoch)
+// as RFC 3339 in UTC, to the nanosecond, so that it still tells events
+// apart; JSON keeps the integer.
+func timestamp(ns uint64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Unix(0, int64(ns)).UTC().Format(time.RFC3339Nano)
 }
 
 // flagString names the set bits, bit i being names[i]; unknown bits show

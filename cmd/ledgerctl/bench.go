@@ -287,6 +287,8 @@ type bench struct {
 }
 
 func (a *app) bench(ctx context.Context, o benchOptions) error {
+	ctx, cancel := a.guard(ctx)
+	defer cancel()
 	b := &bench{o: o, timeout: a.timeout, stderr: a.stderr}
 	conns := make([]*nats.Conn, min(o.clients, benchConnsMax))
 	for i := range conns {
@@ -298,16 +300,19 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 		conns[i] = nc
 		b.clients = append(b.clients, a.client(nc))
 	}
+	if err := a.probe(ctx, conns[0]); err != nil {
+		return a.explain(ctx, conns[0], err)
+	}
 	b.accountIDs = make([]string, o.accounts)
 	for i := range b.accountIDs {
 		b.accountIDs[i] = o.accountID(i)
 	}
 
-	sctx, cancel := context.WithTimeout(ctx, a.timeout)
+	sctx, scancel := context.WithTimeout(ctx, a.timeout)
 	st, err := b.clients[0].Status(sctx)
-	cancel()
+	scancel()
 	if err != nil {
-		return err
+		return a.explain(ctx, conns[0], err)
 	}
 	shardOf, err := accountShards(st, b.accountIDs)
 	if err != nil {
@@ -318,17 +323,23 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	if err := b.createAccounts(ctx); err != nil {
-		return err
+		return a.explain(ctx, conns[0], err)
 	}
 	run := b.sendTransfers(ctx, pairs)
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 
 	r := run.report(o)
 	r.Shards, r.Connections = len(st.Shards), len(conns)
 	r.count(pairs, shardOf)
 	r.Errors = append(refusedOnOneShard(pairs, run.codes), r.countChains(pairs, run)...)
+	if ctx.Err() != nil {
+		// Stopped (Ctrl-C): say what ran. The audit would need the
+		// cluster's answers to every request in flight.
+		r.Conservation = "not checked (interrupted)"
+		if err := a.print(r, func(w io.Writer) { benchTable(w, r) }); err != nil {
+			return err
+		}
+		return fmt.Errorf("interrupted after %.1fs: %w", run.elapsed.Seconds(), context.Cause(ctx))
+	}
 	problems, noAnswerApplied, err := b.audit(ctx, pairs, run)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -601,6 +612,8 @@ func whyNoAnswer(err error) string {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return "no answer within --timeout"
+	case errors.Is(err, context.Canceled):
+		return "no answer: interrupted"
 	case errors.As(err, &e):
 		return "request " + e.Code
 	default:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -29,10 +30,46 @@ type ledgerBalance struct {
 	Conservation string `json:"conservation"`
 }
 
-// statusView is the status reply with the conservation verdicts added.
+// statusView is the status reply with the conservation verdicts added and
+// each shard's slots as ranges.
 type statusView struct {
 	*transport.StatusReply
+	Shards  []shardView     `json:"shards"` // shadows StatusReply.Shards in JSON
 	Ledgers []ledgerBalance `json:"ledgers"`
+}
+
+func newStatusView(st *transport.StatusReply) statusView {
+	v := statusView{StatusReply: st, Ledgers: conservation(st)}
+	for _, s := range st.Shards {
+		v.Shards = append(v.Shards, shardView{ShardStatus: s, Slots: slotRanges(s.Slots)})
+	}
+	return v
+}
+
+// shardView is a shard's status with its slots as ranges: a shard owns
+// thousands of slots, mostly consecutive, and JSON listed one a line.
+type shardView struct {
+	transport.ShardStatus
+	Slots []string `json:"slots"` // "0-2047", or "7" for one slot
+}
+
+// slotRanges folds sorted slots into ranges of consecutive ones.
+func slotRanges(slots []uint16) []string {
+	sorted := slices.Sorted(slices.Values(slots))
+	out := []string{}
+	for i := 0; i < len(sorted); {
+		j := i
+		for j+1 < len(sorted) && sorted[j+1] == sorted[j]+1 {
+			j++
+		}
+		if i == j {
+			out = append(out, strconv.Itoa(int(sorted[i])))
+		} else {
+			out = append(out, fmt.Sprintf("%d-%d", sorted[i], sorted[j]))
+		}
+		i = j + 1
+	}
+	return out
 }
 
 func newStatusCmd(a *app) *cobra.Command {
@@ -50,7 +87,7 @@ show UNBALANCED for a moment; a real imbalance persists at quiescence.`,
 				if err != nil {
 					return err
 				}
-				v := statusView{StatusReply: st, Ledgers: conservation(st)}
+				v := newStatusView(st)
 				if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
 					return err
 				}
@@ -65,11 +102,13 @@ show UNBALANCED for a moment; a real imbalance persists at quiescence.`,
 	}
 }
 
-// conservation sums each ledger's totals over the shards and judges them.
+// conservation sums each ledger's totals over the shards, exactly (128-bit:
+// a sum of uint64 balances may pass 2^64), and judges them.
 // Cross-shard money in flight shows as debits_pending on the debit shard
 // only, so posted sums are compared only when every outbox is empty.
 func conservation(st *transport.StatusReply) []ledgerBalance {
-	sums := map[uint32]*transport.LedgerTotals{}
+	sums := map[uint32]*transport.ExactTotals{}
+	wrapped := map[uint32]bool{} // a sum passed 2^128−1: only a broken shard reports that
 	verdict := balanced
 	// A shard that omitted ledgers reported its lowest ones by number: the
 	// totals of any ledger above the last it reported may be incomplete.
@@ -89,25 +128,25 @@ func conservation(st *transport.StatusReply) []ledgerBalance {
 		for _, l := range s.Ledgers {
 			t := sums[l.Ledger]
 			if t == nil {
-				t = &transport.LedgerTotals{Ledger: l.Ledger}
+				t = new(transport.ExactTotals)
 				sums[l.Ledger] = t
 			}
-			t.DebitsPosted += l.DebitsPosted
-			t.CreditsPosted += l.CreditsPosted
-			t.DebitsPending += l.DebitsPending
-			t.CreditsPending += l.CreditsPending
+			// Exact sums (128-bit): the sums of uint64 balances pass 2^64.
+			if t.Add(l.Sums()) != nil {
+				wrapped[l.Ledger] = true
+			}
 		}
 	}
 	out := make([]ledgerBalance, 0, len(sums))
-	for _, t := range sums {
+	for ledger, t := range sums {
 		v := verdict
 		switch {
-		case t.Ledger > cutoff:
+		case ledger > cutoff || wrapped[ledger]:
 			v = unknown
 		case v == balanced && t.DebitsPosted != t.CreditsPosted:
 			v = unbalanced
 		}
-		out = append(out, ledgerBalance{LedgerTotals: *t, Conservation: v})
+		out = append(out, ledgerBalance{LedgerTotals: transport.NewLedgerTotals(ledger, *t), Conservation: v})
 	}
 	slices.SortFunc(out, func(a, b ledgerBalance) int { return cmp.Compare(a.Ledger, b.Ledger) })
 	return out
@@ -117,7 +156,7 @@ func statusTable(w io.Writer, v statusView) {
 	fmt.Fprintln(w, "SHARD\tLEADER\tTERM\tCOMMIT\tAPPLIED\tSLOTS\tACCOUNTS\tTRANSFERS\tOUTBOX\tINBOX\tREPLICAS (lag)")
 	for _, s := range v.Shards {
 		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", s.ID, s.Leader, s.Term, s.CommitIndex, s.AppliedIndex,
-			len(s.Slots), s.Accounts, s.Transfers, s.OutboxDepth, s.InboxDepth, replicas(s.Replicas))
+			len(s.ShardStatus.Slots), s.Accounts, s.Transfers, s.OutboxDepth, s.InboxDepth, replicas(s.Replicas))
 	}
 	for _, s := range v.Shards {
 		if s.Error != "" {
@@ -128,7 +167,8 @@ func statusTable(w io.Writer, v statusView) {
 	nodesTable(w, v.Nodes)
 	fmt.Fprintln(w, "\nLEDGER\tDEBITS_POSTED\tCREDITS_POSTED\tDEBITS_PENDING\tCREDITS_PENDING\tCONSERVATION")
 	for _, l := range v.Ledgers {
-		fmt.Fprintf(w, "%d\t%d\t%d\t%d\t%d\t%s\n", l.Ledger, l.DebitsPosted, l.CreditsPosted, l.DebitsPending, l.CreditsPending, l.Conservation)
+		sums := l.Sums() // exact, past 2^64 too
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", l.Ledger, sums.DebitsPosted, sums.CreditsPosted, sums.DebitsPending, sums.CreditsPending, l.Conservation)
 	}
 }
 
@@ -151,7 +191,7 @@ func replicas(rs []transport.ReplicaStatus) string {
 // nodesTable lists the nodes: health, Raft address, and how many groups
 // each leads and follows.
 func nodesTable(w io.Writer, nodes []transport.NodeStatus) {
-	fmt.Fprintln(w, "NODE\tVERSION\tHEALTH\tRAFT\tLEADS\tFOLLOWS\tGROUPS (state/term/applied)")
+	fmt.Fprintln(w, "NODE\tVERSION\tBUILD\tHEALTH\tRAFT\tLEADS\tFOLLOWS\tGROUPS (state/term/applied)")
 	for _, n := range nodes {
 		leads, follows := 0, 0
 		var groups []string
@@ -168,7 +208,7 @@ func nodesTable(w io.Writer, nodes []transport.NodeStatus) {
 			}
 			groups = append(groups, fmt.Sprintf("%s:%s/%d/%d", name, strings.ToLower(g.State), g.Term, g.AppliedIndex))
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Version, n.Health, n.RaftAddr, leads, follows, strings.Join(groups, " "))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, n.Version, n.Build, n.Health, n.RaftAddr, leads, follows, strings.Join(groups, " "))
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"math"
 	"strings"
 	"testing"
 
@@ -48,11 +49,11 @@ func TestStatusTableShowsShardsNodesAndLedgers(t *testing.T) {
 	st := twoShards()
 	st.Shards[1].Error = "no leader"
 	st.Shards[0].Replicas = []transport.ReplicaStatus{{Node: "node-0", State: "Leader", AppliedIndex: 9}, {Node: "node-1", State: "Follower", AppliedIndex: 7, Lag: 2}}
-	st.Nodes[0].Health, st.Nodes[0].RaftAddr = "up", "10.0.0.1:7400"
+	st.Nodes[0].Health, st.Nodes[0].RaftAddr, st.Nodes[0].Build = "up", "10.0.0.1:7400", "7f616d2c4e1a go1.26.8"
 	st.Nodes[0].Groups = []transport.GroupStatus{{ID: 0, State: "Leader", Term: 2, AppliedIndex: 5}, {ID: 1, State: "Follower", Term: 3, AppliedIndex: 20}}
 	st.Nodes[1] = transport.NodeStatus{ID: "node-1", Health: "unreachable"}
 	a, out := testApp("table")
-	v := statusView{StatusReply: st, Ledgers: conservation(st)}
+	v := newStatusView(st)
 	if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
 		t.Fatal(err)
 	}
@@ -61,9 +62,9 @@ func TestStatusTableShowsShardsNodesAndLedgers(t *testing.T) {
 1      node-1  3     20      20       1      2         1          0       1      
 shard 1: no leader
 
-NODE    VERSION  HEALTH       RAFT           LEADS  FOLLOWS  GROUPS (state/term/applied)
-node-0  v1       up           10.0.0.1:7400  1      1        meta:leader/2/5 shard-1:follower/3/20
-node-1           unreachable                 0      0        
+NODE    VERSION  BUILD                  HEALTH       RAFT           LEADS  FOLLOWS  GROUPS (state/term/applied)
+node-0  v1       7f616d2c4e1a go1.26.8  up           10.0.0.1:7400  1      1        meta:leader/2/5 shard-1:follower/3/20
+node-1                                  unreachable                 0      0        
 
 LEDGER  DEBITS_POSTED  CREDITS_POSTED  DEBITS_PENDING  CREDITS_PENDING  CONSERVATION
 1       10             10              0               0                unknown
@@ -77,10 +78,12 @@ LEDGER  DEBITS_POSTED  CREDITS_POSTED  DEBITS_PENDING  CREDITS_PENDING  CONSERVA
 func TestStatusJSONAddsConservationToTheReply(t *testing.T) {
 	st := twoShards()
 	a, out := testApp("json")
-	if err := a.print(statusView{StatusReply: st, Ledgers: conservation(st)}, nil); err != nil {
+	if err := a.print(newStatusView(st), nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"shards": [`, `"commit_index": 10`, `"outbox_depth": 0`, `"conservation": "balanced"`, `"nodes": [`} {
+	for _, want := range []string{`"shards": [`, `"slots": [
+        "0-2"
+      ]`, `"commit_index": 10`, `"outbox_depth": 0`, `"conservation": "balanced"`, `"nodes": [`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("JSON lacks %s:\n%s", want, out)
 		}
@@ -100,5 +103,88 @@ func TestConservationIsUnknownAboveAShardsOmittedLedgers(t *testing.T) {
 	got := conservation(st)
 	if len(got) != 3 || got[0].Conservation != balanced || got[1].Conservation != balanced || got[2].Ledger != 9 || got[2].Conservation != unknown {
 		t.Fatalf("conservation %+v: ledgers 1 and 2 balanced, 9 unknown", got)
+	}
+}
+
+// A shard owns thousands of slots: JSON shows them as ranges.
+func TestSlotRangesFoldConsecutiveSlots(t *testing.T) {
+	for _, c := range []struct {
+		slots []uint16
+		want  string
+	}{
+		{nil, ""},
+		{[]uint16{7}, "7"},
+		{[]uint16{3, 0, 1, 2, 5, 7, 8, 4095}, "0-3 5 7-8 4095"},
+	} {
+		if got := strings.Join(slotRanges(c.slots), " "); got != c.want {
+			t.Errorf("slotRanges(%v) = %q, want %q", c.slots, got, c.want)
+		}
+	}
+	all := make([]uint16, transport.SlotCount)
+	for i := range all {
+		all[i] = uint16(i)
+	}
+	a, out := testApp("json")
+	if err := a.print(newStatusView(&transport.StatusReply{Shards: []transport.ShardStatus{{ID: 1, Slots: all}}}), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n > 40 || !strings.Contains(out.String(), `"0-4095"`) {
+		t.Fatalf("%d lines for one shard:\n%s", n, out)
+	}
+}
+
+// Sums of uint64 balances pass 2^64: conservation compares them exactly,
+// and neither the table nor the JSON shows a wrapped number. Wrapped,
+// debits of 2^64+5 against credits of 5 were a balanced 5/5.
+func TestConservationIsExactPastTwoToThe64(t *testing.T) {
+	top := transport.U128(math.MaxUint64)
+	three, _ := top.Add(top)
+	three, _ = three.Add(top)
+	st := &transport.StatusReply{Shards: []transport.ShardStatus{
+		{ID: 1, Ledgers: []transport.LedgerTotals{
+			transport.NewLedgerTotals(1, transport.ExactTotals{DebitsPosted: three, CreditsPosted: top, DebitsPending: top}),
+			transport.NewLedgerTotals(2, transport.ExactTotals{DebitsPosted: transport.Uint128{Hi: 1, Lo: 5}, CreditsPosted: transport.U128(5)}),
+		}},
+		{ID: 2, Ledgers: []transport.LedgerTotals{
+			transport.NewLedgerTotals(1, transport.ExactTotals{CreditsPosted: transport.Uint128{Hi: 1, Lo: math.MaxUint64 - 1}, DebitsPending: top}),
+		}},
+	}}
+	got := conservation(st)
+	if len(got) != 2 || got[0].Conservation != balanced || got[1].Conservation != unbalanced {
+		t.Fatalf("conservation %+v: want ledger 1 balanced, ledger 2 UNBALANCED", got)
+	}
+	if s := got[0].Sums(); s.DebitsPosted != three || s.CreditsPosted != three || s.DebitsPending.String() != "36893488147419103230" {
+		t.Fatalf("ledger 1 sums %+v", s)
+	}
+
+	a, out := testApp("table")
+	v := newStatusView(st)
+	if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"55340232221128654845  55340232221128654845  36893488147419103230", "18446744073709551621  5"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	a, out = testApp("json")
+	if err := a.print(newStatusView(st), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"debits_posted": 18446744073709551615`, `"debits_posted": "55340232221128654845"`, `"conservation": "UNBALANCED"`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("JSON lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+// A sum past 2^128−1 cannot come from a shard's accounts: unknown, not wrapped.
+func TestConservationOfImpossibleTotalsIsUnknown(t *testing.T) {
+	huge := transport.NewLedgerTotals(1, transport.ExactTotals{
+		DebitsPosted:  transport.Uint128{Hi: math.MaxUint64, Lo: math.MaxUint64},
+		CreditsPosted: transport.Uint128{Hi: math.MaxUint64, Lo: math.MaxUint64}})
+	st := &transport.StatusReply{Shards: []transport.ShardStatus{{ID: 1, Ledgers: []transport.LedgerTotals{huge}}, {ID: 2, Ledgers: []transport.LedgerTotals{huge}}}}
+	if got := conservation(st); len(got) != 1 || got[0].Conservation != unknown {
+		t.Fatalf("conservation %+v, want unknown", got)
 	}
 }

@@ -19,10 +19,10 @@ var transferFlagNames = []string{"linked", "pending", "post_pending_transfer", "
 	"balancing_debit", "balancing_credit", "closing_debit", "closing_credit"}
 
 func newTransferCmd(a *app) *cobra.Command {
-	cmd := &cobra.Command{Use: "transfer", Short: "Create and look up transfers"}
+	cmd := group(&cobra.Command{Use: "transfer", Short: "Create and look up transfers"})
 	cmd.AddCommand(newTransferCreateCmd(a), &cobra.Command{
 		Use:   "get ID...",
-		Short: "Look up transfers by id",
+		Short: "Look up transfers by id (exit 1 if one is not found)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
@@ -30,7 +30,7 @@ func newTransferCmd(a *app) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := a.print(transfers, func(w io.Writer) { transferTable(w, transfers) }); err != nil {
+				if err := a.printFound(transfers, func(w io.Writer) { transferTable(w, transfers) }); err != nil {
 					return err
 				}
 				return notFound(ids, transfers, func(t transport.Transfer) string { return t.ID })
@@ -205,7 +205,7 @@ func (a *app) printResults(results []transport.Result, transfers []transport.Tra
 func transferTable(w io.Writer, transfers []transport.Transfer) {
 	fmt.Fprintln(w, "ID\tDEBIT\tCREDIT\tAMOUNT\tLEDGER\tCODE\tFLAGS\tSTATE\tTIMESTAMP\tMETADATA")
 	for _, t := range transfers {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount,
-			t.Ledger, t.Code, flagString(t.Flags, transferFlagNames), t.State, t.Timestamp, metadataString(t.Metadata))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", t.ID, t.DebitAccountID, t.CreditAccountID, t.Amount,
+			t.Ledger, t.Code, flagString(t.Flags, transferFlagNames), t.State, timestamp(t.Timestamp), metadataString(t.Metadata))
 	}
 }

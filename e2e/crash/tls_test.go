@@ -41,10 +41,15 @@ func TestTLSClusterMembership(t *testing.T) {
 	}
 	mc := newMultiCluster(t, 3, 2)
 	admin := testnet.FreePort(t)
+	const token = "operator-token-of-the-test"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for i, n := range mc.nodes {
 		n.args = tlsArgs(t, ca, t.TempDir())
 		if i == 0 {
-			n.args = append(n.args, "--http-listen", admin)
+			n.args = append(n.args, "--http-listen", admin, "--http-token-file", tokenFile, "--remove-grace", "2s")
 		}
 		mc.launch(i)
 	}
@@ -140,7 +145,12 @@ func TestTLSClusterMembership(t *testing.T) {
 	// Removal: only a node that is down, and a member.
 	remove := func(id string, want int) string {
 		t.Helper()
-		resp, err := http.Post("http://"+admin+"/admin/remove-node?id="+id, "", nil)
+		req, err := http.NewRequest(http.MethodPost, "http://"+admin+"/admin/remove-node?id="+id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

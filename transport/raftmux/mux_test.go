@@ -1,14 +1,11 @@
 package raftmux
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -196,32 +193,5 @@ func TestClose(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("goroutines: %d before, %d after Close\n%s", before, n, buf[:runtime.Stack(buf, true)])
-	}
-}
-
-func TestHCLoggerQuietUnlessDebug(t *testing.T) {
-	var buf bytes.Buffer
-	lg := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	h := HCLogger(lg, "raft-net", 7)
-	h.Debug("hidden-debug")
-	h.Warn("hidden-warn") // routine raft warnings stay out of an info log
-	h.Error("failed to accept connection", "error", "boom")
-	out := buf.String()
-	for _, hidden := range []string{"hidden-debug", "hidden-warn"} {
-		if strings.Contains(out, hidden) {
-			t.Fatalf("%s passed an info-level logger: %s", hidden, out)
-		}
-	}
-	for _, want := range []string{"level=ERROR", "failed to accept connection", "error=boom", "raft_group=7", "logger=raft-net"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("missing %q in %q", want, out)
-		}
-	}
-
-	buf.Reset()
-	dbg := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	HCLogger(dbg, "raft", 3).Warn("election started")
-	if out := buf.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "election started") {
-		t.Fatalf("a debug logger must see raft warnings: %q", out)
 	}
 }
