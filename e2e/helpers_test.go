@@ -50,6 +50,13 @@ func startClusterWith(t *testing.T, dir string, shards uint32, fault func(to uin
 // logger it fills in; opts configure the test's client.
 func startClusterConfig(t *testing.T, cfg server.Config, opts ...client.Option) *cluster {
 	t.Helper()
+	return startClusterNATS(t, cfg, nil, opts...)
+}
+
+// startClusterNATS is startClusterConfig with options of the test's NATS
+// connection (TLS).
+func startClusterNATS(t *testing.T, cfg server.Config, natsOpts []nats.Option, opts ...client.Option) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	level := slog.LevelWarn
@@ -62,7 +69,7 @@ func startClusterConfig(t *testing.T, cfg server.Config, opts ...client.Option) 
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
-	var connOpts []nats.Option
+	connOpts := natsOpts
 	if cfg.Providers != "" {
 		connOpts = append(connOpts, nats.UserInfo(opsUser, opsPassword))
 	}

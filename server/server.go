@@ -168,7 +168,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	connect := func(name string) (*nats.Conn, error) {
 		o := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)
-		return nats.Connect(s.url, o...)
+		return nats.Connect(s.internalURL(), o...)
 	}
 	// Two connections, so a burst of client traffic queued on the router's
 	// cannot delay the shards' saga messages.
@@ -413,7 +413,17 @@ func (s *Server) ConnectInternal() (*nats.Conn, error) {
 	if s.ns == nil {
 		return nil, errors.New("no embedded NATS server")
 	}
-	return nats.Connect(s.url, nats.InProcessServer(s.ns), nats.UserInfo(internalUser, s.secret))
+	return nats.Connect(s.internalURL(), nats.InProcessServer(s.ns), nats.UserInfo(internalUser, s.secret))
+}
+
+// internalURL is the URL of the node's and router's own connections: an
+// in-process connection to the embedded server needs no TLS, which a
+// tls:// URL would ask for (and check the client port's certificate).
+func (s *Server) internalURL() string {
+	if s.ns == nil {
+		return s.url
+	}
+	return strings.Replace(s.url, "tls://", "nats://", 1)
 }
 
 // ClientURL is the NATS URL clients connect to.
