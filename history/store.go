@@ -11,6 +11,13 @@
 //
 // A failing disk panics inside the Archive methods: Apply has no way to
 // report it, and a replica that went on without its history would diverge.
+//
+// Every block Pebble writes carries a CRC-32C (Pebble's default, which it
+// does not let a block go without) checked on every read from disk; its
+// manifest's records carry checksums too. A check that fails is never a row:
+// the store records the damage in its directory (damageMarker) and returns
+// an error wrapping ErrDamaged, or panics where it cannot return one. Until
+// the marker is removed (Options.Salvage), the store refuses to open.
 package history
 
 import (
@@ -20,10 +27,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -46,11 +58,25 @@ const (
 
 var keyDurable = []byte{prefixMeta, 'd'} // -> applied index covered by the last Sync
 
+// ErrDamaged is wrapped by every error that reports damaged storage (a
+// checksum that fails). It is also raftfsm.ErrDamaged.
+var ErrDamaged = errors.New("storage damaged")
+
+// damageMarker, in the store's directory, records damage a read found: the
+// next Open refuses, even if the damaged block is not read again.
+const damageMarker = "DAMAGED"
+
 // Store is one shard's history. The Archive methods are for Apply only (one
 // goroutine); the query methods are safe for concurrent use and read what
 // Apply committed.
 type Store struct {
-	db *pebble.DB
+	db   *pebble.DB
+	lock *pebble.Lock
+	dir  string
+	log  *slog.Logger
+	// damage records the first damage a read found, and tells onDamage.
+	damage   sync.Once
+	onDamage atomic.Pointer[func(error)]
 	// The entry being applied (between Begin and Commit): its rows, the
 	// transfers among them by id (read back within the entry), and one
 	// iterator over the store as it was when the entry began, reused for
@@ -126,6 +152,9 @@ type Options struct {
 	CacheBytes    int64  // block cache, besides the memtables; default 32 MiB
 	MemTableBytes uint64 // each memtable; default 16 MiB
 	Logger        *slog.Logger
+	// Salvage opens a store whose damage was recorded (damageMarker),
+	// removing the record: reads of a damaged block still fail.
+	Salvage bool
 }
 
 // Open opens (or creates) the store in dir.
@@ -139,6 +168,9 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if err := checkRecordedDamage(dir, o); err != nil {
+		return nil, err
+	}
 	// Pebble reserves its memtables in the block cache: sized CacheBytes
 	// alone, two 16 MiB memtables left the cache no room at all (0 blocks,
 	// a 16% hit rate over 1M lookups, each miss a filter block read again).
@@ -151,23 +183,53 @@ func Open(dir string, o Options) (*Store, error) {
 		DisableWAL:                  true,
 		Logger:                      logger{o.Logger.With("component", "history")},
 	}
+	// Pebble's default on a checksum that fails is to stop the process
+	// (Logger.Fatalf), from whatever read found it. The read returns the
+	// error as well: the store records the damage and returns it.
+	s := &Store{dir: dir, log: o.Logger}
+	var err error
+	opts.EventListener = &pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
+		_ = s.check(fmt.Errorf("%s: %w", info.Path, info.Details))
+	}}
 	// Ids are looked up on every new transfer and almost never found:
 	// bloom filters answer those without reading a block.
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloomPolicy
 	}
-	db, err := pebble.Open(dir, opts)
-	if err != nil {
-		return nil, fmt.Errorf("open history store %s: %w", dir, err)
+	if s.db, s.lock, err = openPebble(dir, opts); err != nil {
+		return nil, err
 	}
-	s := &Store{db: db}
 	s.enc = msgpack.NewEncoder(&s.rows)
 	return s, nil
 }
 
+// openPebble locks the directory first, so that an error of Open itself is
+// about the files: damage (a record, a checksum, a file the manifest lists
+// gone), unless the disk refused (permissions, no space).
+func openPebble(dir string, opts *pebble.Options) (*pebble.DB, *pebble.Lock, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("open history store %s: %w", dir, err)
+	}
+	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	if err != nil {
+		return nil, nil, fmt.Errorf("history store %s is locked: is another ledgerd using this data directory? %w", dir, err)
+	}
+	opts.Lock = lock
+	db, err := pebble.Open(dir, opts)
+	switch {
+	case err == nil:
+		return db, lock, nil
+	case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EROFS):
+		err = fmt.Errorf("open history store %s: %w", dir, err)
+	default:
+		err = fmt.Errorf("open history store %s: %w: %w", dir, ErrDamaged, err)
+	}
+	return nil, nil, errors.Join(err, lock.Close())
+}
+
 // Close closes the store. Rows committed since the last Sync may be lost;
 // the Raft log still holds them.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.db.Close(), s.lock.Close()) }
 
 // Begin starts an entry: Apply's writes are kept until Commit.
 func (s *Store) Begin() {
@@ -187,7 +249,7 @@ func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
 			return transport.Transfer{}, 0, false
 		}
 		if err != nil {
-			panic(fmt.Sprintf("history: read transfer %q: %v", id, err))
+			panic(fmt.Sprintf("history: read transfer %q: %v", id, s.check(err)))
 		}
 		defer closer.Close()
 		return mustDecodeTransfer(id, v)
@@ -198,20 +260,20 @@ func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
 	if s.it == nil {
 		it, err := s.db.NewIter(nil)
 		if err != nil {
-			panic(fmt.Sprintf("history: iterator: %v", err))
+			panic(fmt.Sprintf("history: iterator: %v", s.check(err)))
 		}
 		s.it = it
 	}
 	s.key = appendTransferKey(s.key[:0], id)
 	if !s.it.SeekPrefixGE(s.key) || !bytes.Equal(s.it.Key(), s.key) {
 		if err := s.it.Error(); err != nil {
-			panic(fmt.Sprintf("history: read transfer %q: %v", id, err))
+			panic(fmt.Sprintf("history: read transfer %q: %v", id, s.check(err)))
 		}
 		return transport.Transfer{}, 0, false
 	}
 	v, err := s.it.ValueAndErr()
 	if err != nil {
-		panic(fmt.Sprintf("history: read transfer %q: %v", id, err))
+		panic(fmt.Sprintf("history: read transfer %q: %v", id, s.check(err)))
 	}
 	return mustDecodeTransfer(id, v)
 }
@@ -277,7 +339,7 @@ func (s *Store) Commit() error {
 		err := s.it.Close()
 		s.it = nil
 		if err != nil {
-			return fmt.Errorf("history: iterator: %w", err)
+			return fmt.Errorf("history: iterator: %w", s.check(err))
 		}
 	}
 	r := &s.rows
@@ -306,7 +368,7 @@ func (s *Store) Sync(applied uint64) error {
 		return fmt.Errorf("history: record durable index: %w", err)
 	}
 	if err := s.db.Flush(); err != nil {
-		return fmt.Errorf("history: flush: %w", err)
+		return fmt.Errorf("history: flush: %w", s.check(err))
 	}
 	return nil
 }
@@ -318,7 +380,7 @@ func (s *Store) Durable() (uint64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, s.check(err)
 	}
 	defer closer.Close()
 	if len(v) != 8 {
@@ -349,7 +411,7 @@ func (s *Store) AccountTransfers(f *transport.AccountFilter, maxBytes int) ([]tr
 			id := string(v)
 			ref, closer, err := s.db.Get(appendTransferKey(nil, id))
 			if err != nil {
-				return fmt.Errorf("history: transfer %q of an account row: %w", id, err)
+				return fmt.Errorf("history: transfer %q of an account row: %w", id, s.check(err))
 			}
 			defer closer.Close()
 			if len(ref) < 8 {
@@ -397,6 +459,10 @@ func (s *Store) AccountBalances(f *transport.AccountFilter) ([]transport.Balance
 // order (newest first if Reverse), at most Limit of them, with the timestamp
 // of each row's key.
 func (s *Store) scan(prefix byte, f *transport.AccountFilter, row func(ts uint64, v []byte) error) error {
+	return s.check(s.scanRows(prefix, f, row))
+}
+
+func (s *Store) scanRows(prefix byte, f *transport.AccountFilter, row func(ts uint64, v []byte) error) error {
 	hi := f.TimestampMax
 	if hi == 0 {
 		hi = ^uint64(0)
@@ -492,6 +558,11 @@ type Row struct {
 // first page was read at, some maybe from later entries (which Apply
 // ignores until it reaches them, and rewrites identically).
 func (s *Store) Export(after []byte, maxBytes int) ([]Row, bool, error) {
+	rows, more, err := s.exportRows(after, maxBytes)
+	return rows, more, s.check(err)
+}
+
+func (s *Store) exportRows(after []byte, maxBytes int) ([]Row, bool, error) {
 	o := &pebble.IterOptions{}
 	if after != nil {
 		o.LowerBound = append(bytes.Clone(after), 0) // the next key after
@@ -526,12 +597,48 @@ func (s *Store) Import(rows []Row) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	for _, r := range rows {
-		if len(r.Key) == 0 || r.Key[0] == prefixMeta {
-			return fmt.Errorf("history: import: bad key %q", r.Key)
+		if err := checkRow(r.Key, r.Value); err != nil {
+			return fmt.Errorf("history: import: %w", err)
 		}
 		if err := b.Set(r.Key, r.Value, nil); err != nil {
 			return fmt.Errorf("history: import: %w", err)
 		}
 	}
 	return b.Commit(pebble.NoSync)
+}
+
+// checkRow checks that a row copied from a peer has the shape its writer
+// (PutTransfer, PutAccountTransfer, PutAccountTransferRef, PutBalance)
+// gives it: once imported, a row that does not decode would fail every
+// read of it, and Transfer panics on one, as on a failing disk.
+func checkRow(key, value []byte) error {
+	if len(key) == 0 {
+		return errors.New("empty key")
+	}
+	switch key[0] {
+	case prefixTransfer:
+		if len(key) == 1 {
+			return errors.New("transfer row without an id")
+		}
+		_, _, err := decodeTransfer(value)
+		return err
+	case prefixAccount, prefixBalance:
+		if len(key) < 2 || len(key) != 2+int(key[1])+8 {
+			return fmt.Errorf("account row key %q", key)
+		}
+	default:
+		return fmt.Errorf("key %q of no known kind", key)
+	}
+	switch {
+	case key[0] == prefixBalance && len(value) != 32:
+		return fmt.Errorf("balance row of %d bytes", len(value))
+	case key[0] == prefixBalance:
+		return nil
+	case len(value) > 0 && value[0] == rowCopy:
+		_, err := decodeTransferValue(value[1:])
+		return err
+	case len(value) > 0 && value[0] == rowRef:
+		return nil
+	}
+	return fmt.Errorf("account row %q of no known kind", value[:min(len(value), 1)])
 }

@@ -51,6 +51,11 @@ type Config struct {
 	// this NATS: every group's leader adds it as a nonvoter, then a voter
 	// once it has caught up (discover.go).
 	Join bool
+	// Salvage starts a single node's groups whose storage is damaged from
+	// their last good state (raftfsm.GroupConfig.Salvage) instead of
+	// refusing to start. A node with peers repairs from them instead
+	// (repair.go): salvage could make it vote from a log that lost entries.
+	Salvage bool
 }
 
 // Fault is what happens to one saga message in a fault-injection test.
@@ -119,6 +124,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.meta, err = n.openGroup(ctx, self, metaGroupID, "meta", n.metaM, n.serveMeta)
+	if n.repairable(err) {
+		if err = n.dropDamaged("meta", err); err == nil {
+			n.meta, err = n.openGroup(ctx, self, metaGroupID, "meta", n.metaM, n.serveMeta)
+		}
+	}
 	if err != nil {
 		_ = n.nodes.Unsubscribe()
 		mux.Close()
@@ -146,22 +156,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	for _, id := range ids {
 		dir := "shard-" + strconv.FormatUint(uint64(id), 10)
-		store, err := history.Open(filepath.Join(cfg.DataDir, dir, "history"), history.Options{Logger: n.log.With("shard", id)})
-		if err != nil {
-			n.Close()
-			return nil, err
+		s, err := n.openShard(ctx, bg, self, id, dir)
+		if n.repairable(err) {
+			if err = n.dropDamaged(dir, err); err == nil {
+				s, err = n.openShard(ctx, bg, self, id, dir)
+			}
 		}
-		s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
-		s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
-		if s.history, err = s.serveHistory(); err != nil {
-			store.Close()
-			n.Close()
-			return nil, err
-		}
-		s.g, err = n.openGroup(ctx, self, id, dir, s.m, s.serve)
 		if err != nil {
-			_ = s.history.Unsubscribe()
-			store.Close()
 			n.Close()
 			return nil, err
 		}
@@ -177,6 +178,28 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	go n.balanceLeaders(bg)
 	go n.promote(bg, self)
 	return n, nil
+}
+
+// openShard opens shard id's history store and group in dir; on error,
+// nothing it opened stays open.
+func (n *Node) openShard(ctx, bg context.Context, self transport.NodeInfo, id uint32, dir string) (*shardServer, error) {
+	store, err := history.Open(filepath.Join(n.cfg.DataDir, dir, "history"), history.Options{Logger: n.log.With("shard", id), Salvage: n.salvage()})
+	if err != nil {
+		return nil, err
+	}
+	s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
+	s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
+	if s.history, err = s.serveHistory(); err != nil {
+		store.Close()
+		return nil, err
+	}
+	s.g, err = n.openGroup(ctx, self, id, dir, s.m, s.serve)
+	if err != nil {
+		_ = s.history.Unsubscribe()
+		store.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // refuseSecondCluster fails if a meta leader already answers on this NATS
@@ -226,6 +249,7 @@ func (n *Node) openGroup(ctx context.Context, self transport.NodeInfo, id uint32
 		Logger:    n.log,
 		OnLeader:  onLeader,
 		Snapshots: n.cfg.Snapshots,
+		Salvage:   n.salvage(),
 	})
 	if err != nil || !rejoin {
 		return g, err

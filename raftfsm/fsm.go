@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -87,27 +88,39 @@ func decodeEntry(data []byte) (ts uint64, cmds [][]byte, err error) {
 
 // fsm adapts a Machine to raft.FSM and raft.BatchingFSM.
 type fsm struct {
-	m   Machine
-	log *slog.Logger
+	m     Machine
+	group uint32
+	log   *slog.Logger
+	// starting is set while raft.NewRaft restores the newest snapshot:
+	// Raft falls back to an older one, or none, if Restore fails, and
+	// Open refuses instead (startErr).
+	starting atomic.Bool
+	startErr error
 }
 
 var _ raft.BatchingFSM = (*fsm)(nil)
 
 func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 
-// ApplyBatch applies committed logs in order. An entry that does not decode
-// was written by a bug or corrupted on disk: continuing would let replicas
-// diverge, so it stops the process.
+// ApplyBatch applies committed logs in order. An entry whose seal fails
+// (damaged in memory since it was checked) or that does not decode (a bug:
+// its seal held) stops the process: continuing would let replicas diverge,
+// and skipping it would drop what was acknowledged.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	for i, l := range logs {
+		if len(l.Extensions) > 0 {
+			if err := verifySeal(l); err != nil {
+				panic(fmt.Sprintf("group %d: %v: refusing to apply it", f.group, err))
+			}
+		}
 		if l.Type != raft.LogCommand {
 			f.m.Apply(l.Index, 0, nil) // advances the applied index only
 			continue
 		}
 		ts, cmds, err := decodeEntry(l.Data)
 		if err != nil {
-			panic(fmt.Sprintf("raft log index %d: %v", l.Index, err))
+			panic(fmt.Sprintf("group %d: raft log index %d: %v", f.group, l.Index, err))
 		}
 		out[i] = f.m.Apply(l.Index, ts, cmds)
 	}
@@ -119,6 +132,9 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return f.m.Snapshot() }
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	if err := f.m.Restore(rc); err != nil {
+		if f.starting.Load() && f.startErr == nil {
+			f.startErr = fmt.Errorf("restore the newest snapshot: %w", err)
+		}
 		return err
 	}
 	f.log.Info("restored from snapshot")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,6 +56,12 @@ type GroupConfig struct {
 	OnLeader func(ctx context.Context)
 	// Snapshots: when to take them; zero values take the defaults.
 	Snapshots SnapshotPolicy
+	// Salvage starts a group whose files are damaged from the last good
+	// state instead of refusing (ErrDamaged): damaged snapshots are moved
+	// to damaged/, log entries past the first damaged one dropped. Entries
+	// this node acknowledged may be lost: for a single node whose data
+	// has no other copy, an operator's decision.
+	Salvage bool
 }
 
 // SnapshotPolicy says when a group snapshots its state and compacts its
@@ -84,6 +91,9 @@ type Group struct {
 	id       uint32
 	raft     *raft.Raft
 	store    *raftboltdb.BoltStore
+	machine  Machine
+	damage   chan error // damage found by a read of the log, once
+	damaged  atomic.Pointer[error]
 	trans    raft.Transport
 	mailbox  chan *proposal
 	inflight chan entryInFlight
@@ -103,7 +113,15 @@ type entryInFlight struct {
 }
 
 // Open opens (or creates and bootstraps) a group and starts its goroutines.
-func Open(cfg GroupConfig) (*Group, error) {
+// It checks every file of the group first (checkFiles): damage is an error
+// wrapping ErrDamaged, unless cfg.Salvage. The group owns cfg.Transport:
+// Shutdown closes it, and so does an Open that fails.
+func Open(cfg GroupConfig) (g *Group, err error) {
+	defer func() {
+		if c, ok := cfg.Transport.(io.Closer); ok && err != nil {
+			c.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -113,58 +131,27 @@ func Open(cfg GroupConfig) (*Group, error) {
 		logger = slog.Default()
 	}
 	logger = logger.With("raft_group", cfg.ID)
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.Dir, "raft.db"),
-		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: 5 * time.Second},
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("group %d: %s is locked: is another ledgerd using this data directory? %w", cfg.ID, cfg.Dir, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("group %d: open bolt store: %w", cfg.ID, err)
-	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, snapshotsRetained, hlog)
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("group %d: snapshot store: %w", cfg.ID, err)
 	}
-	if err := dropUncovered(cfg.Dir, snaps, cfg.Machine, logger); err != nil {
-		store.Close()
+	in, err := checkFiles(cfg, snaps, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := dropUncovered(cfg.Dir, in.snaps, logger); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.ID, err)
 	}
-	logs, err := raft.NewLogCache(512, store)
-	if err != nil {
-		store.Close()
+	g = &Group{id: cfg.ID, trans: cfg.Transport, machine: cfg.Machine, damage: make(chan error, 1), log: logger}
+	if d, ok := cfg.Machine.(damageNotifier); ok {
+		d.notifyDamage(g.found)
+	}
+	if err := g.start(cfg, hlog, snaps, in.bolt.checkedFrom); err != nil {
 		return nil, err
 	}
-	rc := raftConfig(cfg.NodeID, hlog, cfg.Snapshots.withDefaults())
-	existing, err := raft.HasExistingState(logs, store, snaps)
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	if !existing && len(cfg.Servers) > 0 { // none: a joining node, added by the leader
-		if err := raft.BootstrapCluster(rc, logs, store, snaps, cfg.Transport, raft.Configuration{Servers: cfg.Servers}); err != nil {
-			store.Close()
-			return nil, fmt.Errorf("group %d: bootstrap: %w", cfg.ID, err)
-		}
-	}
-	r, err := raft.NewRaft(rc, &fsm{m: cfg.Machine, log: logger}, logs, store, snaps, cfg.Transport)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("group %d: start raft: %w", cfg.ID, err)
-	}
-	g := &Group{
-		id:       cfg.ID,
-		raft:     r,
-		store:    store,
-		trans:    cfg.Transport,
-		mailbox:  make(chan *proposal, mailboxProposalsMax),
-		inflight: make(chan entryInFlight, entriesInFlightMax),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		log:      cfg.Logger.With("group", cfg.ID),
-	}
+	g.mailbox = make(chan *proposal, mailboxProposalsMax)
+	g.inflight = make(chan entryInFlight, entriesInFlightMax)
+	g.stop, g.done = make(chan struct{}), make(chan struct{})
 	actorDone, completerDone, watcherDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() { defer close(actorDone); g.actor() }()
 	go func() { defer close(completerDone); g.completer() }()
@@ -178,7 +165,96 @@ func Open(cfg GroupConfig) (*Group, error) {
 	return g, nil
 }
 
-// raftConfig keeps the library's failover timeouts (DESIGN.md: measured
+// start opens the group's checked stores and starts Raft.
+func (g *Group) start(cfg GroupConfig, hlog hclog.Logger, snaps raft.SnapshotStore, checkedFrom uint64) error {
+	path := filepath.Join(cfg.Dir, "raft.db")
+	store, err := openBoltStore(path)
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("group %d: %s is locked: is another ledgerd using this data directory? %w", cfg.ID, cfg.Dir, err)
+	}
+	if err != nil {
+		return fmt.Errorf("group %d: open bolt store: %w", cfg.ID, err)
+	}
+	checked := &checkedLogStore{BoltStore: store, group: cfg.ID, dir: cfg.Dir, file: path, checkedFrom: checkedFrom, onDamage: g.found}
+	stable := &checkedStable{BoltStore: store, group: cfg.ID, file: path}
+	logs, err := raft.NewLogCache(512, checked)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	rc := raftConfig(cfg.NodeID, hlog, cfg.Snapshots.withDefaults())
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("group %d: %w", cfg.ID, err)
+	}
+	if !existing && len(cfg.Servers) > 0 { // none: a joining node, added by the leader
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, cfg.Transport, raft.Configuration{Servers: cfg.Servers}); err != nil {
+			store.Close()
+			return fmt.Errorf("group %d: bootstrap: %w", cfg.ID, err)
+		}
+	}
+	f := &fsm{m: cfg.Machine, group: cfg.ID, log: g.log}
+	f.starting.Store(true)
+	r, err := raft.NewRaft(rc, f, logs, stable, snaps, cfg.Transport)
+	f.starting.Store(false)
+	switch {
+	case f.startErr != nil && err == nil:
+		err = errors.Join(f.startErr, r.Shutdown().Error())
+	case f.startErr != nil:
+		err = errors.Join(f.startErr, err)
+	}
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("group %d: start raft: %w", cfg.ID, err)
+	}
+	g.raft, g.store = r, store
+	go g.watchDamage()
+	return nil
+}
+
+func openBoltStore(path string) (*raftboltdb.BoltStore, error) {
+	return raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, Timeout: boltTimeout},
+	})
+}
+
+// found is told of damage a read of the log found (already recorded in the
+// group's directory). Raft stops the process itself if it was applying the
+// entry; otherwise (sending it to a peer, comparing it with a leader's) the
+// group stops here, so that it neither serves nor votes from a damaged log.
+func (g *Group) found(err error) {
+	select {
+	case g.damage <- err:
+	default:
+	}
+}
+
+func (g *Group) watchDamage() {
+	err := <-g.damage
+	g.damaged.Store(&err)
+	g.log.Error("storage damaged: the group stops on this node; restarting the node repairs it from its peers (a single node refuses to start until salvaged)", "err", err)
+	if f := g.raft.Shutdown(); f.Error() != nil {
+		g.log.Warn("stopping the damaged group", "err", f.Error())
+	}
+}
+
+// damageNotifier is a machine with storage of its own (a shard's history
+// store) that reports damage its reads find.
+type damageNotifier interface {
+	notifyDamage(fn func(error))
+}
+
+// Damaged returns the damage that stopped the group, if any.
+func (g *Group) Damaged() error {
+	if p := g.damaged.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// raftConfig keeps the library's failover timeouts (docs/design.md: measured
 // tighter timeouts lose leadership under load on 2 cores) and sizes the log
 // for large batched entries.
 func raftConfig(nodeID string, hlog hclog.Logger, snaps SnapshotPolicy) *raft.Config {
@@ -206,12 +282,19 @@ func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
 // Propose queues one command for the next entry without blocking. done is
 // called once, from the completer goroutine, with the command's result
 // after the entry is applied, or with an error: then the command may or may
-// not have been applied, and only an idempotent retry is safe.
+// not have been applied, and only an idempotent retry is safe. A command the
+// machine could not decode is never proposed: done gets the refusal as its
+// result (from a goroutine of its own), as a machine's refusal of a whole
+// command, since apply would stop the group on it (ErrUndecodable).
 func (g *Group) Propose(cmd []byte, done func(result any, err error)) error {
 	select {
 	case <-g.stop:
 		return raft.ErrRaftShutdown
 	default:
+	}
+	if err := g.checkCommand(cmd); err != nil {
+		go done(err, nil)
+		return nil
 	}
 	select {
 	case g.mailbox <- &proposal{cmd: cmd, done: done}:
@@ -219,6 +302,27 @@ func (g *Group) Propose(cmd []byte, done func(result any, err error)) error {
 	default:
 		return ErrBusy
 	}
+}
+
+// ErrUndecodable is the result of a command the machine cannot decode.
+var ErrUndecodable = errors.New("command does not decode")
+
+// commandChecker is a machine that tells, before a command is proposed,
+// whether apply will decode it: once in the log, a command that does not
+// decode stops the group (a bug or damage), it is never skipped.
+type commandChecker interface {
+	CheckCommand(cmd []byte) error
+}
+
+func (g *Group) checkCommand(cmd []byte) error {
+	c, ok := g.machine.(commandChecker)
+	if !ok {
+		return nil
+	}
+	if err := c.CheckCommand(cmd); err != nil {
+		return fmt.Errorf("group %d: %w: %w", g.id, ErrUndecodable, err)
+	}
+	return nil
 }
 
 // ProposeWait proposes and waits for the result or ctx.
@@ -271,8 +375,10 @@ func (g *Group) actor() {
 		for i, p := range batch {
 			cmds[i] = p.cmd
 		}
-		// The leader's clock enters the log here, and only here.
-		f := g.raft.Apply(encodeEntry(uint64(time.Now().UnixNano()), cmds), 0)
+		// The leader's clock enters the log here, and only here; the
+		// entry's checksum starts here too (checksum.go).
+		data := encodeEntry(uint64(time.Now().UnixNano()), cmds)
+		f := g.raft.ApplyLog(raft.Log{Data: data, Extensions: proposalSeal(data)}, 0)
 		select {
 		case g.inflight <- entryInFlight{future: f, proposals: batch}:
 		case <-g.stop:
@@ -407,7 +513,8 @@ type coverer interface {
 	Covers(snapshot io.Reader) (bool, error)
 }
 
-// dropUncovered deletes the snapshots Raft must not start from:
+// dropUncovered deletes the snapshots Raft must not start from (all of
+// them checked by checkFiles, which found whether the machine covers them):
 //   - the ones the machine could not restore on its own. Only one kind
 //     exists: a snapshot the leader sent, persisted by Raft before Restore,
 //     whose history copy a crash cut short (a node's own snapshots are
@@ -419,40 +526,20 @@ type coverer interface {
 //     Raft tries the list in order (newest term first): a snapshot a
 //     leader sent that was older than this node's state (Restore refused
 //     it, but Raft had persisted it) would rewind the state at start.
-func dropUncovered(dir string, snaps raft.SnapshotStore, m Machine, log *slog.Logger) error {
-	c, ok := m.(coverer)
-	if !ok {
-		return nil
-	}
-	list, err := snaps.List()
-	if err != nil {
-		return err
-	}
-	covered := make([]bool, len(list))
-	for i, meta := range list {
-		_, rc, err := snaps.Open(meta.ID)
-		if err != nil {
-			return err
-		}
-		covered[i], err = c.Covers(rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("snapshot %s: %w", meta.ID, err)
-		}
-	}
-	for i, meta := range list {
-		older := slices.ContainsFunc(list[i+1:], func(later *raft.SnapshotMeta) bool {
-			return later.Index > meta.Index && covered[slices.Index(list, later)]
+func dropUncovered(dir string, list []*snapInfo, log *slog.Logger) error {
+	for i, s := range list {
+		older := slices.ContainsFunc(list[i+1:], func(later *snapInfo) bool {
+			return later.meta.Index > s.meta.Index && later.covered
 		})
 		switch {
-		case !covered[i]:
-			log.Warn("dropping a snapshot whose history copy was cut short; the leader sends it again", "snapshot", meta.ID, "index", meta.Index)
+		case !s.covered:
+			log.Warn("dropping a snapshot whose history copy was cut short; the leader sends it again", "snapshot", s.id, "index", s.meta.Index)
 		case older:
-			log.Warn("dropping a snapshot listed before a newer one", "snapshot", meta.ID, "index", meta.Index)
+			log.Warn("dropping a snapshot listed before a newer one", "snapshot", s.id, "index", s.meta.Index)
 		default:
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(dir, "snapshots", meta.ID)); err != nil {
+		if err := os.RemoveAll(filepath.Join(dir, "snapshots", s.id)); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/history"
 	"github.com/vmihailenco/msgpack/v5"
@@ -18,6 +19,7 @@ import (
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/ledgerd/ledgerd/transport/raftmux"
+	"go.etcd.io/bbolt"
 )
 
 func TestEntryEnvelopeRoundTrip(t *testing.T) {
@@ -40,10 +42,38 @@ func TestEntryEnvelopeRoundTrip(t *testing.T) {
 	}
 }
 
+// FuzzDecodeEntry feeds arbitrary bytes to the decoders of what a group
+// reads back from disk: the entry envelope, a whole stored entry as bbolt
+// holds it (raft.Log in msgpack, its seal, its envelope or configuration),
+// and a checksummed Raft value. None may panic; a decoded envelope decodes
+// again to the same thing. The seeds are entries of every kind, sealed and
+// not, and every entry of the fixture written by the release without
+// checksums.
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeEntry(1, [][]byte{[]byte("cmd")}))
 	f.Add([]byte{envelopeVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	for _, l := range []*raft.Log{
+		{Index: 5, Term: 2, Type: raft.LogCommand, Data: encodeEntry(3, [][]byte{[]byte("a"), {}})},
+		{Index: 6, Term: 2, Type: raft.LogNoop},
+		{Index: 1, Term: 1, Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(raft.Configuration{
+			Servers: []raft.Server{{Suffrage: raft.Voter, ID: "n1", Address: "127.0.0.1:1"}}})},
+	} {
+		f.Add(storedEntry(f, l)) // as the release without checksums stored it
+		if err := sealEntry(l); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(storedEntry(f, l))
+	}
+	f.Add(encodeStable(keyTerm, []byte{0, 0, 0, 0, 0, 0, 0, 7}))
+	f.Add(storeMarker{format: storeFormat, checkedFrom: 9}.encode())
+	addFixtureEntries(f, "testdata/v1/data/shard-1/raft.db")
 	f.Fuzz(func(t *testing.T, data []byte) {
+		facts := &boltFacts{terms: map[uint64]uint64{}, configs: map[uint64]raft.Configuration{}}
+		facts.checkStoredEntry(5, data, map[uint64]bool{5: true})
+		facts.checkedFrom = 1
+		facts.checkStoredEntry(5, data, nil)
+		_, _ = decodeStable(keyTerm, data)
+		_, _ = decodeMarker(data)
 		ts, cmds, err := decodeEntry(data)
 		if err != nil {
 			return
@@ -59,6 +89,30 @@ func FuzzDecodeEntry(f *testing.F) {
 	})
 }
 
+// storedEntry is l as raft-boltdb stores it.
+func storedEntry(t testing.TB, l *raft.Log) []byte {
+	var b []byte
+	if err := codec.NewEncoderBytes(&b, &codec.MsgpackHandle{}).Encode(l); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// addFixtureEntries seeds the corpus with every stored entry of a raft.db.
+func addFixtureEntries(f *testing.F, path string) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer db.Close()
+	_ = db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketLogs).ForEach(func(_, v []byte) error {
+			f.Add(bytes.Clone(v))
+			return nil
+		})
+	})
+}
+
 // testGroup is a single-voter group with a real mux and bbolt files.
 type testGroup struct {
 	g   *Group
@@ -66,33 +120,51 @@ type testGroup struct {
 	mux *raftmux.Mux
 }
 
-func openTestGroup(t *testing.T, dir string) *testGroup {
+func openTestGroup(t testing.TB, dir string) *testGroup {
+	t.Helper()
+	tg, err := tryOpenTestGroup(t, dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
+// tryOpenTestGroup opens the group in dir (salvaging it if asked) and waits
+// for it to lead; it returns Open's error.
+func tryOpenTestGroup(t testing.TB, dir string, salvage bool) (*testGroup, error) {
+	t.Helper()
+	return tryOpenShardGroup(t, dir, 1, "n1", salvage)
+}
+
+// tryOpenShardGroup is tryOpenTestGroup for shard id on node node.
+func tryOpenShardGroup(t testing.TB, dir string, id uint32, node string, salvage bool) (*testGroup, error) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	mux, err := raftmux.Listen("127.0.0.1:0", nil, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := mux.Group(1)
+	layer, err := mux.Group(id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	trans := raftmux.NewTransport(layer, log)
-	store, err := history.Open(filepath.Join(dir, "history"), history.Options{Logger: log})
+	store, err := history.Open(filepath.Join(dir, "history"), history.Options{Logger: log, Salvage: salvage})
 	if err != nil {
-		t.Fatal(err)
+		mux.Close()
+		return nil, err
 	}
-	m := NewShardMachine(1, store)
+	m := NewShardMachine(id, store)
 	g, err := Open(GroupConfig{
-		ID: 1, Dir: dir, NodeID: "n1", Transport: trans, Machine: m, Logger: log,
+		ID: id, Dir: dir, NodeID: node, Transport: trans, Machine: m, Logger: log, Salvage: salvage,
 		// The address changes across restarts (port 0); a single voter
 		// does not dial itself, so the bootstrap address does not matter.
-		Servers: []raft.Server{{Suffrage: raft.Voter, ID: "n1", Address: trans.LocalAddr()}},
+		Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(node), Address: trans.LocalAddr()}},
 	})
 	if err != nil {
 		mux.Close()
 		store.Close()
-		t.Fatal(err)
+		return nil, err
 	}
 	deadline := time.Now().Add(30 * time.Second) // hang guard
 	for !g.IsLeader() {
@@ -104,10 +176,10 @@ func openTestGroup(t *testing.T, dir string) *testGroup {
 	if err := g.Raft().Barrier(0).Error(); err != nil {
 		t.Fatal(err)
 	}
-	return &testGroup{g: g, m: m, mux: mux}
+	return &testGroup{g: g, m: m, mux: mux}, nil
 }
 
-func (tg *testGroup) close(t *testing.T) {
+func (tg *testGroup) close(t testing.TB) {
 	t.Helper()
 	if err := tg.g.Shutdown(); err != nil {
 		t.Fatal(err)
@@ -123,7 +195,7 @@ func (tg *testGroup) hash() (h uint64, applied uint64) {
 	return h, applied
 }
 
-func encode(t *testing.T, c *shard.Command) []byte {
+func encode(t testing.TB, c *shard.Command) []byte {
 	t.Helper()
 	b, err := msgpack.Marshal(c)
 	if err != nil {
@@ -132,7 +204,7 @@ func encode(t *testing.T, c *shard.Command) []byte {
 	return b
 }
 
-func createAccounts(t *testing.T, g *Group, ids ...string) {
+func createAccounts(t testing.TB, g *Group, ids ...string) {
 	t.Helper()
 	c := shard.Command{Kind: shard.KindCreateAccounts}
 	for _, id := range ids {

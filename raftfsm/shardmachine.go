@@ -43,6 +43,8 @@ func NewShardMachine(id uint32, store *history.Store) *ShardMachine {
 	return &ShardMachine{st: shard.New(id, store), store: store}
 }
 
+func (m *ShardMachine) notifyDamage(fn func(error)) { m.store.OnDamage(fn) }
+
 // History returns the shard's history store, for queries.
 func (m *ShardMachine) History() *history.Store { return m.store }
 
@@ -58,11 +60,11 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 	for i, raw := range cmds {
 		entry.Commands[0] = shard.Command{}
 		if err := transport.Unmarshal(raw, &entry.Commands[0]); err != nil {
-			// Handlers check commands before proposing them, so this is
-			// a bug or a forged proposal. Every replica sees the same
-			// bytes and refuses them alike: nothing changes.
-			results[i] = fmt.Errorf("shard %d log index %d: undecodable command: %w", m.st.ID(), index, err)
-			continue
+			// Handlers check commands before proposing them, and the
+			// entry's checksum held: a bug. Skipping the command would
+			// drop what its proposer may have been told; the group
+			// stops instead, on every replica alike.
+			panic(fmt.Sprintf("shard %d log index %d: command %d of %d does not decode: %v", m.st.ID(), index, i, len(cmds), err))
 		}
 		results[i] = m.st.Apply(&entry)
 	}
@@ -73,6 +75,12 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 	}
 	m.applied = index
 	return results
+}
+
+// CheckCommand decodes a command as Apply will, before it is proposed.
+func (m *ShardMachine) CheckCommand(cmd []byte) error {
+	var c shard.Command
+	return transport.Unmarshal(cmd, &c)
 }
 
 // Read calls fn with the state under a read lock; fn must not keep it.
@@ -144,12 +152,21 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 
 // Covers tells whether the history store covers a snapshot (its head).
 func (m *ShardMachine) Covers(snapshot io.Reader) (bool, error) {
-	applied, err := binary.ReadUvarint(bufio.NewReader(snapshot))
+	applied, err := m.SnapshotIndex(snapshot)
 	if err != nil {
-		return false, fmt.Errorf("snapshot applied index: %w", err)
+		return false, err
 	}
 	durable, err := m.store.Durable()
 	return durable >= applied, err
+}
+
+// SnapshotIndex reads the index a snapshot was taken at from its head.
+func (m *ShardMachine) SnapshotIndex(snapshot io.Reader) (uint64, error) {
+	applied, err := binary.ReadUvarint(bufio.NewReader(snapshot))
+	if err != nil {
+		return 0, fmt.Errorf("snapshot applied index: %w", err)
+	}
+	return applied, nil
 }
 
 // stateSnapshot is the applied index (a uvarint: Raft does not tell Restore)

@@ -75,6 +75,10 @@ type Config struct {
 	ClientTLS ClientTLS
 	// Insecure lets a multi-node node run without node TLS.
 	Insecure bool
+	// Salvage starts a single node whose storage is damaged from its last
+	// good state instead of refusing to (node.Config.Salvage,
+	// docs/storage.md).
+	Salvage bool
 	// SagaFault injects faults into saga messages (tests only).
 	SagaFault func(to uint32, cmd *shard.Command) node.Fault
 }
@@ -181,7 +185,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.node, err = node.Start(ctx, node.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, RaftTLS: nodeTLS,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
-		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect, Join: cfg.Join,
+		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect, Join: cfg.Join, Salvage: cfg.Salvage,
 	})
 	if err != nil {
 		return nil, err

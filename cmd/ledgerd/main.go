@@ -116,6 +116,7 @@ func addFlags(f *pflag.FlagSet, cfg *server.Config, o *options) {
 	f.StringVar(&cfg.TLS.CA, "tls-ca", "", "the cluster CA's PEM certificate: peers must show a certificate it issued")
 	f.StringVar(&cfg.TLS.ServerName, "tls-server-name", nodetls.DefaultServerName, "the DNS name every node certificate carries, checked by the dialing node")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "let a multi-node node run without node TLS (--tls-cert, --tls-key, --tls-ca): anyone who reaches its Raft or NATS cluster port can forge the cluster's messages")
+	f.BoolVar(&cfg.Salvage, "salvage", false, "start a single node whose storage is damaged from its last good state instead of refusing to; acknowledged transfers after the damage may be lost (docs/storage.md)")
 	f.StringVar(&cfg.Providers, "providers", "", "the providers `file`: clients authenticate, each an operator or a provider confined to its ledgers and id prefixes (without it every client is an operator)")
 	f.StringVar(&cfg.ClientTLS.Cert, "nats-tls-cert", "", "PEM certificate of the embedded NATS server's client port: clients connect with TLS")
 	f.StringVar(&cfg.ClientTLS.Key, "nats-tls-key", "", "the private key of --nats-tls-cert (PEM)")
