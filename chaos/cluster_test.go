@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -55,7 +54,7 @@ type node struct {
 
 type process struct {
 	cmd     *exec.Cmd
-	log     *lineLog
+	log     *testnet.Log
 	exited  chan struct{}
 	waitErr error
 }
@@ -98,7 +97,7 @@ func newCluster(t *testing.T, bin string, n, shards int) *cluster {
 			p.target = b.raftAddr
 			via = append(via, b.raftAddr+"="+p.addr())
 		}
-		a.env = append(childEnv(), "LEDGERD_TEST_RAFT_VIA="+strings.Join(via, ","))
+		a.env = append(testnet.ChildEnv(), "LEDGERD_TEST_RAFT_VIA="+strings.Join(via, ","))
 	}
 	for _, row := range c.proxies {
 		for _, p := range row {
@@ -127,7 +126,7 @@ func (c *cluster) launch(i int, join bool) {
 			routes = append(routes, o.clusterAddr)
 		}
 	}
-	lw := &lineLog{ready: make(chan struct{})}
+	lw := testnet.NewLog()
 	cmd := exec.Command(c.bin,
 		"--node-id", n.id, "--data-dir", n.dataDir,
 		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
@@ -162,10 +161,10 @@ func (c *cluster) waitReady(i int) {
 	deadline := time.After(readyGuard)
 	for {
 		select {
-		case <-n.cur.log.ready:
+		case <-n.cur.log.Ready():
 			return
 		case <-deadline:
-			c.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.tail(30))
+			c.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.Tail(30))
 		case <-time.After(100 * time.Millisecond):
 		}
 		// A forming node waits for every other: any of them exiting
@@ -174,7 +173,7 @@ func (c *cluster) waitReady(i int) {
 			if p := o.cur; p != nil {
 				select {
 				case <-p.exited:
-					c.t.Fatalf("%s exited while %s was starting: %v\n%s", o.id, n.id, p.waitErr, p.log.tail(30))
+					c.t.Fatalf("%s exited while %s was starting: %v\n%s", o.id, n.id, p.waitErr, p.log.Tail(30))
 				default:
 				}
 			}
@@ -237,12 +236,12 @@ func (c *cluster) cleanup() {
 	for _, n := range c.nodes {
 		for r, p := range n.runs {
 			for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
-				if p.log.contains(bad) {
+				if p.log.Contains(bad) {
 					c.t.Errorf("%s run %d logged %q", n.id, r+1, bad)
 				}
 			}
 			if c.t.Failed() {
-				c.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.tail(40))
+				c.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.Tail(40))
 			}
 		}
 	}
@@ -426,110 +425,19 @@ func (p *proxy) close() {
 	p.setCut(true)
 }
 
-// lineLog collects a process's output lines and closes ready at the
-// "ledgerd ready" line.
-type lineLog struct {
-	mu      sync.Mutex
-	partial []byte
-	lines   []string
-	ready   chan struct{}
-	isReady bool
-}
-
-func (w *lineLog) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.partial = append(w.partial, p...)
-	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(w.partial[:i])
-		w.partial = w.partial[i+1:]
-		w.lines = append(w.lines, line)
-		if !w.isReady && strings.Contains(line, "ledgerd ready") {
-			w.isReady = true
-			close(w.ready)
-		}
-	}
-	return len(p), nil
-}
-
-func (w *lineLog) contains(s string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, l := range w.lines {
-		if strings.Contains(l, s) {
-			return true
-		}
-	}
-	return false
-}
-
-func (w *lineLog) count(s string) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, l := range w.lines {
-		if strings.Contains(l, s) {
-			n++
-		}
-	}
-	return n
-}
-
 // logged counts the lines of every run of every node that contain s.
 func (c *cluster) logged(s string) int {
 	n := 0
 	for _, nd := range c.nodes {
 		for _, p := range nd.runs {
-			n += p.log.count(s)
+			n += p.log.Count(s)
 		}
 	}
 	return n
 }
 
-func (w *lineLog) tail(n int) string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Join(w.lines[max(0, len(w.lines)-n):], "\n")
-}
-
-// childEnv is the test's environment without LEDGER_* variables (they
-// would override flags the harness does not pass).
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LEDGER_") && !strings.HasPrefix(kv, "LEDGERD_TEST_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// buildLedgerd builds ./cmd/ledgerd into a temporary directory
-// (LEDGERD_CHAOS_RACE=1: with the race detector).
+// buildLedgerd builds ./cmd/ledgerd (LEDGERD_CHAOS_RACE=1: with the race
+// detector).
 func buildLedgerd(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go command to build ledgerd: %v", err)
-	}
-	out, err := exec.Command(goBin, "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "ledgerd")
-	args := []string{"build", "-o", bin}
-	if os.Getenv("LEDGERD_CHAOS_RACE") == "1" {
-		args = append(args, "-race")
-	}
-	args = append(args, "./cmd/ledgerd")
-	build := exec.Command(goBin, args...)
-	build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return bin
+	return testnet.BuildLedgerd(t, os.Getenv("LEDGERD_CHAOS_RACE") == "1")
 }

@@ -106,7 +106,7 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 	cl.stop()
 	restored := 0
 	for _, p := range cl.runs[1:] {
-		if p.log.contains("restored from snapshot") {
+		if p.log.Contains("restored from snapshot") {
 			restored++
 		}
 	}

@@ -3,7 +3,6 @@
 package crash
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -129,7 +127,7 @@ func (cl *cluster) shardsWanted() int {
 func (cl *cluster) start() {
 	t := cl.t
 	t.Helper()
-	lw := &logWriter{ready: make(chan struct{})}
+	lw := testnet.NewLog()
 	cmd := exec.Command(cl.bin,
 		"--data-dir", cl.dataDir,
 		"--nats-listen", cl.natsAddr,
@@ -139,7 +137,7 @@ func (cl *cluster) start() {
 		"--log-level", "info",
 	)
 	cmd.Args = append(cmd.Args, cl.args...)
-	cmd.Env = append(childEnv(), cl.env...)
+	cmd.Env = append(testnet.ChildEnv(), cl.env...)
 	cmd.Stdout, cmd.Stderr = lw, lw // the same writer: one pipe, one writer goroutine
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ledgerd: %v", err)
@@ -152,7 +150,7 @@ func (cl *cluster) start() {
 	cl.runs = append(cl.runs, p)
 	cl.cur = p
 	select {
-	case <-lw.ready:
+	case <-lw.Ready():
 	case <-p.exited:
 		t.Fatalf("ledgerd (run %d) exited before ready: %v", len(cl.runs), p.waitErr)
 	case <-time.After(readyGuard):
@@ -208,7 +206,7 @@ func (cl *cluster) stop() {
 	if p.waitErr != nil {
 		t.Errorf("ledgerd exit after SIGTERM: %v", p.waitErr)
 	}
-	if !p.log.contains("stopping") {
+	if !p.log.Contains("stopping") {
 		t.Errorf(`ledgerd exited on SIGTERM without logging "stopping"`)
 	}
 }
@@ -226,17 +224,17 @@ func (cl *cluster) cleanup() {
 	}
 	for i, p := range cl.runs {
 		for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
-			if p.log.contains(bad) {
+			if p.log.Contains(bad) {
 				cl.t.Errorf("ledgerd run %d logged %q", i+1, bad)
 			}
 		}
-		if n := p.log.count("level=ERROR"); n > 0 {
-			cl.t.Logf("ledgerd run %d logged %d ERROR lines, e.g.: %s", i+1, n, p.log.first("level=ERROR"))
+		if n := p.log.Count("level=ERROR"); n > 0 {
+			cl.t.Logf("ledgerd run %d logged %d ERROR lines, e.g.: %s", i+1, n, p.log.First("level=ERROR"))
 		}
 	}
 	if cl.t.Failed() || os.Getenv("LEDGERD_CRASH_LOGS") == "1" {
 		for i, p := range cl.runs {
-			cl.t.Logf("---- ledgerd run %d output (last lines) ----\n%s", i+1, p.log.tail(60))
+			cl.t.Logf("---- ledgerd run %d output (last lines) ----\n%s", i+1, p.log.Tail(60))
 		}
 	}
 }
@@ -283,117 +281,13 @@ func (cl *cluster) waitQuiet(c *client.Client) *transport.StatusReply {
 	}
 }
 
-// logWriter collects the process's output lines and closes ready at the
-// "ledgerd ready" line.
-type logWriter struct {
-	mu      sync.Mutex
-	partial []byte
-	lines   []string
-	ready   chan struct{}
-	isReady bool
-}
+// logWriter is a process's log (testnet.Log).
+type logWriter = testnet.Log
 
-func (w *logWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.partial = append(w.partial, p...)
-	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(w.partial[:i])
-		w.partial = w.partial[i+1:]
-		w.lines = append(w.lines, line)
-		if !w.isReady && strings.Contains(line, "ledgerd ready") {
-			w.isReady = true
-			close(w.ready)
-		}
-	}
-	return len(p), nil
-}
-
-func (w *logWriter) all() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := append([]string(nil), w.lines...)
-	if len(w.partial) > 0 {
-		out = append(out, string(w.partial))
-	}
-	return out
-}
-
-func (w *logWriter) contains(s string) bool { return w.first(s) != "" }
-
-func (w *logWriter) first(s string) string {
-	for _, l := range w.all() {
-		if strings.Contains(l, s) {
-			return l
-		}
-	}
-	return ""
-}
-
-func (w *logWriter) count(s string) int {
-	n := 0
-	for _, l := range w.all() {
-		if strings.Contains(l, s) {
-			n++
-		}
-	}
-	return n
-}
-
-func (w *logWriter) tail(n int) string {
-	l := w.all()
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
-}
-
-// childEnv is the test's environment without LEDGER_* variables, which
-// would override flags the test does not pass.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LEDGER_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// buildLedgerd builds ./cmd/ledgerd from the module root into a temp dir.
-// LEDGERD_CRASH_RACE=1 builds it with the race detector.
+// buildLedgerd builds ./cmd/ledgerd (LEDGERD_CRASH_RACE=1: with the race
+// detector).
 func buildLedgerd(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go command to build ledgerd: %v", err)
-	}
-	out, err := exec.Command(goBin, "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		t.Fatalf("not in a module (GOMOD=%q)", gomod)
-	}
-	bin := filepath.Join(t.TempDir(), "ledgerd")
-	args := []string{"build", "-o", bin}
-	if os.Getenv("LEDGERD_CRASH_RACE") == "1" {
-		args = append(args, "-race")
-	}
-	args = append(args, "./cmd/ledgerd")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, goBin, args...)
-	build.Dir = filepath.Dir(gomod)
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return bin
+	return testnet.BuildLedgerd(t, os.Getenv("LEDGERD_CRASH_RACE") == "1")
 }
 
 // crashRNG skips the test in -short mode (it builds and kills the real

@@ -289,7 +289,7 @@ func (mc *multiCluster) launch(i int) {
 			routes = append(routes, o.clusterAddr)
 		}
 	}
-	lw := &logWriter{ready: make(chan struct{})}
+	lw := testnet.NewLog()
 	cmd := exec.Command(mc.bin,
 		"--node-id", n.id, "--data-dir", n.dataDir,
 		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
@@ -304,7 +304,7 @@ func (mc *multiCluster) launch(i int) {
 	} else {
 		cmd.Args = append(cmd.Args, "--bootstrap-expect", fmt.Sprint(mc.formed))
 	}
-	cmd.Env = childEnv()
+	cmd.Env = testnet.ChildEnv()
 	cmd.Stdout, cmd.Stderr = lw, lw
 	if err := cmd.Start(); err != nil {
 		mc.t.Fatalf("start %s: %v", n.id, err)
@@ -322,11 +322,11 @@ func (mc *multiCluster) waitReady(i int) {
 	mc.t.Helper()
 	n := mc.nodes[i]
 	select {
-	case <-n.cur.log.ready:
+	case <-n.cur.log.Ready():
 	case <-n.cur.exited:
-		mc.t.Fatalf("%s exited before ready: %v\n%s", n.id, n.cur.waitErr, n.cur.log.tail(30))
+		mc.t.Fatalf("%s exited before ready: %v\n%s", n.id, n.cur.waitErr, n.cur.log.Tail(30))
 	case <-time.After(readyGuard):
-		mc.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.tail(30))
+		mc.t.Fatalf("%s not ready after %v\n%s", n.id, readyGuard, n.cur.log.Tail(30))
 	}
 }
 
@@ -398,8 +398,8 @@ func (mc *multiCluster) stop(i int) {
 		mc.t.Fatalf("%s did not exit %v after SIGTERM", n.id, exitGuard)
 	}
 	n.cur = nil
-	if p.waitErr != nil || !p.log.contains("stopping") {
-		mc.t.Errorf("%s after SIGTERM: %v (logged stopping: %v)", n.id, p.waitErr, p.log.contains("stopping"))
+	if p.waitErr != nil || !p.log.Contains("stopping") {
+		mc.t.Errorf("%s after SIGTERM: %v (logged stopping: %v)", n.id, p.waitErr, p.log.Contains("stopping"))
 	}
 }
 
@@ -413,12 +413,12 @@ func (mc *multiCluster) cleanup() {
 	for _, n := range mc.nodes {
 		for r, p := range n.runs {
 			for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
-				if p.log.contains(bad) {
+				if p.log.Contains(bad) {
 					mc.t.Errorf("%s run %d logged %q", n.id, r+1, bad)
 				}
 			}
 			if mc.t.Failed() {
-				mc.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.tail(40))
+				mc.t.Logf("---- %s run %d (last lines) ----\n%s", n.id, r+1, p.log.Tail(40))
 			}
 		}
 	}

@@ -57,7 +57,7 @@ func TestTLSClusterMembership(t *testing.T) {
 		mc.waitReady(i)
 	}
 	for i, n := range mc.nodes {
-		if n.cur.log.contains("no node TLS") {
+		if n.cur.log.Contains("no node TLS") {
 			t.Fatalf("node %d runs without TLS", i+1)
 		}
 	}
@@ -87,8 +87,8 @@ func TestTLSClusterMembership(t *testing.T) {
 	}
 	mc.launch(2)
 	mc.waitReady(2)
-	if !mc.nodes[2].cur.log.contains("joining it") || mc.nodes[2].cur.log.contains("forming the cluster") {
-		t.Fatalf("node-3 without data did not join\n%s", mc.nodes[2].cur.log.tail(20))
+	if !mc.nodes[2].cur.log.Contains("joining it") || mc.nodes[2].cur.log.Contains("forming the cluster") {
+		t.Fatalf("node-3 without data did not join\n%s", mc.nodes[2].cur.log.Tail(20))
 	}
 	mc.waitCaughtUp(c)
 
@@ -109,19 +109,19 @@ func TestTLSClusterMembership(t *testing.T) {
 	imp.args = tlsArgs(t, other, filepath.Join(t.TempDir()))
 	mc.launch(4)
 	deadline := time.Now().Add(quietGuard)
-	for imp.cur.log.count("joining: retrying") < 10 {
+	for imp.cur.log.Count("joining: retrying") < 10 {
 		select {
 		case <-imp.cur.exited:
-			t.Fatalf("the impostor exited: %v\n%s", imp.cur.waitErr, imp.cur.log.tail(20))
+			t.Fatalf("the impostor exited: %v\n%s", imp.cur.waitErr, imp.cur.log.Tail(20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the impostor never tried to join\n%s", imp.cur.log.tail(20))
+			t.Fatalf("the impostor never tried to join\n%s", imp.cur.log.Tail(20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if imp.cur.log.contains("ledgerd ready") || imp.cur.log.contains("joined") {
-		t.Fatalf("a node of another CA joined\n%s", imp.cur.log.tail(20))
+	if imp.cur.log.Contains("ledgerd ready") || imp.cur.log.Contains("joined") {
+		t.Fatalf("a node of another CA joined\n%s", imp.cur.log.Tail(20))
 	}
 	st = mc.status(c)
 	var nodes []string

@@ -47,7 +47,7 @@ func TestChainsAcrossShardsAtEveryStepOfKill9(t *testing.T) {
 		unknown := b.load(t, c, rng, step, run.exited)
 		cl.reapKilled(2 * quietGuard)
 		nc.Close()
-		if !run.log.contains("test crash point reached") {
+		if !run.log.Contains("test crash point reached") {
 			t.Fatalf("%s: the process died without reaching its crash point", point)
 		}
 		cl.env = nil

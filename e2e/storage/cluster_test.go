@@ -57,8 +57,8 @@ func TestDamagedReplicaHealsFromItsPeers(t *testing.T) {
 	c.launch(victim)
 	c.waitReady(victim)
 	log := c.nodes[victim].cur.log
-	if n := log.count("moving this node's copy of the group aside"); n != 3 {
-		t.Fatalf("the damaged node moved %d groups aside, want 3:\n%s", n, log.tail(40))
+	if n := log.Count("moving this node's copy of the group aside"); n != 3 {
+		t.Fatalf("the damaged node moved %d groups aside, want 3:\n%s", n, log.Tail(40))
 	}
 	c.waitLogged(victim, "promoted to voter", 3)
 
@@ -133,7 +133,7 @@ func (c *cluster) launch(i int) {
 func (c *cluster) waitReady(i int) {
 	c.t.Helper()
 	if !c.nodes[i].cur.waitReady(c.t) {
-		c.t.Fatalf("%s exited: %v\n%s", c.nodes[i].id, c.nodes[i].cur.waitErr, c.nodes[i].cur.log.tail(40))
+		c.t.Fatalf("%s exited: %v\n%s", c.nodes[i].id, c.nodes[i].cur.waitErr, c.nodes[i].cur.log.Tail(40))
 	}
 }
 
@@ -146,9 +146,9 @@ func (c *cluster) kill(i int) {
 func (c *cluster) waitLogged(i int, s string, n int) {
 	c.t.Helper()
 	deadline := time.Now().Add(readyGuard)
-	for c.nodes[i].cur.log.count(s) < n {
+	for c.nodes[i].cur.log.Count(s) < n {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("%s logged %q %d times in %v, want %d:\n%s", c.nodes[i].id, s, c.nodes[i].cur.log.count(s), readyGuard, n, c.nodes[i].cur.log.tail(40))
+			c.t.Fatalf("%s logged %q %d times in %v, want %d:\n%s", c.nodes[i].id, s, c.nodes[i].cur.log.Count(s), readyGuard, n, c.nodes[i].cur.log.Tail(40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

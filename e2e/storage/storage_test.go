@@ -100,7 +100,7 @@ func trySeed(t *testing.T, bin, template string, seed uint64, files []string, id
 			t.Logf("%s: refused: %s", desc, shorten(line))
 			return "refused"
 		}
-		t.Errorf("%s: ledgerd exited without naming the damage (%v):\n%s", desc, p.waitErr, p.log.tail(30))
+		t.Errorf("%s: ledgerd exited without naming the damage (%v):\n%s", desc, p.waitErr, p.log.Tail(30))
 		return "refused without naming it"
 	}
 	got, err := readUntilDamage(t, p, ids)
@@ -115,11 +115,11 @@ func trySeed(t *testing.T, bin, template string, seed uint64, files []string, id
 	}
 	p.kill()
 	if damageLine(p) == "" {
-		t.Errorf("%s: a read failed (%v) and ledgerd did not name damage:\n%s", desc, err, p.log.tail(30))
+		t.Errorf("%s: a read failed (%v) and ledgerd did not name damage:\n%s", desc, err, p.log.Tail(30))
 		return "read failed without naming damage"
 	}
 	if again, ready := startLedgerd(t, bin, dir, snapshotOften...); ready || damageLine(again) == "" {
-		t.Errorf("%s: after a read found damage, ledgerd started again (ready %v):\n%s", desc, ready, again.log.tail(30))
+		t.Errorf("%s: after a read found damage, ledgerd started again (ready %v):\n%s", desc, ready, again.log.Tail(30))
 	}
 	t.Logf("%s: a read found it: %s", desc, shorten(damageLine(p)))
 	return "a read found it, then refused"
@@ -152,7 +152,7 @@ func readUntilDamage(t *testing.T, p *process, ids *accountsAndTransfers) (strin
 // damageLine is the first line of p's output that names damaged storage.
 func damageLine(p *process) string {
 	for _, s := range []string{"damaged storage", "storage damaged"} {
-		if l := p.log.first(s); l != "" {
+		if l := p.log.First(s); l != "" {
 			return l
 		}
 	}
@@ -340,7 +340,7 @@ func writeData(t *testing.T, bin, dir string) *accountsAndTransfers {
 	t.Helper()
 	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
 	if !ready {
-		t.Fatalf("ledgerd exited: %v\n%s", p.waitErr, p.log.tail(30))
+		t.Fatalf("ledgerd exited: %v\n%s", p.waitErr, p.log.Tail(30))
 	}
 	nc, c := p.connect(t)
 	defer nc.Close()
@@ -401,7 +401,7 @@ func baseline(t *testing.T, bin, template string, ids *accountsAndTransfers) str
 	}
 	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
 	if !ready {
-		t.Fatalf("the undamaged copy did not start: %v\n%s", p.waitErr, p.log.tail(30))
+		t.Fatalf("the undamaged copy did not start: %v\n%s", p.waitErr, p.log.Tail(30))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), reqGuard)
 	defer cancel()
