@@ -217,24 +217,11 @@ func (pr *Provider) check() error {
 	return nil
 }
 
-// Identify returns the identity of a NATS account, as the server reported
+// identify returns the identity of a NATS account, as the server reported
 // it for a request.
-func (p *Policy) Identify(account string) (*Identity, bool) {
+func (p *Policy) identify(account string) (*Identity, bool) {
 	id, ok := p.byAccount[account]
 	return id, ok
-}
-
-// Identity returns a provider's or operator's identity by user name.
-func (p *Policy) Identity(user string) (*Identity, bool) {
-	if id, ok := p.byAccount[ProviderAccountPrefix+user]; ok {
-		return id, true
-	}
-	for _, o := range p.file.Operators {
-		if o.User == user {
-			return p.byAccount[OperatorsAccount], true
-		}
-	}
-	return nil, false
 }
 
 // Providers returns the providers' user names.
@@ -358,7 +345,7 @@ func (p *Policy) Requester(info string) (*Identity, error) {
 	if err := json.Unmarshal([]byte(info), &ci); err != nil {
 		return nil, fmt.Errorf("%w: bad %s header: %v", ErrNoIdentity, RequestInfoHeader, err)
 	}
-	id, ok := p.Identify(ci.Account)
+	id, ok := p.identify(ci.Account)
 	if !ok {
 		return nil, fmt.Errorf("%w: account %q is no operator's or provider's", ErrNoIdentity, ci.Account)
 	}

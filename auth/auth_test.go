@@ -57,8 +57,8 @@ func TestPolicyIdentifiesAccounts(t *testing.T) {
 	if err != nil || acme.Operator() || !acme.Owner.Owns("acme-1") || acme.Owner.Owns("globex-1") || acme.Limits.RequestsInFlight != DefaultRequestsInFlight {
 		t.Fatalf("acme: %+v %v", acme, err)
 	}
-	globex, _ := p.Identity("globex")
-	if !globex.Owner.Allows(2) || globex.Limits.RequestsInFlight != 8 || !globex.Owner.Owns("gx:9") {
+	globex, err := p.Requester(`{"acc":"provider-globex"}`)
+	if err != nil || !globex.Owner.Allows(2) || globex.Limits.RequestsInFlight != 8 || !globex.Owner.Owns("gx:9") {
 		t.Fatalf("globex: %+v", globex)
 	}
 	if ops, err := p.Requester(`{"acc":"LEDGER_OPERATORS"}`); err != nil || !ops.Operator() {

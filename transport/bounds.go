@@ -23,8 +23,8 @@ import (
 // goroutine's stack, a fatal error that no recover catches (and, for a
 // proposed command, one every replica would hit again on replay).
 func CheckBounds(data []byte, countMax int) error {
-	var open [nestingMax]int // the elements still to come in each open container
-	depth, pos := 0, 0
+	var open containers
+	pos := 0
 	for {
 		if pos >= len(data) {
 			return fmt.Errorf("msgpack truncated at byte %d", pos)
@@ -47,23 +47,11 @@ func CheckBounds(data []byte, countMax int) error {
 			return fmt.Errorf("msgpack value at byte %d declares more than the %d bytes left", pos, len(data)-pos)
 		}
 		pos += skip
-		if items > 0 {
-			if depth == nestingMax {
-				return fmt.Errorf("msgpack containers nested more than %d deep at byte %d", nestingMax, pos)
-			}
-			open[depth] = items
-			depth++
-			continue
+		done, err := open.value(items, pos)
+		if err != nil {
+			return err
 		}
-		// A complete value, which may complete its containers in turn.
-		for depth > 0 {
-			open[depth-1]--
-			if open[depth-1] > 0 {
-				break
-			}
-			depth--
-		}
-		if depth == 0 {
+		if done {
 			if pos != len(data) {
 				return fmt.Errorf("%d bytes after the msgpack value, which ends at byte %d", len(data)-pos, pos)
 			}
@@ -165,8 +153,7 @@ func DecodeRaw(dec *msgpack.Decoder, countMax int) ([]byte, error) {
 		}
 		return nil
 	}
-	var open [nestingMax]int
-	depth := 0
+	var open containers
 	for {
 		start := len(out)
 		if err := read(1); err != nil {
@@ -190,25 +177,44 @@ func DecodeRaw(dec *msgpack.Decoder, countMax int) ([]byte, error) {
 		if isMap {
 			items = 2 * count
 		}
-		if items > 0 {
-			if depth == nestingMax {
-				return nil, fmt.Errorf("msgpack containers nested more than %d deep at byte %d", nestingMax, start)
-			}
-			open[depth] = items
-			depth++
-			continue
+		done, err := open.value(items, start)
+		if err != nil {
+			return nil, err
 		}
-		for depth > 0 {
-			open[depth-1]--
-			if open[depth-1] > 0 {
-				break
-			}
-			depth--
-		}
-		if depth == 0 {
+		if done {
 			return out, nil
 		}
 	}
+}
+
+// containers are the msgpack containers a scan is inside, each with the
+// elements still to come in it.
+type containers struct {
+	left  [nestingMax]int
+	depth int
+}
+
+// value records a value whose header was read at byte pos: a container of
+// items elements (items > 0) is entered; any other value is complete, and
+// may complete its containers in turn. It reports whether that completed
+// the outermost value.
+func (c *containers) value(items, pos int) (done bool, err error) {
+	if items > 0 {
+		if c.depth == nestingMax {
+			return false, fmt.Errorf("msgpack containers nested more than %d deep at byte %d", nestingMax, pos)
+		}
+		c.left[c.depth] = items
+		c.depth++
+		return false, nil
+	}
+	for c.depth > 0 {
+		c.left[c.depth-1]--
+		if c.left[c.depth-1] > 0 {
+			return false, nil
+		}
+		c.depth--
+	}
+	return true, nil
 }
 
 // rawChunkBytes is how much DecodeRaw allocates ahead of what it has read.
