@@ -24,16 +24,24 @@ func (s *Store) check(err error) error {
 		if rerr := recordDamage(s.dir, err); rerr != nil {
 			s.log.Error("record the damage", "err", rerr)
 		}
+		s.damaged.Store(&err)
 		if fn := s.onDamage.Load(); fn != nil {
-			go (*fn)(err)
+			s.notify.Do(func() { go (*fn)(err) })
 		}
 	})
 	return err
 }
 
 // OnDamage sets what to call (once, in a goroutine of its own) when a read
-// finds the store damaged: the shard's group stops serving on this node.
-func (s *Store) OnDamage(fn func(error)) { s.onDamage.Store(&fn) }
+// or a compaction finds the store damaged: the shard's group stops serving
+// on this node. Damage found before it is set (a compaction at start) is
+// told at once.
+func (s *Store) OnDamage(fn func(error)) {
+	s.onDamage.Store(&fn)
+	if err := s.damaged.Load(); err != nil {
+		s.notify.Do(func() { go fn(*err) })
+	}
+}
 
 func recordDamage(dir string, found error) error {
 	f, err := os.OpenFile(filepath.Join(dir, damageMarker), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)

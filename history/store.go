@@ -74,8 +74,11 @@ type Store struct {
 	lock *pebble.Lock
 	dir  string
 	log  *slog.Logger
-	// damage records the first damage a read found, and tells onDamage.
+	// damage records the first damage a read found; damaged keeps it, and
+	// notify tells onDamage once, whichever of the two comes first.
 	damage   sync.Once
+	damaged  atomic.Pointer[error]
+	notify   sync.Once
 	onDamage atomic.Pointer[func(error)]
 	// The entry being applied (between Begin and Commit): its rows, the
 	// transfers among them by id (read back within the entry), and one
@@ -188,9 +191,14 @@ func Open(dir string, o Options) (*Store, error) {
 	// error as well: the store records the damage and returns it.
 	s := &Store{dir: dir, log: o.Logger}
 	var err error
-	opts.EventListener = &pebble.EventListener{DataCorruption: func(info pebble.DataCorruptionInfo) {
-		_ = s.check(fmt.Errorf("%s: %w", info.Path, info.Details))
-	}}
+	opts.EventListener = &pebble.EventListener{
+		DataCorruption: func(info pebble.DataCorruptionInfo) {
+			_ = s.check(fmt.Errorf("%s: %w", info.Path, info.Details))
+		},
+		// A compaction that meets a damaged block fails in the background
+		// and is retried forever: damage, like a read's.
+		BackgroundError: func(err error) { _ = s.check(err) },
+	}
 	// Ids are looked up on every new transfer and almost never found:
 	// bloom filters answer those without reading a block.
 	for i := range opts.Levels {
