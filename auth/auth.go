@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -27,6 +28,9 @@ type Limits struct {
 	Connections      int `json:"connections,omitempty"`
 	Subscriptions    int `json:"subscriptions,omitempty"`
 	RequestsInFlight int `json:"requests_in_flight,omitempty"`
+	// PendingTransfers bounds the open pending transfers the provider may
+	// hold on each shard (transport.Owner.PendingMax).
+	PendingTransfers int `json:"pending_transfers,omitempty"`
 }
 
 // Default limits of a provider that sets none. 64 connections and 512
@@ -37,6 +41,9 @@ const (
 	DefaultConnections      = 64
 	DefaultSubscriptions    = 1024
 	DefaultRequestsInFlight = 512
+	// DefaultPendingTransfers: 100,000 open pending transfers a shard, a
+	// few tens of MB of a shard's memory per provider.
+	DefaultPendingTransfers = 100_000
 )
 
 func (l Limits) withDefaults() Limits {
@@ -48,6 +55,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.RequestsInFlight == 0 {
 		l.RequestsInFlight = DefaultRequestsInFlight
+	}
+	if l.PendingTransfers == 0 {
+		l.PendingTransfers = DefaultPendingTransfers
 	}
 	return l
 }
@@ -160,10 +170,12 @@ func Parse(b []byte) (*Policy, error) {
 			}
 			owners[prefix] = pr.User.User
 		}
+		limits := pr.Limits.withDefaults()
 		p.byAccount[ProviderAccountPrefix+pr.User.User] = &Identity{
-			Name:   pr.User.User,
-			Owner:  &transport.Owner{Prefixes: slices.Clone(pr.Accounts), Ledgers: slices.Clone(pr.Ledgers)},
-			Limits: pr.Limits.withDefaults(),
+			Name: pr.User.User,
+			Owner: &transport.Owner{Prefixes: slices.Clone(pr.Accounts), Ledgers: slices.Clone(pr.Ledgers),
+				PendingMax: uint32(limits.PendingTransfers)},
+			Limits: limits,
 		}
 	}
 	p.byAccount[OperatorsAccount] = &Identity{Name: "operator"}
@@ -211,8 +223,11 @@ func (pr *Provider) check() error {
 		}
 	}
 	l := pr.Limits
-	if l.Connections < 0 || l.Subscriptions < 0 || l.RequestsInFlight < 0 {
+	if l.Connections < 0 || l.Subscriptions < 0 || l.RequestsInFlight < 0 || l.PendingTransfers < 0 {
 		return fmt.Errorf("limits %+v: a limit is positive (0: the default)", l)
+	}
+	if l.PendingTransfers > math.MaxUint32 {
+		return fmt.Errorf("limits: pending_transfers %d is over %d", l.PendingTransfers, uint32(math.MaxUint32))
 	}
 	return nil
 }

@@ -38,6 +38,8 @@ func TestParseNamesTheBadEntry(t *testing.T) {
 		{`providers: [{user: a, password: p, ledgers: [1], accounts: ["a b"]}]`, `account prefix "a b"`},
 		{`providers: [{user: a, password: p, ledgers: [1], accounts: ["acme"]}, {user: b, password: q, ledgers: [1], accounts: ["acme-x"]}]`, `providers[1] (b): account prefix "acme-x" overlaps "acme" of a`},
 		{`providers: [{user: a, password: p, ledgers: [1], accounts: ["a-"], limits: {connections: -1}}]`, "a limit is positive"},
+		{`providers: [{user: a, password: p, ledgers: [1], accounts: ["a-"], limits: {pending_transfers: -1}}]`, "a limit is positive"},
+		{`providers: [{user: a, password: p, ledgers: [1], accounts: ["a-"], limits: {pending_transfers: 4294967296}}]`, "pending_transfers 4294967296 is over"},
 		{`providers: [{user: a, password: "p` + "\x01" + `", ledgers: [1], accounts: ["a-"]}]`, "control character"},
 		{``, "no operators and no providers"},
 	} {

@@ -436,3 +436,57 @@ func floodLookups(t *testing.T, nc *nats.Conn, n int) (wait func() (answered, un
 		return answered, unavailable
 	}
 }
+
+// A provider's open pending transfers are bounded per shard: past the
+// limit its request is answered unavailable and changes nothing, and
+// posting one makes room again; another provider is not limited by it.
+func TestProviderPendingTransfersLimit(t *testing.T) {
+	c := startProviders(t, strings.Replace(providersFile, `accounts: ["acme-"]`, `accounts: ["acme-"]
+    limits: {pending_transfers: 2}`, 1))
+	bank, dst := c.accountOn("acme-bank", 1), c.accountOn("acme-dst", 1)
+	gx, gxDst := c.accountOn("globex-bank", 1), c.accountOn("globex-dst", 1)
+	c.mustCreateAccounts(acct(bank, 0), acct(dst, 0), acct(gx, 0), acct(gxDst, 0))
+	nc, err := c.connectAs("acme", "acme-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(ts ...transport.Transfer) *transport.ResultsReply {
+		t.Helper()
+		body, err := transport.Marshal(&transport.CreateTransfersRequest{Transfers: ts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := nc.Request(transport.Subjects{Prefix: transport.DefaultPrefix}.TransfersCreate(), body, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r transport.ResultsReply
+		if err := transport.Unmarshal(msg.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	if r := send(pendingXfer("acme-p1", bank, dst, 1, 0), pendingXfer("acme-p2", bank, dst, 1, 0)); r.Error != nil || names(r.Results)[0] != "ok" || names(r.Results)[1] != "ok" {
+		t.Fatalf("two pending transfers under the limit: %+v", r)
+	}
+	r := send(xfer("acme-x", bank, dst, 1), pendingXfer("acme-p3", bank, dst, 1, 0))
+	if r.Error == nil || r.Error.Code != transport.ErrUnavailableCode || !strings.Contains(r.Error.Message, "limit there is 2") {
+		t.Fatalf("a third pending transfer: %+v", r)
+	}
+	if got, err := c.c.LookupTransfers(c.ctx(), []string{"acme-x", "acme-p3"}); err != nil || len(got) != 0 {
+		t.Fatalf("the refused request applied: %+v %v", got, err)
+	}
+	// globex is not limited by acme's pending transfers.
+	globex := c.clientAs("globex", "globex-pw")
+	if rs, err := globex.CreateTransfers(c.ctx(), []transport.Transfer{pendingXfer("globex-p1", gx, gxDst, 1, 0)}); err != nil || rs[0].Code != transport.CodeOK {
+		t.Fatalf("globex: %v %v", names(rs), err)
+	}
+	// Posting one of acme's makes room for one more.
+	post := transport.Transfer{ID: "acme-post", PendingID: "acme-p1", Flags: transport.TransferPostPendingTransfer}
+	if r := send(post); r.Error != nil || names(r.Results)[0] != "ok" {
+		t.Fatalf("post: %+v", r)
+	}
+	if r := send(xfer("acme-x", bank, dst, 1), pendingXfer("acme-p3", bank, dst, 1, 0)); r.Error != nil || names(r.Results)[0] != "ok" || names(r.Results)[1] != "ok" {
+		t.Fatalf("after the post made room: %+v", r)
+	}
+}

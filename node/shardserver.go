@@ -276,6 +276,10 @@ func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output)
 	case shard.KindCreateAccounts:
 		respond(msg, &shard.Reply{Results: results(out.Events[0])})
 	case shard.KindCreateTransfers:
+		if why, refused := out.Refused[0]; refused {
+			respond(msg, &shard.Reply{Refused: why})
+			return
+		}
 		s.transfersApplied(msg, out)
 	case shard.KindCredit, shard.KindAbort:
 		respond(msg, &shard.Reply{Answers: out.Answers[0]})

@@ -262,6 +262,9 @@ var (
 	errShardTimeout = errors.New("shard outcome unknown at the deadline")
 	// errNoLeader: no shard leader took the request at all.
 	errNoLeader = errors.New("no shard leader before the deadline")
+	// errOverLimit: a shard refused the request's part by a provider's
+	// limit; that part changed nothing.
+	errOverLimit = errors.New("over a limit of the provider")
 )
 
 // refreshSlots keeps the slot map fresh.
@@ -368,6 +371,9 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			}
 			if reply.Invalid != "" {
 				return nil, fmt.Errorf("shard %d refused the request: %s", id, reply.Invalid)
+			}
+			if reply.Refused != "" {
+				return nil, fmt.Errorf("%w: %s", errOverLimit, reply.Refused)
 			}
 			if reply.Retry == "" {
 				return &reply, nil

@@ -426,7 +426,7 @@ func (s *State) finishPart(now uint64, t *transport.Transfer, p *ChainPart) uint
 		dr.DebitsPending -= t.Amount
 	case pending:
 		leg.State = transport.StatePending
-		s.transfers[leg.ID] = &leg
+		s.putOpen(leg.ID, &leg)
 		if leg.Timeout > 0 {
 			s.expiring[leg.ID] = expiresAt(&leg)
 		}

@@ -147,9 +147,9 @@ func (s *State) rollbackChain(u *chainUndo) {
 	}
 	for id, t := range u.transfers {
 		if t == nil {
-			delete(s.transfers, id)
+			s.dropOpen(id)
 		} else {
-			s.transfers[id] = t // records are never changed in place
+			s.putOpen(id, t) // records are never changed in place
 		}
 		if at := u.expiring[id]; at == 0 {
 			delete(s.expiring, id)

@@ -47,6 +47,8 @@ type State struct {
 	// requests: recent client requests, so that a router's re-send is
 	// answered as the first application was (requests.go).
 	requests requests
+	// owned: open pending transfers by provider prefix (owned.go).
+	owned ownedCounts
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -129,6 +131,9 @@ type Output struct {
 	Resolved []Resolved      // in-flight transfers that became final
 	Reserved []OutboxRow     // outbox rows written (cross-shard transfers reserved)
 	Expired  []string        // pending transfers voided by their timeout, in order
+	// Refused: why a create command was refused as a whole, by command
+	// index (nil if none was): it changed nothing (owned.go).
+	Refused map[int]string
 }
 
 // Apply applies every command of e in order. It never fails: malformed or
@@ -147,6 +152,13 @@ func (s *State) Apply(e *Entry) *Output {
 			out.Events[i] = s.createAccounts(e.Timestamp, c.Accounts)
 			s.answerAsFirst(c, from, out.Events[i])
 		case KindCreateTransfers:
+			if why := s.overPendingLimit(c); why != "" {
+				if out.Refused == nil {
+					out.Refused = map[int]string{}
+				}
+				out.Refused[i] = why
+				continue
+			}
 			from := s.last
 			s.owner = c.Owner
 			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, c.DebitShards, out)
@@ -328,7 +340,7 @@ func (s *State) createTransfer(now uint64, t *transport.Transfer, creditShard ui
 		if t.Timeout > 0 {
 			s.expiring[t.ID] = expiresAt(&stored)
 		}
-		s.transfers[t.ID] = &stored
+		s.putOpen(t.ID, &stored)
 	} else {
 		dr.DebitsPosted += stored.Amount
 		cr.CreditsPosted += stored.Amount
@@ -677,7 +689,7 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 			if pending {
 				closeAccounts(&stored, dr, nil, true)
 				stored.State = transport.StatePending
-				s.transfers[t.ID] = &stored
+				s.putOpen(t.ID, &stored)
 				s.remote[t.ID] = row.CreditShard
 				if t.Timeout > 0 {
 					s.expiring[t.ID] = expiresAt(&stored)

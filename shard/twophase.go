@@ -67,7 +67,7 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer, chained bool) 
 	s.stored++
 	s.recordTransfer(&stored, true, stored.Timestamp)
 	s.recordTransfer(&resolved, true, stored.Timestamp)
-	delete(s.transfers, p.ID)
+	s.dropOpen(p.ID)
 	delete(s.expiring, p.ID)
 	s.recordBalance(dr, stored.Timestamp)
 	if remote {
@@ -160,7 +160,7 @@ func (s *State) expire(now uint64, out *Output) {
 		dr := s.accounts[p.DebitAccountID]
 		dr.DebitsPending -= p.Amount
 		s.recordTransfer(&expired, true, ts)
-		delete(s.transfers, id)
+		s.dropOpen(id)
 		delete(s.expiring, id)
 		out.Expired = append(out.Expired, id)
 		s.recordBalance(dr, ts)

@@ -65,6 +65,10 @@ type Reply struct {
 	Unknown bool `msgpack:"unknown,omitempty"`
 	// Invalid is set when the request itself could not be decoded.
 	Invalid string `msgpack:"invalid,omitempty"`
+	// Refused is set when a limit refused the command as a whole, in
+	// apply (Output.Refused): nothing of it was applied; the client is
+	// answered unavailable, with this reason.
+	Refused string `msgpack:"refused,omitempty"`
 }
 
 // PeekKind reads a command's Kind without decoding the rest, so a leader

@@ -12,6 +12,10 @@ import "strings"
 type Owner struct {
 	Prefixes []string `msgpack:"p"`
 	Ledgers  []uint32 `msgpack:"l"`
+	// PendingMax bounds the open pending transfers the owner may hold on
+	// each shard (0: no bound). A create command that would pass it is
+	// refused as a whole, in apply, so every replica decides alike.
+	PendingMax uint32 `msgpack:"pm,omitempty"`
 }
 
 // Owns reports whether id is one of the owner's ids.
