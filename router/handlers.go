@@ -4,22 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/ledgerd/ledgerd/auth"
+	"github.com/ledgerd/ledgerd/router/plan"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
-
-// part is one shard's share of a batch: its command and, for each of its
-// events, the event's index in the client's batch.
-type part struct {
-	cmd   shard.Command
-	index []int
-}
 
 func (r *Router) createAccounts(ctx context.Context, caller *auth.Identity, body []byte) any {
 	var req transport.CreateAccountsRequest
@@ -30,23 +23,7 @@ func (r *Router) createAccounts(ctx context.Context, caller *auth.Identity, body
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	as := req.Accounts
-	results := make([]transport.Result, len(as))
-	shards := make([]uint32, len(as))
-	for i := range as {
-		shards[i] = m.shardOf(as[i].ID)
-	}
-	sent := refuseChains(results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 },
-		func(i int) bool { return caller.Owner.MayCreateAccount(&as[i]) })
-	parts := map[uint32]*part{}
-	for i := range as {
-		if sent[i] {
-			p := partOf(parts, shards[i], shard.KindCreateAccounts)
-			p.cmd.Accounts = append(p.cmd.Accounts, as[i])
-			p.index = append(p.index, i)
-		}
-	}
-	return r.sendParts(ctx, parts, results)
+	return r.sendParts(ctx, plan.Accounts(req.Accounts, m.shardOf, caller.Owner))
 }
 
 func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
@@ -62,111 +39,12 @@ func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, bod
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	// A transfer goes to its debit account's shard, which owns the saga
-	// if the credit account lives elsewhere (docs/design.md); a post or void goes
-	// where its pending transfer lives.
-	ts := req.Transfers
-	results := make([]transport.Result, len(ts))
-	shards, creditShards := make([]uint32, len(ts)), make([]uint32, len(ts))
-	leaves := make([]bool, len(ts)) // whether a transfer is one across shards
-	for i := range ts {
-		t := &ts[i]
-		debit := t.DebitAccountID
-		if d, ok := debitOf[t.PendingID]; ok && debit == "" {
-			debit = d
-		}
-		shards[i], creditShards[i] = m.shardOf(debit), m.shardOf(t.CreditAccountID)
-		leaves[i] = t.Flags&resolves == 0 && creditShards[i] != shards[i]
-		if debit == "" && i > 0 && ts[i-1].Flags&transport.TransferLinked != 0 {
-			// A post or void of a pending transfer nobody found: it goes
-			// with its chain, whose shard answers it not found.
-			shards[i] = shards[i-1]
-		}
-	}
-	// A chain across shards goes whole to its first debit account's shard,
-	// which coordinates it (shard/chains.go); every transfer carries its
-	// debit shard.
-	debitShards := slices.Clone(shards)
-	linked := func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }
-	shard.EachChain(len(ts), linked, func(i, j int, _ bool) {
-		for k := i; k < j; k++ {
-			if leaves[k] || shards[k] != shards[i] {
-				for l := i; l < j; l++ {
-					shards[l] = shards[i]
-				}
-				return
-			}
-		}
-	})
-	sent := refuseChains(results, shards, linked, func(i int) bool { return caller.Owner.MayCreateTransfer(&ts[i]) })
-	parts := map[uint32]*part{}
-	for i := range ts {
-		if sent[i] {
-			p := partOf(parts, shards[i], shard.KindCreateTransfers)
-			p.cmd.Owner = caller.Owner
-			p.cmd.Transfers = append(p.cmd.Transfers, ts[i])
-			p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
-			p.cmd.DebitShards = append(p.cmd.DebitShards, debitShards[i])
-			p.index = append(p.index, i)
-		}
-	}
-	return r.sendParts(ctx, parts, results)
+	return r.sendParts(ctx, plan.Transfers(req.Transfers, m.shardOf, debitOf, caller.Owner))
 }
 
-const resolves = transport.TransferPostPendingTransfer | transport.TransferVoidPendingTransfer
-
-// refuseChains answers the events no shard may take and reports which
-// events are to be sent. An event the caller may not create gets
-// unauthorized. A linked chain left open at the end of the batch gets
-// linked_event_chain_open on each event. A chain whose events are sent to
-// more than one shard (accounts; a chain of transfers goes to its
-// coordinator) is refused: flags_invalid on its first such event. A chain
-// with a refused event fails whole: linked_event_failed on its other
-// events. A shard gets each chain whole and in order.
-func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool, allowed func(int) bool) []bool {
-	sent := make([]bool, len(results))
-	shard.EachChain(len(results), linked, func(i, j int, open bool) {
-		bad, code := -1, transport.CodeOK
-		for k := i; k < j && bad < 0; k++ {
-			switch {
-			case !allowed(k):
-				bad, code = k, transport.CodeUnauthorized
-			case shards[k] != shards[i]:
-				bad, code = k, transport.CodeFlagsInvalid
-			}
-		}
-		for k := i; k < j; k++ {
-			switch {
-			case open:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
-			case bad == k:
-				results[k] = transport.Result{Index: uint32(k), Code: code}
-			case bad >= 0:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
-			default:
-				sent[k] = true
-			}
-		}
-	})
-	return sent
-}
-
-// locatePending finds the debit account of every pending transfer that a
-// post or void in the batch names without giving its debit account, with
-// one lookup across the shards. Unknown ones are left out: any shard then
-// answers pending_transfer_not_found.
+// locatePending completes plan.Locate with one lookup across the shards.
 func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []transport.Transfer) (map[string]string, error) {
-	debitOf := map[string]string{}
-	var ids []string
-	for i := range transfers {
-		t := &transfers[i]
-		if t.Flags&transport.TransferPending != 0 {
-			debitOf[t.ID] = t.DebitAccountID // a post later in this batch goes where it goes
-		}
-		if _, inBatch := debitOf[t.PendingID]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" && !inBatch {
-			ids = append(ids, t.PendingID)
-		}
-	}
+	debitOf, ids := plan.Locate(transfers)
 	if len(ids) == 0 {
 		return debitOf, nil
 	}
@@ -183,34 +61,27 @@ func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []trans
 	return debitOf, nil
 }
 
-func partOf(parts map[uint32]*part, id uint32, kind shard.Kind) *part {
-	p := parts[id]
-	if p == nil {
-		p = &part{cmd: shard.Command{Kind: kind}}
-		parts[id] = p
-	}
-	return p
-}
-
 // sendParts sends every shard its command and merges the results in the
 // client's order. If any shard does not answer by the deadline the whole
 // request is answered timeout: the client retries it, and the parts that
 // were applied answer exists.
-func (r *Router) sendParts(ctx context.Context, parts map[uint32]*part, results []transport.Result) any {
+func (r *Router) sendParts(ctx context.Context, p *plan.Plan) any {
 	// One id for the client's request, the same on every re-send, so a
 	// shard answers a re-send as it answered the first (shard/requests.go).
 	var request shard.RequestID
 	_, _ = rand.Read(request[:]) // crypto/rand never fails
-	for _, p := range parts {
-		p.cmd.Request = request[:]
+	parts := make(map[uint32]*plan.Part, len(p.Parts))
+	for _, pt := range p.Parts {
+		pt.Cmd.Request = request[:]
+		parts[pt.Shard] = pt
 	}
-	err := scatter(parts, func(id uint32, p *part) error {
-		return r.sendPart(ctx, id, p, results)
+	err := scatter(parts, func(_ uint32, pt *plan.Part) error {
+		return r.sendPart(ctx, pt, p.Results)
 	})
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	return &transport.ResultsReply{Results: results}
+	return &transport.ResultsReply{Results: p.Results}
 }
 
 // commandBytesMax bounds a command sent to a shard. A shard's part of a
@@ -221,67 +92,28 @@ const commandBytesMax = transport.MessageBytesMax - 64<<10
 
 // sendPart sends one shard its part, in pieces that fit a message, one after
 // another: a later event may depend on an earlier one.
-func (r *Router) sendPart(ctx context.Context, id uint32, p *part, results []transport.Result) error {
-	body, err := transport.Marshal(&p.cmd)
+func (r *Router) sendPart(ctx context.Context, p *plan.Part, results []transport.Result) error {
+	body, err := transport.Marshal(&p.Cmd)
 	if err != nil {
 		return err
 	}
-	if n, cut := len(p.index), p.chainBoundary(); len(body) > commandBytesMax && cut > 0 {
-		for i, half := range []*part{p.slice(0, cut), p.slice(cut, n)} {
+	if n, cut := len(p.Index), p.Cut(); len(body) > commandBytesMax && cut > 0 {
+		for i, half := range []*plan.Part{p.Slice(0, cut), p.Slice(cut, n)} {
 			// Each piece is a command of its own: its own request id, the
 			// same on a re-send (the cut is too).
-			sum := sha256.Sum256(append(slices.Clone(p.cmd.Request), byte(i)))
-			half.cmd.Request = sum[:shard.RequestIDBytes]
-			if err := r.sendPart(ctx, id, half, results); err != nil {
+			sum := sha256.Sum256(append(slices.Clone(p.Cmd.Request), byte(i)))
+			half.Cmd.Request = sum[:shard.RequestIDBytes]
+			if err := r.sendPart(ctx, half, results); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	reply, err := r.callShard(ctx, id, shard.OpCommand, body)
+	reply, err := r.callShard(ctx, p.Shard, shard.OpCommand, body)
 	if err != nil {
 		return err
 	}
-	if len(reply.Results) != len(p.index) {
-		return fmt.Errorf("shard %d answered %d results for %d events", id, len(reply.Results), len(p.index))
-	}
-	for j, res := range reply.Results {
-		res.Index = uint32(p.index[j])
-		results[p.index[j]] = res
-	}
-	return nil
-}
-
-// chainBoundary returns where to cut the part in two, nearest its middle
-// without cutting a linked chain, or 0 if it is one chain.
-func (p *part) chainBoundary() int {
-	n := len(p.index)
-	linked := func(k int) bool {
-		if p.cmd.Accounts != nil {
-			return p.cmd.Accounts[k].Flags&transport.AccountLinked != 0
-		}
-		return p.cmd.Transfers[k].Flags&transport.TransferLinked != 0
-	}
-	for d := 0; d < n; d++ {
-		for _, cut := range []int{n/2 - d, n/2 + d} {
-			if cut > 0 && cut < n && !linked(cut-1) {
-				return cut
-			}
-		}
-	}
-	return 0
-}
-
-// slice returns the part's events [i, j).
-func (p *part) slice(i, j int) *part {
-	c := p.cmd
-	if c.Accounts != nil {
-		c.Accounts = c.Accounts[i:j]
-	}
-	if c.Transfers != nil {
-		c.Transfers, c.CreditShards, c.DebitShards = c.Transfers[i:j], c.CreditShards[i:j], c.DebitShards[i:j]
-	}
-	return &part{cmd: c, index: p.index[i:j]}
+	return p.Merge(results, reply.Results)
 }
 
 // lookupAccounts asks each id's shard. A provider is not even sent the

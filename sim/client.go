@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/ledgerd/ledgerd/router/plan"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -13,7 +14,7 @@ import (
 // Client is a payment provider with its router: it makes requests one at a
 // time (a batch of account or transfer events), and retries a request with
 // the same ids after a timeout until it gets results. The router part is
-// router/handlers.go and router.callShard: split the batch by shard, send
+// router/plan (the router's own decisions, called here) and router.callShard: split the batch by shard, send
 // each shard its part, retry a part while the shard answers retry (or no
 // one answers), answer timeout at the deadline.
 type Client struct {
@@ -107,31 +108,12 @@ func (c *Client) attempt() {
 		}
 		w.after(exp(w.rngWork, w.p.ClientRetryMean)+ms, c.attempt)
 	})
-	debitOf, ids := locateIDs(req.transfers)
+	debitOf, ids := plan.Locate(req.transfers)
 	if len(ids) > 0 {
 		c.locate(call, ids, debitOf)
 		return
 	}
 	c.route(call, debitOf)
-}
-
-// locateIDs is the first half of router.locatePending: the debit account
-// of every pending transfer in the batch, and the pending ids that posts
-// and voids name without a debit account (and that no pending transfer
-// earlier in the batch has), to look up.
-func locateIDs(transfers []transport.Transfer) (map[string]string, []string) {
-	debitOf := map[string]string{}
-	var ids []string
-	for i := range transfers {
-		t := &transfers[i]
-		if t.Flags&transport.TransferPending != 0 {
-			debitOf[t.ID] = t.DebitAccountID
-		}
-		if _, inBatch := debitOf[t.PendingID]; t.Flags&resolves != 0 && t.DebitAccountID == "" && t.PendingID != "" && !inBatch {
-			ids = append(ids, t.PendingID)
-		}
-	}
-	return debitOf, ids
 }
 
 // locate is router.find for OpLookupTransfers: it asks every shard for the
@@ -181,71 +163,24 @@ func (c *Client) locate(call *routerCall, ids []string, debitOf map[string]strin
 	}
 }
 
-// route is router.createAccounts and router.createTransfers: it splits the
-// batch by shard (a post or void goes to its pending transfer's shard when
-// the router found it; a chain of transfers across shards to its
-// coordinator, regroupChains, with every transfer's debit shard), answers
-// the linked chains no shard can take (refuseChains), and sends every part:
-// each chain whole and in order, within one part.
+// route is router.createAccounts and router.createTransfers: the router's
+// own plan (router/plan) splits the batch by shard and answers the linked
+// chains no shard can take; every part is sent.
 func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	w := c.w
 	req := call.req
-	byShard := map[uint32]*part{}
-	add := func(s uint32, i int) *part {
-		p := byShard[s]
-		if p == nil {
-			p = &part{call: call, shard: s, cmd: shard.Command{Kind: req.kind}, backoff: 5 * ms}
-			byShard[s] = p
-		}
-		p.index = append(p.index, i)
-		return p
+	var pl *plan.Plan
+	switch {
+	case req.kind == shard.KindCreateAccounts:
+		pl = plan.Accounts(req.accounts, w.shardOf, nil)
+	case w.mut == MutChainCutByShard:
+		pl = cutChains(req.transfers, w.shardOf, debitOf)
+	default:
+		pl = plan.Transfers(req.transfers, w.shardOf, debitOf, nil)
 	}
-	if req.kind == shard.KindCreateAccounts {
-		as := req.accounts
-		call.results = make([]transport.Result, len(as))
-		shards := make([]uint32, len(as))
-		for i := range as {
-			shards[i] = w.shardOf(as[i].ID)
-		}
-		sent := refuseChains(call.results, shards, func(i int) bool { return as[i].Flags&transport.AccountLinked != 0 }, false)
-		for i, a := range as {
-			if sent[i] {
-				p := add(shards[i], i)
-				p.cmd.Accounts = append(p.cmd.Accounts, a)
-			}
-		}
-	} else {
-		ts := req.transfers
-		call.results = make([]transport.Result, len(ts))
-		shards, creditShards := make([]uint32, len(ts)), make([]uint32, len(ts))
-		leaves := make([]bool, len(ts))
-		for i := range ts {
-			t := &ts[i]
-			debit := t.DebitAccountID
-			if d, ok := debitOf[t.PendingID]; ok && debit == "" {
-				debit = d
-			}
-			shards[i], creditShards[i] = w.shardOf(debit), w.shardOf(t.CreditAccountID)
-			leaves[i] = t.Flags&resolves == 0 && creditShards[i] != shards[i]
-			if debit == "" && i > 0 && ts[i-1].Flags&transport.TransferLinked != 0 {
-				shards[i] = shards[i-1] // a post nobody found goes with its chain
-			}
-		}
-		debitShards := regroupChains(ts, shards, leaves, w.mut == MutChainCutByShard)
-		sent := refuseChains(call.results, shards, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }, w.mut == MutChainCutByShard)
-		for i, t := range ts {
-			if sent[i] {
-				p := add(shards[i], i)
-				p.cmd.Transfers = append(p.cmd.Transfers, t)
-				p.cmd.CreditShards = append(p.cmd.CreditShards, creditShards[i])
-				if debitShards != nil {
-					p.cmd.DebitShards = append(p.cmd.DebitShards, debitShards[i])
-				}
-			}
-		}
-	}
-	for _, s := range sortedKeys(byShard) {
-		call.parts = append(call.parts, byShard[s])
+	call.results = pl.Results
+	for _, pp := range pl.Parts {
+		call.parts = append(call.parts, &part{Part: *pp, call: call, backoff: 5 * ms})
 	}
 	call.left = len(call.parts)
 	if call.left == 0 { // every event answered by the router
@@ -258,64 +193,17 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	}
 }
 
-// regroupChains mirrors the regrouping in router.createTransfers: a chain
-// of transfers across shards (a transfer leaving its shard, or events on
-// more than one shard) goes whole to the shard of its first event's debit
-// account, its coordinator (shard/chains.go), and every transfer carries its
-// debit shard: the returned DebitShards (the shards before the regrouping).
-// With cut (the mutation chain-cut-by-shard) the router does not regroup:
-// each shard gets its piece of the chain, without DebitShards, and
-// refuseChains lets the pieces through.
-func regroupChains(ts []transport.Transfer, shards []uint32, leaves []bool, cut bool) []uint32 {
-	linked := func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 }
-	if cut {
-		return nil
-	}
-	debitShards := slices.Clone(shards)
-	shard.EachChain(len(ts), linked, func(i, j int, _ bool) {
-		for k := i; k < j; k++ {
-			if leaves[k] || shards[k] != shards[i] {
-				for l := i; l < j; l++ {
-					shards[l] = shards[i]
-				}
-				return
-			}
-		}
-	})
-	return debitShards
-}
-
-// refuseChains is router.refuseChains: it answers the linked chains no
-// shard can take and reports which events are to be sent. A chain left open
-// at the end of the batch gets linked_event_chain_open on each event; a
-// chain whose events are sent to more than one shard (accounts; a chain of
-// transfers goes to its coordinator) flags_invalid on its first such event
-// and linked_event_failed on the others. With cut (the mutation
-// chain-cut-by-shard), a chain of transfers cut by shard is sent as its
-// pieces (the router's bug).
-func refuseChains(results []transport.Result, shards []uint32, linked func(int) bool, cut bool) []bool {
-	sent := make([]bool, len(results))
-	shard.EachChain(len(results), linked, func(i, j int, open bool) {
-		bad := -1
-		for k := i; k < j && bad < 0 && j-i > 1; k++ {
-			if shards[k] != shards[i] {
-				bad = k
-			}
-		}
-		for k := i; k < j; k++ {
-			switch {
-			case open:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventChainOpen}
-			case bad == k && !cut:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeFlagsInvalid}
-			case bad >= 0 && !cut:
-				results[k] = transport.Result{Index: uint32(k), Code: transport.CodeLinkedEventFailed}
-			default:
-				sent[k] = true
-			}
-		}
-	})
-	return sent
+// cutChains is the mutation chain-cut-by-shard, the router's bug: a chain
+// of transfers across shards is not regrouped at a coordinator, and each
+// shard gets its piece of the chain, without DebitShards.
+func cutChains(ts []transport.Transfer, shardOf func(string) uint32, debitOf map[string]string) *plan.Plan {
+	r := plan.Route(ts, shardOf, debitOf)
+	p := &plan.Plan{Results: make([]transport.Result, len(ts))}
+	oneShard := make([]uint32, len(ts)) // so that no chain is refused for its cut
+	sent := plan.RefuseChains(p.Results, oneShard, func(i int) bool { return ts[i].Flags&transport.TransferLinked != 0 },
+		func(int) bool { return true })
+	p.Parts = plan.SplitTransfers(ts, r, nil, sent, nil)
+	return p
 }
 
 func appendTransfer(b []byte, t *transport.Transfer) []byte {
@@ -361,10 +249,8 @@ type routerCall struct {
 }
 
 type part struct {
+	plan.Part
 	call    *routerCall
-	shard   uint32
-	cmd     shard.Command
-	index   []int
 	backoff uint64
 	sends   int
 	sentAt  uint64
@@ -380,7 +266,7 @@ func (p *part) sendNow() {
 	w := call.c.w
 	p.sends++
 	n := p.sends
-	p.sentAt, p.logAt = w.now, w.chk.logLow[p.shard-1]
+	p.sentAt, p.logAt = w.now, w.chk.logLow[p.Shard-1]
 	w.ref.sending(p)
 	// One attempt may take the whole deadline (router.callShard): a shard
 	// answers late while a cross-shard transfer resolves.
@@ -394,7 +280,7 @@ func (p *part) sendNow() {
 		})
 	}
 	answered := false
-	w.net.request(call.c.ep, p.shard, &p.cmd, "request", func(rep reply) {
+	w.net.request(call.c.ep, p.Shard, &p.Cmd, "request", func(rep reply) {
 		if call.over || p.done || n != p.sends || answered {
 			return
 		}
@@ -404,16 +290,12 @@ func (p *part) sendNow() {
 			return
 		}
 		if rep.r.Invalid != "" {
-			w.fail("router", "shard %d refused a command as invalid: %s", p.shard, rep.r.Invalid)
+			w.fail("router", "shard %d refused a command as invalid: %s", p.Shard, rep.r.Invalid)
 			return
 		}
-		if len(rep.r.Results) != len(p.index) {
-			w.fail("router", "shard %d answered %d results for %d events", p.shard, len(rep.r.Results), len(p.index))
+		if err := p.Merge(call.results, rep.r.Results); err != nil {
+			w.fail("router", "%v", err)
 			return
-		}
-		for j, res := range rep.r.Results {
-			res.Index = uint32(p.index[j])
-			call.results[p.index[j]] = res
 		}
 		p.done = true
 		if call.left--; call.left == 0 {

@@ -331,8 +331,8 @@ func (ref *Ref) find(ds uint32, t *transport.Transfer) *refVariant {
 // sending: the router sends a part; the first send of each transfer takes
 // what the model knows then.
 func (ref *Ref) sending(p *part) {
-	for i := range p.cmd.Transfers {
-		v := ref.variant(keyShard(&p.cmd, i, p.shard), &p.cmd.Transfers[i])
+	for i := range p.Cmd.Transfers {
+		v := ref.variant(keyShard(&p.Cmd, i, p.Shard), &p.Cmd.Transfers[i])
 		if v.sent {
 			continue
 		}
@@ -412,12 +412,12 @@ func (ref *Ref) check(call *routerCall) {
 	}
 	at := make([]sent, len(call.results))
 	for _, p := range call.parts {
-		for j, i := range p.index {
-			ks := p.shard
+		for j, i := range p.Index {
+			ks := p.Shard
 			if call.req.kind == shard.KindCreateTransfers {
-				ks = keyShard(&p.cmd, j, p.shard)
+				ks = keyShard(&p.Cmd, j, p.Shard)
 			}
-			at[i] = sent{ks, p.shard, p.sentAt, p.logAt}
+			at[i] = sent{ks, p.Shard, p.sentAt, p.logAt}
 		}
 	}
 	var inChain []bool
