@@ -490,3 +490,57 @@ func TestProviderPendingTransfersLimit(t *testing.T) {
 		t.Fatalf("after the post made room: %+v", r)
 	}
 }
+
+// A request that would open pending transfers on several shards, or a
+// chain leg on a shard other than its coordinator, is checked against
+// every such shard before anything is sent: over the limit on one shard,
+// nothing is applied on the others either.
+func TestProviderPendingLimitAcrossShards(t *testing.T) {
+	c := startProviders(t, strings.Replace(providersFile, `accounts: ["acme-"]`, `accounts: ["acme-"]
+    limits: {pending_transfers: 1}`, 1))
+	a1, a2 := c.accountOn("acme-one", 1), c.accountOn("acme-two", 2)
+	c.mustCreateAccounts(acct(a1, 0), acct(a2, 0))
+	acme := c.clientAs("acme", "acme-pw")
+	nc, err := c.connectAs("acme", "acme-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := acme.CreateTransfers(c.ctx(), []transport.Transfer{pendingXfer("acme-held", a1, a2, 1, 0)}); err != nil || rs[0].Code != transport.CodeOK {
+		t.Fatalf("the first pending transfer: %v %v", names(rs), err)
+	}
+	send := func(ts ...transport.Transfer) *transport.ResultsReply {
+		t.Helper()
+		body, _ := transport.Marshal(&transport.CreateTransfersRequest{Transfers: ts})
+		msg, err := nc.Request(transport.Subjects{Prefix: transport.DefaultPrefix}.TransfersCreate(), body, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r transport.ResultsReply
+		if err := transport.Unmarshal(msg.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	linked := xfer("acme-c1", a2, a1, 1)
+	linked.Flags = transport.TransferLinked
+	for name, batch := range map[string][]transport.Transfer{
+		"pending transfers on two shards": {pendingXfer("acme-s2", a2, a1, 1, 0), pendingXfer("acme-s1", a1, a2, 1, 0)},
+		"a chain leg held on shard 1":     {linked, pendingXfer("acme-c2", a1, a2, 1, 0)},
+	} {
+		r := send(batch...)
+		if r.Error == nil || r.Error.Code != transport.ErrUnavailableCode || !strings.Contains(r.Error.Message, "shard 1 and its limit there is 1") {
+			t.Fatalf("%s: %+v", name, r)
+		}
+		ids := make([]string, len(batch))
+		for i := range batch {
+			ids[i] = batch[i].ID
+		}
+		if got, err := c.c.LookupTransfers(c.ctx(), ids); err != nil || len(got) != 0 {
+			t.Fatalf("%s: the refused request applied: %+v %v", name, got, err)
+		}
+	}
+	// With room on both shards, the same kind of request goes through.
+	if r := send(pendingXfer("acme-s2", a2, a1, 1, 0)); r.Error != nil || names(r.Results)[0] != "ok" {
+		t.Fatalf("a pending transfer on shard 2 with room: %+v", r)
+	}
+}

@@ -202,7 +202,7 @@ func (s *shardServer) handle(msg *nats.Msg) {
 	switch op := msg.Header.Get(shard.OpHeader); op {
 	case shard.OpCommand:
 		s.handleCommand(msg)
-	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpAccountTransfers, shard.OpAccountBalances, shard.OpStatus:
+	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpAccountTransfers, shard.OpAccountBalances, shard.OpStatus, shard.OpPendingHeld:
 		select {
 		case s.reads <- struct{}{}:
 		default:
@@ -217,6 +217,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 				respond(msg, &shard.Reply{Status: &st})
 			case shard.OpAccountTransfers, shard.OpAccountBalances:
 				s.handleHistory(msg, op)
+			case shard.OpPendingHeld:
+				s.handlePendingHeld(msg)
 			default:
 				s.handleLookup(msg)
 			}

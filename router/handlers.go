@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -39,7 +40,42 @@ func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, bod
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	return r.sendParts(ctx, plan.Transfers(req.Transfers, m.shardOf, debitOf, caller.Owner))
+	p := plan.Transfers(req.Transfers, m.shardOf, debitOf, caller.Owner)
+	if err := r.preflightPending(ctx, caller.Owner, p); err != nil {
+		return &transport.ResultsReply{Error: requestError(ctx, err)}
+	}
+	return r.sendParts(ctx, p)
+}
+
+// preflightPending asks, before anything is sent, every shard on which a
+// provider's plan opens pending transfers whether it has room for them,
+// when apply's own check could not keep the request whole: the plan opens
+// them on several shards, or through a chain coordinated elsewhere
+// (plan.PendingOpens). Two requests of one provider that race at its limit
+// may still both pass here; apply then refuses the part over it.
+func (r *Router) preflightPending(ctx context.Context, owner *transport.Owner, p *plan.Plan) error {
+	if owner == nil || owner.PendingMax == 0 {
+		return nil
+	}
+	opens, preflight := p.PendingOpens()
+	if !preflight {
+		return nil
+	}
+	body, err := transport.Marshal(owner)
+	if err != nil {
+		return err
+	}
+	return scatter(opens, func(id uint32, n int) error {
+		reply, err := r.callShard(ctx, id, shard.OpPendingHeld, body)
+		if err != nil {
+			return err
+		}
+		if held := int(reply.PendingHeld); held+n > int(owner.PendingMax) {
+			return fmt.Errorf("%w: the provider holds %d open pending transfers on shard %d and its limit there is %d: post, void or let some expire before opening %d more",
+				errOverLimit, held, id, owner.PendingMax, n)
+		}
+		return nil
+	})
 }
 
 // locatePending completes plan.Locate with one lookup across the shards.

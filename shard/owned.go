@@ -70,6 +70,21 @@ func (s *State) ownedPending(o *transport.Owner) int {
 	return total
 }
 
+// PendingHeld counts the open pending transfers here that belong to o. It
+// only reads (readers share the state): a prefix no command has named yet
+// is counted afresh.
+func (s *State) PendingHeld(o *transport.Owner) int {
+	total := 0
+	for _, p := range o.Prefixes {
+		if n, ok := s.owned.byPrefix[p]; ok {
+			total += n
+		} else {
+			total += s.countPrefix(p)
+		}
+	}
+	return total
+}
+
 func (s *State) countPrefix(p string) int {
 	n := 0
 	for id := range s.transfers {

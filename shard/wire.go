@@ -24,6 +24,10 @@ const (
 	OpAccountBalances  = "account_balances"
 	// OpStatus: no body.
 	OpStatus = "status"
+	// OpPendingHeld: the body is a transport.Owner; the reply's
+	// PendingHeld is how many open pending transfers it holds here (the
+	// router's preflight of a provider's limit, plan.PendingOpens).
+	OpPendingHeld = "pending_held"
 	// OpJoin: the body is a Join; the leader adds that node to its group,
 	// as a nonvoter first, as a voter once it has caught up.
 	OpJoin = "join"
@@ -69,6 +73,8 @@ type Reply struct {
 	// apply (Output.Refused): nothing of it was applied; the client is
 	// answered unavailable, with this reason.
 	Refused string `msgpack:"refused,omitempty"`
+	// PendingHeld answers OpPendingHeld.
+	PendingHeld uint32 `msgpack:"ph,omitempty"`
 }
 
 // PeekKind reads a command's Kind without decoding the rest, so a leader

@@ -258,3 +258,29 @@ func (p *Part) Slice(i, j int) *Part {
 	}
 	return &Part{Shard: p.Shard, Cmd: c, Index: p.Index[i:j]}
 }
+
+// PendingOpens counts, by the shard that will hold them, the pending
+// transfers the plan may open (a chain leg is held on its debit shard, not
+// on the chain's coordinator). Apply bounds a provider's open pending
+// transfers exactly, but command by command (shard/owned.go); a plan that
+// opens them on more than one shard, or on a shard other than the one its
+// command goes to, is checked against every such shard first (Preflight),
+// so that a provider over its limit on one shard gets unavailable before
+// anything is applied on another.
+func (p *Plan) PendingOpens() (opens map[uint32]int, preflight bool) {
+	opens = map[uint32]int{}
+	for _, pt := range p.Parts {
+		for i := range pt.Cmd.Transfers {
+			if pt.Cmd.Transfers[i].Flags&transport.TransferPending == 0 {
+				continue
+			}
+			at := pt.Shard
+			if pt.Cmd.DebitShards != nil {
+				at = pt.Cmd.DebitShards[i]
+			}
+			opens[at]++
+			preflight = preflight || at != pt.Shard
+		}
+	}
+	return opens, preflight || len(opens) > 1
+}

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -174,5 +175,25 @@ func TestCutSliceMerge(t *testing.T) {
 	}
 	if err := p.Merge(results, results[:1]); err == nil {
 		t.Fatal("a short answer was merged")
+	}
+}
+
+func TestPendingOpens(t *testing.T) {
+	P, L := transport.TransferPending, transport.TransferLinked
+	for _, tc := range []struct {
+		name      string
+		ts        []transport.Transfer
+		opens     map[uint32]int
+		preflight bool
+	}{
+		{"none", []transport.Transfer{tr("t", "a1", "b1", 0)}, map[uint32]int{}, false},
+		{"one shard", []transport.Transfer{tr("t1", "a1", "b1", P), tr("t2", "a2", "a1", P), tr("t3", "b1", "b1", 0)}, map[uint32]int{1: 2}, false},
+		{"two shards", []transport.Transfer{tr("t1", "a1", "b1", P), tr("t2", "b2", "a1", P)}, map[uint32]int{1: 1, 2: 1}, true},
+		{"a chain leg held off its coordinator", []transport.Transfer{tr("t1", "a1", "a2", L), tr("t2", "b1", "b2", P)}, map[uint32]int{2: 1}, true},
+	} {
+		opens, preflight := Transfers(tc.ts, shardOf, nil, nil).PendingOpens()
+		if !maps.Equal(opens, tc.opens) || preflight != tc.preflight {
+			t.Errorf("%s: opens %v preflight %v, want %v %v", tc.name, opens, preflight, tc.opens, tc.preflight)
+		}
 	}
 }
