@@ -1,11 +1,16 @@
 package raftfsm
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/placement"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -48,18 +53,165 @@ func (s *SlotMap) Shards() []uint32 {
 	return ids
 }
 
-// MetaCommand changes the meta state.
+// MetaCommand changes the meta state. Every field is optional; a command
+// sets one, and one that does not apply to the state (a node already
+// registered, a move of a shard already moving) changes nothing, so every
+// node may propose it safely and a leader may propose it again after a
+// failover.
 type MetaCommand struct {
 	// InitShards, when the map is empty, spreads the slots over shards
-	// 1..InitShards (slot i to shard i%n+1). Ignored once initialised, so
-	// every node may propose it safely.
-	InitShards uint32 `msgpack:"init_shards"`
+	// 1..InitShards (slot i to shard i%n+1), and with Replicas set places
+	// them on Nodes. Ignored once initialised.
+	InitShards uint32       `msgpack:"init_shards"`
+	Replicas   uint32       `msgpack:"replicas,omitempty"`
+	Nodes      []NodeRecord `msgpack:"nodes,omitempty"`
+	// Register adds a node, or updates its Raft address.
+	Register *NodeRecord `msgpack:"register,omitempty"`
+	// Drain marks a node draining: placement moves every replica off it.
+	Drain string `msgpack:"drain,omitempty"`
+	// Forget removes a node that holds no replica and is not moving one.
+	Forget string `msgpack:"forget,omitempty"`
+	// StartMove records a replica move as under way; EndMove records it
+	// done: the shard's voters are then Placement's after the move.
+	StartMove *placement.Move `msgpack:"start_move,omitempty"`
+	EndMove   *placement.Move `msgpack:"end_move,omitempty"`
 }
 
-// MetaMachine replicates the cluster's slot map.
+// NodeRecord is a node as the meta group knows it.
+type NodeRecord struct {
+	ID       string `msgpack:"id"`
+	RaftAddr string `msgpack:"raft"`
+	Draining bool   `msgpack:"draining,omitempty"`
+}
+
+// MetaState is what the meta group replicates: the slot map and, once the
+// cluster places replicas (Replicas > 0), its nodes, where each shard's
+// voters are and the replica moves under way. A cluster created before
+// placement has Replicas 0: every node holds every shard.
+type MetaState struct {
+	SlotMap
+	Replicas  uint32                    `msgpack:"replicas,omitempty"`
+	Nodes     []NodeRecord              `msgpack:"nodes,omitempty"` // sorted by ID
+	Placement placement.Placement       `msgpack:"placement,omitempty"`
+	Moving    map[uint32]placement.Move `msgpack:"moving,omitempty"`
+}
+
+// Cluster is the placement input of the state.
+func (s *MetaState) Cluster() placement.Cluster {
+	c := placement.Cluster{Replicas: int(s.Replicas)}
+	for _, n := range s.Nodes {
+		c.Nodes = append(c.Nodes, n.ID)
+		if n.Draining {
+			c.Draining = append(c.Draining, n.ID)
+		}
+	}
+	return c
+}
+
+// Node returns the record of node id.
+func (s *MetaState) Node(id string) (NodeRecord, bool) {
+	i, ok := slices.BinarySearchFunc(s.Nodes, id, func(n NodeRecord, id string) int { return strings.Compare(n.ID, id) })
+	if !ok {
+		return NodeRecord{}, false
+	}
+	return s.Nodes[i], true
+}
+
+// holds reports whether node id holds or is receiving a replica.
+func (s *MetaState) holds(id string) bool {
+	for _, voters := range s.Placement {
+		if slices.Contains(voters, id) {
+			return true
+		}
+	}
+	for _, m := range s.Moving {
+		if m.Add == id || m.Remove == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *MetaState) clone() MetaState {
+	c := MetaState{
+		SlotMap:  SlotMap{Epoch: s.Epoch, Slots: slices.Clone(s.Slots)},
+		Replicas: s.Replicas, Nodes: slices.Clone(s.Nodes), Moving: maps.Clone(s.Moving),
+	}
+	if s.Placement != nil {
+		c.Placement = placement.Placement{}
+		for id, voters := range s.Placement {
+			c.Placement[id] = slices.Clone(voters)
+		}
+	}
+	return c
+}
+
+// apply applies one command (see MetaCommand).
+func (s *MetaState) apply(c *MetaCommand) {
+	switch {
+	case c.InitShards > 0:
+		if len(s.Slots) != 0 {
+			return
+		}
+		slots := make([]uint32, transport.SlotCount)
+		for i := range slots {
+			slots[i] = uint32(i)%c.InitShards + 1
+		}
+		s.SlotMap = SlotMap{Epoch: s.Epoch + 1, Slots: slots}
+		if c.Replicas > 0 {
+			s.Replicas = c.Replicas
+			for _, n := range c.Nodes {
+				s.register(n)
+			}
+			s.Placement = placement.Initial(nil, s.Shards(), s.Cluster())
+		}
+	case c.Register != nil:
+		s.register(*c.Register)
+	case c.Drain != "":
+		if i, ok := s.index(c.Drain); ok {
+			s.Nodes[i].Draining = true
+		}
+	case c.Forget != "":
+		if i, ok := s.index(c.Forget); ok && !s.holds(c.Forget) {
+			s.Nodes = slices.Delete(s.Nodes, i, i+1)
+		}
+	case c.StartMove != nil:
+		m := *c.StartMove
+		if _, moving := s.Moving[m.Shard]; moving || s.Placement == nil || s.Placement[m.Shard] == nil {
+			return
+		}
+		if s.Moving == nil {
+			s.Moving = map[uint32]placement.Move{}
+		}
+		s.Moving[m.Shard] = m
+	case c.EndMove != nil:
+		m := *c.EndMove
+		if s.Moving[m.Shard] != m {
+			return
+		}
+		delete(s.Moving, m.Shard)
+		s.Placement = placement.Apply(s.Placement, m)
+	}
+}
+
+func (s *MetaState) index(id string) (int, bool) {
+	return slices.BinarySearchFunc(s.Nodes, id, func(n NodeRecord, id string) int { return strings.Compare(n.ID, id) })
+}
+
+func (s *MetaState) register(n NodeRecord) {
+	i, ok := s.index(n.ID)
+	if ok {
+		s.Nodes[i].RaftAddr = n.RaftAddr
+		return
+	}
+	n.Draining = false
+	s.Nodes = slices.Insert(s.Nodes, i, n)
+}
+
+// MetaMachine replicates the cluster's MetaState.
 type MetaMachine struct {
-	mu    sync.RWMutex
-	slots SlotMap
+	mu sync.RWMutex
+	st MetaState
 }
 
 // Apply applies meta commands; each result is the SlotMap after it.
@@ -74,13 +226,7 @@ func (m *MetaMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 			// The group stops rather than skip it.
 			panic(fmt.Sprintf("meta group log index %d: command %d of %d does not decode: %v", index, i, len(cmds), err))
 		}
-		if c.InitShards > 0 && len(m.slots.Slots) == 0 {
-			slots := make([]uint32, transport.SlotCount)
-			for s := range slots {
-				slots[s] = uint32(s)%c.InitShards + 1
-			}
-			m.slots = SlotMap{Epoch: m.slots.Epoch + 1, Slots: slots}
-		}
+		m.st.apply(&c)
 		out[i] = m.current()
 	}
 	return out
@@ -93,7 +239,14 @@ func (m *MetaMachine) CheckCommand(cmd []byte) error {
 }
 
 func (m *MetaMachine) current() SlotMap {
-	return SlotMap{Epoch: m.slots.Epoch, Slots: append([]uint32(nil), m.slots.Slots...)}
+	return SlotMap{Epoch: m.st.Epoch, Slots: slices.Clone(m.st.Slots)}
+}
+
+// State returns a copy of the whole meta state.
+func (m *MetaMachine) State() MetaState {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.st.clone()
 }
 
 // SlotMap returns a copy of the current slot map.
@@ -103,9 +256,9 @@ func (m *MetaMachine) SlotMap() SlotMap {
 	return m.current()
 }
 
-// Snapshot copies the map.
+// Snapshot copies the state.
 func (m *MetaMachine) Snapshot() (raft.FSMSnapshot, error) {
-	return &metaSnapshot{m: m.SlotMap()}, nil
+	return &metaSnapshot{st: m.State()}, nil
 }
 
 // metaSnapshotBytesMax bounds a meta snapshot: a slot map is about 20 KiB.
@@ -123,7 +276,7 @@ func (m *MetaMachine) Restore(r io.Reader) error {
 	if len(data) > metaSnapshotBytesMax {
 		return fmt.Errorf("meta snapshot: more than %d bytes", metaSnapshotBytesMax)
 	}
-	var s SlotMap
+	var s MetaState
 	if err := transport.Unmarshal(data, &s); err != nil {
 		return fmt.Errorf("meta snapshot: %w", err)
 	}
@@ -132,14 +285,30 @@ func (m *MetaMachine) Restore(r io.Reader) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.slots = s
+	m.st = s
 	return nil
 }
 
-type metaSnapshot struct{ m SlotMap }
+// check: the slot map is one the router can use, and nodes are sorted
+// and unique (the state's lookups search them).
+func (s *MetaState) check() error {
+	if err := s.SlotMap.check(); err != nil {
+		return err
+	}
+	if !slices.IsSortedFunc(s.Nodes, func(a, b NodeRecord) int { return strings.Compare(a.ID, b.ID) }) ||
+		len(slices.CompactFunc(slices.Clone(s.Nodes), func(a, b NodeRecord) bool { return a.ID == b.ID })) != len(s.Nodes) {
+		return errors.New("nodes are not sorted and unique")
+	}
+	return nil
+}
+
+// A meta snapshot of the release before placement is a bare SlotMap (keys
+// epoch and slots): a MetaState with the same keys and no others, so it
+// restores as a cluster with Replicas 0.
+type metaSnapshot struct{ st MetaState }
 
 func (s *metaSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := msgpack.NewEncoder(sink).Encode(&s.m); err != nil {
+	if err := msgpack.NewEncoder(sink).Encode(&s.st); err != nil {
 		sink.Cancel()
 		return err
 	}

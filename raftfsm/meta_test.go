@@ -1,0 +1,128 @@
+package raftfsm
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+
+	"github.com/ledgerd/ledgerd/placement"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func applyMeta(t *testing.T, m *MetaMachine, cmds ...MetaCommand) {
+	t.Helper()
+	for _, c := range cmds {
+		b, err := transport.Marshal(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Apply(1, 0, [][]byte{b})
+	}
+}
+
+func restoreMeta(t *testing.T, snapshot []byte) *MetaMachine {
+	t.Helper()
+	var m MetaMachine
+	if err := m.Restore(bytes.NewReader(snapshot)); err != nil {
+		t.Fatal(err)
+	}
+	return &m
+}
+
+func TestMetaPlacesReplicasAndRecordsMoves(t *testing.T) {
+	var m MetaMachine
+	nodes := []NodeRecord{{ID: "n1", RaftAddr: "a1"}, {ID: "n2", RaftAddr: "a2"}, {ID: "n3", RaftAddr: "a3"}}
+	applyMeta(t, &m, MetaCommand{InitShards: 4, Replicas: 2, Nodes: nodes})
+	st := m.State()
+	if st.Replicas != 2 || len(st.Nodes) != 3 || len(st.Placement) != 4 {
+		t.Fatalf("initial state %+v", st)
+	}
+	for id, voters := range st.Placement {
+		if len(voters) != 2 {
+			t.Fatalf("shard %d on %v", id, voters)
+		}
+	}
+	// A node joins and one drains; the moves of the plan are recorded and
+	// done one by one, and a repeated or foreign end changes nothing.
+	applyMeta(t, &m, MetaCommand{Register: &NodeRecord{ID: "n4", RaftAddr: "a4"}}, MetaCommand{Register: &NodeRecord{ID: "n4", RaftAddr: "a4b"}},
+		MetaCommand{Drain: "n1"})
+	st = m.State()
+	if n, _ := st.Node("n4"); n.RaftAddr != "a4b" || len(st.Nodes) != 4 {
+		t.Fatalf("registered twice: %+v", st.Nodes)
+	}
+	for round := 0; ; round++ {
+		moves := placement.Next(st.Placement, st.Cluster(), func(s uint32) bool { _, ok := st.Moving[s]; return ok })
+		if len(moves) == 0 {
+			break
+		}
+		if round > 50 {
+			t.Fatal("moves never end")
+		}
+		for _, mv := range moves {
+			applyMeta(t, &m, MetaCommand{StartMove: &mv}, MetaCommand{StartMove: &placement.Move{Shard: mv.Shard, Add: "n9"}})
+			if got := m.State().Moving[mv.Shard]; got != mv {
+				t.Fatalf("moving %+v, want %+v", got, mv)
+			}
+			other := mv
+			other.Add = "n9"
+			applyMeta(t, &m, MetaCommand{EndMove: &other}, MetaCommand{EndMove: &mv}, MetaCommand{EndMove: &mv})
+		}
+		st = m.State()
+	}
+	if len(st.Moving) != 0 || st.holds("n1") {
+		t.Fatalf("n1 drained, yet: moving %v, placement %v", st.Moving, st.Placement)
+	}
+	applyMeta(t, &m, MetaCommand{Forget: "n2"}, MetaCommand{Forget: "n1"})
+	st = m.State()
+	if _, ok := st.Node("n1"); ok {
+		t.Fatal("a drained node was not forgotten")
+	}
+	if _, ok := st.Node("n2"); !ok {
+		t.Fatal("a node holding replicas was forgotten")
+	}
+	// The snapshot restores the same state.
+	back := restoreMeta(t, persistMeta(t, &m)).State()
+	if back.Epoch != st.Epoch || !slices.Equal(back.Slots, st.Slots) || !slices.Equal(back.Nodes, st.Nodes) || len(back.Placement) != len(st.Placement) {
+		t.Fatalf("restored %+v, want %+v", back, st)
+	}
+	for id, voters := range st.Placement {
+		if !slices.Equal(back.Placement[id], voters) {
+			t.Fatalf("shard %d restored on %v, was %v", id, back.Placement[id], voters)
+		}
+	}
+}
+
+// A snapshot of the release before placement, a bare slot map, restores as
+// a cluster without placement: every node holds every shard.
+func TestMetaSnapshotOfTheReleaseBeforePlacementRestores(t *testing.T) {
+	slots := make([]uint32, transport.SlotCount)
+	for i := range slots {
+		slots[i] = uint32(i)%2 + 1
+	}
+	old, err := msgpack.Marshal(&SlotMap{Epoch: 1, Slots: slots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := restoreMeta(t, old).State()
+	if st.Epoch != 1 || !slices.Equal(st.Slots, slots) || st.Replicas != 0 || st.Placement != nil {
+		t.Fatalf("restored %+v", st)
+	}
+	// And initialising without Replicas keeps that shape.
+	var m MetaMachine
+	applyMeta(t, &m, MetaCommand{InitShards: 2})
+	if st := m.State(); st.Replicas != 0 || st.Placement != nil || len(st.Shards()) != 2 {
+		t.Fatalf("init without replicas: %+v", st)
+	}
+}
+
+func TestMetaSnapshotWithUnsortedNodesIsRefused(t *testing.T) {
+	b, err := msgpack.Marshal(&MetaState{Nodes: []NodeRecord{{ID: "b"}, {ID: "a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m MetaMachine
+	if err := m.Restore(bytes.NewReader(b)); err == nil {
+		t.Fatal("unsorted nodes restored")
+	}
+}
