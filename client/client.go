@@ -23,6 +23,22 @@
 // later request fails, the earlier ones stay applied, and calling again with
 // the same batch is the way to finish it.
 //
+// Concurrent creates of one kind on one Client are coalesced (unless
+// WithCoalescing(false)): while a request is in flight, the calls made
+// meanwhile queue, and as soon as it is answered they go together as one
+// request, as many as it holds; each caller gets exactly its own results,
+// indexed into its own slice. So 64 goroutines each creating one transfer
+// send a few requests, not 64. A call that does not fit in one request, or
+// whose last event is flagged linked (its chain open: alone it answers
+// linked_event_chain_open, which another caller's events after it would
+// change), or that the cluster would refuse as malformed, is sent alone as
+// above. A request-level error reaches every caller of the request, and it
+// is retried for all of them while any of them waits (so a caller may get
+// exists for events another shard's timeout made the request resend); a
+// caller whose ctx ends gets ctx's error, and the others' request goes on.
+// At most CoalesceCallsMax calls of a kind wait in a Client; more wait for
+// room. Close refuses new calls and waits for those under way.
+//
 //	nc, err := client.Connect(nats.DefaultURL, client.Credentials{User: "acme", Password: pw})
 //	if err != nil { ... }
 //	c := client.New(nc)
@@ -43,6 +59,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -60,13 +78,32 @@ const (
 	backoffMax            = 1 * time.Second
 )
 
+// ErrClosed is returned by the calls made after Close.
+var ErrClosed = errors.New("client: closed")
+
 // Client sends requests to a ledgerd cluster. It is safe for concurrent use.
 type Client struct {
 	subjects       transport.Subjects
 	requestTimeout time.Duration
+	coalescing     bool
 	// send makes one request attempt. It is nc.RequestWithContext except in
 	// tests, which check splitting and rebasing without a NATS server.
 	send func(ctx context.Context, subject string, body []byte) ([]byte, error)
+	// accounts and transfers coalesce concurrent creates; nil without
+	// coalescing.
+	accounts, transfers *coalescer
+	requests            atomic.Uint64 // attempts sent, for Stats
+
+	// mu guards closed against calls that start while Close waits for calls.
+	mu     sync.RWMutex
+	closed bool
+	calls  sync.WaitGroup
+}
+
+// Stats are what a Client has sent.
+type Stats struct {
+	// Requests counts the requests sent, every attempt of a retry included.
+	Requests uint64
 }
 
 // Option configures a Client.
@@ -75,6 +112,12 @@ type Option func(*Client)
 // WithPrefix sets the subject prefix (default transport.DefaultPrefix).
 func WithPrefix(prefix string) Option {
 	return func(c *Client) { c.subjects.Prefix = prefix }
+}
+
+// WithCoalescing turns the coalescing of concurrent creates on (the
+// default) or off: off, every call is sent as its own request(s).
+func WithCoalescing(on bool) Option {
+	return func(c *Client) { c.coalescing = on }
 }
 
 // WithRequestTimeout sets how long one attempt waits for its reply before it
@@ -88,6 +131,7 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 	c := &Client{
 		subjects:       transport.Subjects{Prefix: transport.DefaultPrefix},
 		requestTimeout: RequestTimeoutDefault,
+		coalescing:     true,
 		send: func(ctx context.Context, subject string, body []byte) ([]byte, error) {
 			msg, err := nc.RequestWithContext(ctx, subject, body)
 			if err != nil {
@@ -99,7 +143,54 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 	for _, o := range opts {
 		o(c)
 	}
+	if c.coalescing {
+		c.accounts = newCoalescer(c, kind{subject: c.subjects.AccountsCreate(), field: "accounts",
+			valid: decodes[transport.CreateAccountsRequest]}, CoalesceCallsMax)
+		c.transfers = newCoalescer(c, kind{subject: c.subjects.TransfersCreate(), field: "transfers",
+			valid: decodes[transport.CreateTransfersRequest]}, CoalesceCallsMax)
+	}
 	return c
+}
+
+// decodes reports whether the router would decode body as an R, by the
+// router's own decoder, so the two cannot disagree. Values made from Go
+// types have no wrong type or out-of-range integer; what the check catches
+// is a container over transport.BatchEventsMax (metadata of 8191 pairs),
+// which the router refuses as too_many_events.
+func decodes[R any](body []byte) bool {
+	return transport.Unmarshal(body, new(R)) == nil
+}
+
+// Stats returns what c has sent so far.
+func (c *Client) Stats() Stats { return Stats{Requests: c.requests.Load()} }
+
+// Close refuses the calls made from now on (ErrClosed) and waits for those
+// under way to return, coalesced ones included: each returns when it is
+// answered or its ctx ends. Then no goroutine of c runs. It does not close
+// the NATS connection, which the caller owns: close that after.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.calls.Wait()
+	for _, q := range []*coalescer{c.accounts, c.transfers} {
+		if q != nil {
+			q.close()
+		}
+	}
+	return nil
+}
+
+// enter counts a call under way, or refuses it after Close; the caller
+// calls c.calls.Done when it returns.
+func (c *Client) enter() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	c.calls.Add(1)
+	return nil
 }
 
 // CreateAccounts creates accounts and returns one result per account, in
@@ -110,7 +201,7 @@ func (c *Client) CreateAccounts(ctx context.Context, accounts []transport.Accoun
 	if err != nil {
 		return nil, err
 	}
-	return c.create(ctx, c.subjects.AccountsCreate(), "accounts", events)
+	return c.create(ctx, c.accounts, c.subjects.AccountsCreate(), "accounts", events)
 }
 
 // CreateTransfers creates transfers and returns one result per transfer, in
@@ -121,13 +212,22 @@ func (c *Client) CreateTransfers(ctx context.Context, transfers []transport.Tran
 	if err != nil {
 		return nil, err
 	}
-	return c.create(ctx, c.subjects.TransfersCreate(), "transfers", events)
+	return c.create(ctx, c.transfers, c.subjects.TransfersCreate(), "transfers", events)
 }
 
-func (c *Client) create(ctx context.Context, subject, field string, events *encoded) ([]transport.Result, error) {
+// create sends events through q (nil: no coalescing) if it admits them,
+// else as requests of their own.
+func (c *Client) create(ctx context.Context, q *coalescer, subject, field string, events *encoded) ([]transport.Result, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
 	spans, err := events.split(transport.BatchEventsMax)
 	if err != nil {
 		return nil, err
+	}
+	if q != nil && q.admits(events, spans) {
+		return q.do(ctx, events)
 	}
 	results := make([]transport.Result, 0, events.len())
 	for _, s := range spans {
@@ -176,6 +276,10 @@ const (
 )
 
 func lookup[R, T any](ctx context.Context, c *Client, subject string, ids []string, fields func(*R) ([]T, *transport.Error)) ([]T, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
 	events, err := encodeEvents(ids, func(*string) bool { return false })
 	if err != nil {
 		return nil, err
@@ -214,6 +318,10 @@ func (c *Client) AccountBalances(ctx context.Context, f transport.AccountFilter)
 }
 
 func history[R, T any](ctx context.Context, c *Client, subject string, f *transport.AccountFilter, fields func(*R) ([]T, *transport.Error)) ([]T, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
 	body, err := transport.Marshal(f)
 	if err != nil {
 		return nil, err
@@ -228,6 +336,10 @@ func history[R, T any](ctx context.Context, c *Client, subject string, f *transp
 
 // Status returns the cluster's nodes and shards.
 func (c *Client) Status(ctx context.Context) (*transport.StatusReply, error) {
+	if err := c.enter(); err != nil {
+		return nil, err
+	}
+	defer c.calls.Done()
 	// 0x80 is the msgpack empty map: the request has no fields.
 	return call(ctx, c, c.subjects.ClusterStatus(), []byte{0x80}, func(r *transport.StatusReply) *transport.Error { return r.Error })
 }
@@ -235,6 +347,12 @@ func (c *Client) Status(ctx context.Context) (*transport.StatusReply, error) {
 // call sends body until it gets a reply that is not a retryable error or ctx
 // is done. replyErr returns the decoded reply's request-level error.
 func call[R any](ctx context.Context, c *Client, subject string, body []byte, replyErr func(*R) *transport.Error) (*R, error) {
+	return callObserved(ctx, c, subject, body, replyErr, func(error) {})
+}
+
+// callObserved is call that also passes each failed attempt's error to
+// observe before it retries.
+func callObserved[R any](ctx context.Context, c *Client, subject string, body []byte, replyErr func(*R) *transport.Error, observe func(error)) (*R, error) {
 	for attempt := 0; ; attempt++ {
 		reply, err := request[R](ctx, c, subject, body)
 		if err == nil {
@@ -247,6 +365,7 @@ func call[R any](ctx context.Context, c *Client, subject string, body []byte, re
 		if !retryable(err) {
 			return nil, err
 		}
+		observe(err)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%s: %w (last attempt: %w)", subject, ctx.Err(), err)
@@ -260,6 +379,7 @@ func call[R any](ctx context.Context, c *Client, subject string, body []byte, re
 func request[R any](ctx context.Context, c *Client, subject string, body []byte) (*R, error) {
 	actx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
+	c.requests.Add(1)
 	data, err := c.send(actx, subject, body)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {

@@ -78,11 +78,18 @@ func (e *encoded) split(countMax int) ([]span, error) {
 func (e *encoded) body(field string, s span) []byte {
 	events := e.buf[e.off[s.start]:e.off[s.end]]
 	b := bytes.NewBuffer(make([]byte, 0, envelopeBytesMax+len(events)))
-	enc := msgpack.NewEncoder(b)
+	writeEnvelope(b, field, s.end-s.start)
+	b.Write(events)
+	return b.Bytes()
+}
+
+// writeEnvelope writes what precedes n events in a request {field: [...]}.
+func writeEnvelope(b *bytes.Buffer, field string, n int) {
+	enc := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(enc)
+	enc.Reset(b)
 	// Writes to a bytes.Buffer cannot fail.
 	_ = enc.EncodeMapLen(1)
 	_ = enc.EncodeString(field)
-	_ = enc.EncodeArrayLen(s.end - s.start)
-	b.Write(events)
-	return b.Bytes()
+	_ = enc.EncodeArrayLen(n)
 }

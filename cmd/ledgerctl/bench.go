@@ -47,7 +47,8 @@ type benchOptions struct {
 	legs                                int
 	ledger                              uint32
 	amount, seed                        uint64
-	idPrefix                            string
+	idPrefix, providerPrefix            string
+	coalesce                            bool
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -75,7 +76,19 @@ coordinates each of them across shards by two-phase commit (this needs 2
 shards or more). A request never cuts a chain. Each leg is one event of
 transfers/s; chains/s counts the chains whose every leg answered ok (or
 exists). A leg refused flags_invalid, or a chain answered or applied in part,
-fails the run.`,
+fails the run.
+
+The clients coalesce concurrent calls (the Go client's default): with
+--batch 1, the transfers of the calls made while a request is in flight go
+together in the next request. --coalesce=false sends each call as its own
+request; the report counts both calls (requests) and NATS requests.
+
+As a provider (--user/--password, or another credential, of a providers
+file), give --provider-prefix, one of its id prefixes, and --ledger, one of
+its ledgers: the run's ids then start with it. The cluster status is refused
+to a provider, so the bench does not know the shards: --cross-shard,
+--two-phase-cross-shard and --linked-cross-shard are refused, and two-phase
+transfers and chains take accounts regardless of their shards.`,
 		Args: cobra.NoArgs,
 	}
 	o := addBenchFlags(cmd.Flags())
@@ -105,7 +118,9 @@ func addBenchFlags(f *pflag.FlagSet) *benchOptions {
 	f.Uint32Var(&o.ledger, "ledger", 1, "ledger of the accounts and transfers")
 	f.Uint64Var(&o.amount, "amount", 1, "amount of every transfer")
 	f.Uint64Var(&o.seed, "seed", 0, "seed of the account pairs (0: random, printed)")
-	f.StringVar(&o.idPrefix, "id-prefix", "", "prefix of the ids created (default: a random run id); reuse one and the audit fails, as it needs fresh accounts")
+	f.StringVar(&o.idPrefix, "id-prefix", "", "prefix of the ids created (default: --provider-prefix and a random run id); reuse one and the audit fails, as it needs fresh accounts")
+	f.StringVar(&o.providerPrefix, "provider-prefix", "", "an id prefix the connection's provider owns (docs/security.md): every id created starts with it")
+	f.BoolVar(&o.coalesce, "coalesce", true, "let each client coalesce concurrent calls into shared requests (false: one request per call)")
 	return o
 }
 
@@ -142,7 +157,10 @@ func (o *benchOptions) check() error {
 		o.seed = rand.Uint64()
 	}
 	if o.idPrefix == "" {
-		o.idPrefix = fmt.Sprintf("bench-%08x", rand.Uint32())
+		o.idPrefix = fmt.Sprintf("%sbench-%08x", o.providerPrefix, rand.Uint32())
+	}
+	if !strings.HasPrefix(o.idPrefix, o.providerPrefix) {
+		return fmt.Errorf("--id-prefix %q does not start with --provider-prefix %q: the provider would be refused every id", o.idPrefix, o.providerPrefix)
 	}
 	for _, id := range []string{o.accountID(o.accounts), o.transferID(o.transfers), o.resolutionID(o.transfers)} {
 		if !transport.ValidID(id) {
@@ -257,7 +275,9 @@ type benchReport struct {
 	Batch                int            `json:"batch"`
 	Clients              int            `json:"clients"`
 	Connections          int            `json:"connections"`
-	Requests             int            `json:"requests"`
+	Coalesce             bool           `json:"coalesce"`      // the clients coalesced concurrent calls
+	Requests             int            `json:"requests"`      // calls of the client, each timed for the latencies
+	NATSRequests         int            `json:"nats_requests"` // requests the calls took, retries included
 	OK                   int            `json:"ok"`
 	Exists               int            `json:"exists"`
 	Failed               map[string]int `json:"failed"` // by result code, or by why a request got no results
@@ -298,7 +318,9 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 		}
 		defer nc.Close()
 		conns[i] = nc
-		b.clients = append(b.clients, a.client(nc))
+		c := client.New(nc, client.WithPrefix(a.prefix), client.WithCoalescing(o.coalesce))
+		defer c.Close() // before nc.Close: defers run last first
+		b.clients = append(b.clients, c)
 	}
 	if err := a.probe(ctx, conns[0]); err != nil {
 		return a.explain(ctx, conns[0], err)
@@ -308,15 +330,9 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 		b.accountIDs[i] = o.accountID(i)
 	}
 
-	sctx, scancel := context.WithTimeout(ctx, a.timeout)
-	st, err := b.clients[0].Status(sctx)
-	scancel()
+	shards, shardOf, err := b.shards(ctx)
 	if err != nil {
 		return a.explain(ctx, conns[0], err)
-	}
-	shardOf, err := accountShards(st, b.accountIDs)
-	if err != nil {
-		return err
 	}
 	pairs, err := genPairs(rand.New(rand.NewPCG(o.seed, 0)), shardOf, o.mix())
 	if err != nil {
@@ -325,10 +341,12 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 	if err := b.createAccounts(ctx); err != nil {
 		return a.explain(ctx, conns[0], err)
 	}
+	sentBefore := b.requestsSent()
 	run := b.sendTransfers(ctx, pairs)
+	run.natsRequests = b.requestsSent() - sentBefore
 
 	r := run.report(o)
-	r.Shards, r.Connections = len(st.Shards), len(conns)
+	r.Shards, r.Connections = shards, len(conns)
 	r.count(pairs, shardOf)
 	r.Errors = append(refusedOnOneShard(pairs, run.codes), r.countChains(pairs, run)...)
 	if ctx.Err() != nil {
@@ -359,6 +377,38 @@ func (a *app) bench(ctx context.Context, o benchOptions) error {
 		return errReported
 	}
 	return nil
+}
+
+// shards returns the cluster's shard count and each bench account's shard,
+// from the cluster status. A provider is refused the status: then the
+// shards are unknown (0, every account on "shard 0"), and the options that
+// place accounts on shards are refused.
+func (b *bench) shards(ctx context.Context) (int, []int32, error) {
+	sctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	st, err := b.clients[0].Status(sctx)
+	var e *transport.Error
+	switch {
+	case errors.As(err, &e) && e.Code == transport.ErrUnauthorizedCode:
+		if b.o.crossShard >= 0 || b.o.twoPhaseCross > 0 || b.o.linkedCross > 0 {
+			return 0, nil, fmt.Errorf("--cross-shard, --two-phase-cross-shard and --linked-cross-shard need the cluster's shards, and its status is refused to this connection (%w): a provider's bench places accounts regardless of shards", err)
+		}
+		fmt.Fprintln(b.stderr, "cluster status refused (a provider): shards unknown, accounts placed regardless of them")
+		return 0, make([]int32, len(b.accountIDs)), nil
+	case err != nil:
+		return 0, nil, err
+	}
+	shardOf, err := accountShards(st, b.accountIDs)
+	return len(st.Shards), shardOf, err
+}
+
+// requestsSent is the NATS requests the bench's clients have sent.
+func (b *bench) requestsSent() int {
+	n := uint64(0)
+	for _, c := range b.clients {
+		n += c.Stats().Requests
+	}
+	return int(n)
 }
 
 // count fills in how many transfers of each kind the run sent.
@@ -519,6 +569,7 @@ type sendRun struct {
 	noAnswer        map[string]int // events without a result, by why their request failed
 	latencies       []time.Duration
 	elapsed         time.Duration
+	natsRequests    int // NATS requests sent, retries included
 }
 
 // sendTransfers sends pairs from o.clients workers, each request under its
@@ -657,7 +708,8 @@ func progress(w io.Writer, start time.Time, c *sendCounts, twoPhase, linked bool
 
 func (run *sendRun) report(o benchOptions) benchReport {
 	r := benchReport{RunID: o.idPrefix, Seed: o.seed, Accounts: o.accounts, Transfers: o.transfers, Batch: o.batch,
-		Clients: o.clients, Requests: len(run.latencies), Failed: map[string]int{}, ElapsedMs: ms(run.elapsed),
+		Clients: o.clients, Coalesce: o.coalesce, Requests: len(run.latencies), NATSRequests: run.natsRequests,
+		Failed: map[string]int{}, ElapsedMs: ms(run.elapsed),
 		LatencyMsP50: ms(percentile(run.latencies, 0.50)), LatencyMsP99: ms(percentile(run.latencies, 0.99)),
 		LatencyMsMax: ms(percentile(run.latencies, 1))}
 	if o.linked > 0 {
@@ -843,9 +895,17 @@ func checkBalances(ids []string, accounts []transport.Account, pairs []pair, pos
 
 func benchTable(w io.Writer, r benchReport) {
 	fmt.Fprintf(w, "run\t%s (seed %d)\n", r.RunID, r.Seed)
-	fmt.Fprintf(w, "cluster\t%d shards\n", r.Shards)
-	fmt.Fprintf(w, "load\t%d accounts, %d transfers (%d cross-shard), %d per request, %d clients on %d connections\n",
-		r.Accounts, r.Transfers, r.TransfersCrossShard, r.Batch, r.Clients, r.Connections)
+	if r.Shards > 0 {
+		fmt.Fprintf(w, "cluster\t%d shards\n", r.Shards)
+	} else {
+		fmt.Fprintf(w, "cluster\tshards unknown (status refused to a provider): cross-shard counts not known\n")
+	}
+	cross := fmt.Sprintf(" (%d cross-shard)", r.TransfersCrossShard)
+	if r.Shards == 0 {
+		cross = "" // the shards are unknown
+	}
+	fmt.Fprintf(w, "load\t%d accounts, %d transfers%s, %d per request, %d clients on %d connections\n",
+		r.Accounts, r.Transfers, cross, r.Batch, r.Clients, r.Connections)
 	if r.TwoPhase > 0 {
 		fmt.Fprintf(w, "two-phase\t%d pending (%d cross-shard), then %d posted whole, %d posted in part, %d voided: %d events\n",
 			r.TwoPhase, r.TwoPhaseCrossShard, r.TwoPhase-r.TwoPhasePartial-r.TwoPhaseVoid, r.TwoPhasePartial, r.TwoPhaseVoid, r.Events)
@@ -853,7 +913,11 @@ func benchTable(w io.Writer, r benchReport) {
 	if r.Chains > 0 {
 		fmt.Fprintf(w, "linked\t%d chains of %d legs: %d of the transfers\n", r.Chains, r.Legs, r.Chains*r.Legs)
 	}
-	fmt.Fprintf(w, "requests\t%d\n", r.Requests)
+	coalesced := "coalescing concurrent calls"
+	if !r.Coalesce {
+		coalesced = "coalescing off"
+	}
+	fmt.Fprintf(w, "requests\t%d calls in %d NATS requests (%s)\n", r.Requests, r.NATSRequests, coalesced)
 	fmt.Fprintf(w, "ok\t%d\n", r.OK)
 	fmt.Fprintf(w, "exists\t%d\n", r.Exists)
 	for _, why := range slices.Sorted(maps.Keys(r.Failed)) {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,4 +150,78 @@ func TestBenchLinkedCrossShardAppliesEveryChainWhole(t *testing.T) {
 		t.Fatalf("chains across shards: report %+v", r)
 	}
 	nothingPending(t, srv)
+}
+
+// One request per call from 64 clients: coalescing (the default) sends the
+// same transfers in fewer NATS requests than calls; --coalesce=false sends
+// one per call. Both pass the audit.
+func TestBenchUnbatchedCoalescesCallsUnlessTurnedOff(t *testing.T) {
+	srv := startServer(t, 1)
+	on := runBench(t, srv, "--accounts", "100", "--transfers", "1000", "--batch", "1", "--clients", "64")
+	off := runBench(t, srv, "--accounts", "100", "--transfers", "1000", "--batch", "1", "--clients", "64", "--coalesce=false")
+	for _, r := range []benchReport{on, off} {
+		if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.OK != 1000 || r.Requests != 1000 {
+			t.Fatalf("report %+v", r)
+		}
+	}
+	if !on.Coalesce || on.NATSRequests >= on.Requests {
+		t.Errorf("coalescing: %d calls in %d NATS requests, want fewer requests", on.Requests, on.NATSRequests)
+	}
+	if off.Coalesce || off.NATSRequests < off.Requests {
+		t.Errorf("without coalescing: %d calls in %d NATS requests, want one or more each", off.Requests, off.NATSRequests)
+	}
+	t.Logf("1000 calls: %d NATS requests coalesced, %d without", on.NATSRequests, off.NATSRequests)
+}
+
+// providersFile has the operator and one provider, acme, on ledger 7 with
+// the prefix "acme-".
+const providersFile = `
+operators:
+  - {user: ops, password: ops-pw}
+providers:
+  - {user: acme, password: acme-pw, ledgers: [7], accounts: ["acme-"]}
+`
+
+// A provider runs the bench confined to its prefix and ledger: every id
+// starts with --provider-prefix, the cluster status it is refused leaves
+// the shards unknown, and the run passes the audit. Options that need the
+// shards are refused, and a provider outside its prefix is refused the ids.
+func TestBenchRunsAsAProviderConfinedToItsPrefix(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "providers.yaml")
+	if err := os.WriteFile(path, []byte(providersFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := server.Start(ctx, server.Config{
+		NodeID: "n1", DataDir: filepath.Join(dir, "data"), NATSListen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", Shards: 2,
+		Providers: path, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	acme := []string{"--user", "acme", "--password", "acme-pw", "--ledger", "7"}
+
+	r := runBench(t, srv, append(acme, "--provider-prefix", "acme-", "--accounts", "50", "--transfers", "400", "--batch", "2",
+		"--clients", "16", "--two-phase", "0.2", "--linked", "0.2")...)
+	if r.Conservation != "PASS" || len(r.Errors) != 0 || len(r.Failed) != 0 || r.Shards != 0 || !strings.HasPrefix(r.RunID, "acme-bench-") ||
+		r.OK != 400+r.TwoPhase {
+		t.Fatalf("provider's report %+v", r)
+	}
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--provider-prefix", "acme-", "--cross-shard", "0.5"}, "need the cluster's shards"},
+		{[]string{"--provider-prefix", "acme-", "--id-prefix", "globex-1"}, `does not start with --provider-prefix "acme-"`},
+		{[]string{"--id-prefix", "globex-1"}, "account globex-1-a0: unauthorized"},
+	} {
+		code, out, errOut := ctl(t, ctx, append(append([]string{"bench", "--server", srv.ClientURL(), "--accounts", "10", "--transfers", "10"}, acme...), c.args...)...)
+		if code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%q: exit %d, %q %q; want it refused: %q", c.args, code, out, errOut, c.want)
+		}
+	}
 }
