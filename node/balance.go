@@ -57,7 +57,11 @@ type groupView struct {
 // surplusLeadership returns a group this node leads beyond its share and the
 // voter to hand it to, if any.
 func (n *Node) surplusLeadership(ctx context.Context) (*raftfsm.Group, raft.Server, bool) {
-	f := n.meta.Raft().GetConfiguration()
+	meta := n.metaGroup()
+	if meta == nil {
+		return nil, raft.Server{}, false // being repaired
+	}
+	f := meta.Raft().GetConfiguration()
 	if f.Error() != nil {
 		return nil, raft.Server{}, false
 	}

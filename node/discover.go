@@ -43,7 +43,7 @@ const formingReminder = 5 * time.Second
 func (n *Node) answerNodes(self transport.NodeInfo) (*nats.Subscription, error) {
 	return n.nc.Subscribe(n.subjects.Nodes(), func(msg *nats.Msg) {
 		info := self
-		if g := n.opened.Load(); g != nil {
+		if g := n.metaGroup(); g != nil {
 			info.Member = g.Raft().LastIndex() > bootstrapIndex
 		}
 		if b, err := transport.Marshal(&info); err == nil {
@@ -140,10 +140,12 @@ func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error)
 	build := buildinfo.Get().Build()
 	return n.nc.Subscribe(n.subjects.NodesStatus(), func(msg *nats.Msg) {
 		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Build: build, Health: "up", RaftAddr: self.RaftAddr}
-		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
-			for _, s := range f.Configuration().Servers {
-				if s.Suffrage == raft.Voter {
-					st.Voters = append(st.Voters, string(s.ID))
+		if g := n.metaGroup(); g != nil {
+			if f := g.Raft().GetConfiguration(); f.Error() == nil {
+				for _, s := range f.Configuration().Servers {
+					if s.Suffrage == raft.Voter {
+						st.Voters = append(st.Voters, string(s.ID))
+					}
 				}
 			}
 		}

@@ -74,16 +74,23 @@ type Node struct {
 	log      *slog.Logger
 	mux      *raftmux.Mux
 
-	meta    *raftfsm.Group
+	self transport.NodeInfo
+	// meta is the meta group once open; nil while it is repaired
+	// (repair.go).
+	meta    atomic.Pointer[raftfsm.Group]
 	metaM   *raftfsm.MetaMachine
 	servers []raft.Server // the initial configuration, if this node forms the cluster
 	nodes   *nats.Subscription
-	opened  atomic.Pointer[raftfsm.Group] // the meta group, once open (answerNodes reads it)
 	status  *nats.Subscription
 	cancel  context.CancelFunc // stops the background loops
-	mu      sync.Mutex
-	shards  map[uint32]*shardServer
-	ids     []uint32
+	// watchers are the loops that repair groups damaged while running.
+	watchers sync.WaitGroup
+	failure  failure
+	mu       sync.Mutex
+	// shards holds every shard of ids this node has open; a shard is out
+	// of it while it is repaired. Guarded by mu.
+	shards map[uint32]*shardServer
+	ids    []uint32
 }
 
 // Start opens the meta group, waits for the slot map, then opens every
@@ -114,6 +121,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
 	}
 	self := transport.NodeInfo{ID: cfg.NodeID, RaftAddr: mux.Addr().String()}
+	n.self = self
+	n.failure.init()
 	if n.nodes, err = n.answerNodes(self); err != nil {
 		mux.Close()
 		return nil, err
@@ -123,28 +132,22 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		mux.Close()
 		return nil, err
 	}
-	n.meta, err = n.openGroup(ctx, self, metaGroupID, "meta", n.metaM, n.serveMeta)
-	if n.repairable(err) {
-		if err = n.dropDamaged("meta", err); err == nil {
-			n.meta, err = n.openGroup(ctx, self, metaGroupID, "meta", n.metaM, n.serveMeta)
-		}
-	}
-	if err != nil {
+	bg, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	if err := n.openOrRepair(ctx, bg, metaGroupID); err != nil {
+		cancel()
 		_ = n.nodes.Unsubscribe()
 		mux.Close()
 		return nil, err
 	}
-	n.opened.Store(n.meta)
 	if n.servers == nil {
 		// Restarted, or joined: a shard group that never got its first
 		// entry and is not joining bootstraps with the cluster's
 		// configuration, the meta group's.
-		if f := n.meta.Raft().GetConfiguration(); f.Error() == nil {
+		if f := n.metaGroup().Raft().GetConfiguration(); f.Error() == nil {
 			n.servers = f.Configuration().Servers
 		}
 	}
-	bg, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
 	slots, err := n.waitSlotMap(ctx)
 	if err != nil {
 		n.Close()
@@ -155,46 +158,92 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(ids))
 	}
 	for _, id := range ids {
-		dir := "shard-" + strconv.FormatUint(uint64(id), 10)
-		s, err := n.openShard(ctx, bg, self, id, dir)
-		if n.repairable(err) {
-			if err = n.dropDamaged(dir, err); err == nil {
-				s, err = n.openShard(ctx, bg, self, id, dir)
-			}
-		}
-		if err != nil {
+		n.mu.Lock()
+		n.ids = append(n.ids, id)
+		n.mu.Unlock()
+		if err := n.openOrRepair(ctx, bg, id); err != nil {
 			n.Close()
 			return nil, err
 		}
-		n.mu.Lock()
-		n.shards[id] = s
-		n.ids = append(n.ids, id)
-		n.mu.Unlock()
 	}
 	if n.status, err = n.answerStatus(self); err != nil {
 		n.Close()
 		return nil, err
+	}
+	for _, id := range append([]uint32{metaGroupID}, ids...) {
+		n.watchers.Add(1)
+		go n.watch(bg, id)
 	}
 	go n.balanceLeaders(bg)
 	go n.promote(bg, self)
 	return n, nil
 }
 
-// openShard opens shard id's history store and group in dir; on error,
-// nothing it opened stays open.
-func (n *Node) openShard(ctx, bg context.Context, self transport.NodeInfo, id uint32, dir string) (*shardServer, error) {
-	store, err := history.Open(filepath.Join(n.cfg.DataDir, dir, "history"), history.Options{Logger: n.log.With("shard", id), Salvage: n.salvage()})
+// groupDir is the directory of group id under the data directory.
+func groupDir(id uint32) string {
+	if id == metaGroupID {
+		return "meta"
+	}
+	return "shard-" + strconv.FormatUint(uint64(id), 10)
+}
+
+// openMember opens group id, the meta group or a shard, joining it if its
+// directory is marked so (rejoining), and makes it the node's. At start
+// and in a repair alike; on error, nothing it opened stays open.
+func (n *Node) openMember(ctx, bg context.Context, id uint32) error {
+	if id == metaGroupID {
+		// The same machine serves every opening: the slot map it holds
+		// is set once (InitShards), so replaying the meta log or
+		// restoring a snapshot over it gives the same map, and readers
+		// (the router's slot map requests, status) keep it meanwhile.
+		g, err := n.openGroup(ctx, id, n.metaM, n.serveMeta)
+		if err != nil {
+			return err
+		}
+		n.meta.Store(g)
+		return nil
+	}
+	s, err := n.openShard(ctx, bg, id)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.shards[id] = s
+	n.mu.Unlock()
+	return nil
+}
+
+// member returns group id as the node holds it now (nil: not open).
+func (n *Node) member(id uint32) *raftfsm.Group {
+	if id == metaGroupID {
+		return n.meta.Load()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s, ok := n.shards[id]; ok {
+		return s.g
+	}
+	return nil
+}
+
+// openShard opens shard id's history store and group; on error, nothing
+// it opened stays open.
+func (n *Node) openShard(ctx, bg context.Context, id uint32) (*shardServer, error) {
+	store, err := history.Open(filepath.Join(n.cfg.DataDir, groupDir(id), "history"), history.Options{Logger: n.log.With("shard", id), Salvage: n.salvage()})
 	if err != nil {
 		return nil, err
 	}
-	s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax)}
-	s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(bg, applied) })
+	life, cancel := context.WithCancel(bg)
+	s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax), cancel: cancel}
+	s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(life, applied) })
 	if s.history, err = s.serveHistory(); err != nil {
+		cancel()
 		store.Close()
 		return nil, err
 	}
-	s.g, err = n.openGroup(ctx, self, id, dir, s.m, s.serve)
+	s.g, err = n.openGroup(ctx, id, s.m, s.serve)
 	if err != nil {
+		cancel()
 		_ = s.history.Unsubscribe()
 		store.Close()
 		return nil, err
@@ -219,10 +268,11 @@ func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
 	}
 }
 
-// openGroup opens group id in dir. A group this node is joining (rejoin)
-// is opened without a configuration and silent in elections, and joined
-// before openGroup returns.
-func (n *Node) openGroup(ctx context.Context, self transport.NodeInfo, id uint32, dir string, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
+// openGroup opens group id in its directory. A group this node is joining
+// (rejoin) is opened without a configuration and silent in elections, and
+// joined before openGroup returns.
+func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
+	dir := groupDir(id)
 	rejoin, err := n.rejoining(dir)
 	if err != nil {
 		return nil, err
@@ -254,7 +304,7 @@ func (n *Node) openGroup(ctx context.Context, self transport.NodeInfo, id uint32
 	if err != nil || !rejoin {
 		return g, err
 	}
-	if err := n.join(ctx, n.groupSubject(id), id, shard.Join{Node: self}); err != nil {
+	if err := n.join(ctx, n.groupSubject(id), id, shard.Join{Node: n.self}); err != nil {
 		g.Shutdown()
 		return nil, err
 	}
@@ -286,10 +336,14 @@ func (n *Node) waitSlotMap(ctx context.Context) (raftfsm.SlotMap, error) {
 // serveMeta runs while this node leads the meta group: it creates the slot
 // map if there is none and answers slot map requests.
 func (n *Node) serveMeta(ctx context.Context) {
+	g := n.opening(ctx)
+	if g == nil {
+		return
+	}
 	if len(n.metaM.SlotMap().Slots) == 0 {
 		shards := max(n.cfg.Shards, 1)
 		b, _ := transport.Marshal(&raftfsm.MetaCommand{InitShards: shards})
-		if _, err := n.meta.ProposeWait(ctx, b); err != nil {
+		if _, err := g.ProposeWait(ctx, b); err != nil {
 			n.log.Error("create slot map", "err", err)
 			return
 		}
@@ -298,10 +352,10 @@ func (n *Node) serveMeta(ctx context.Context) {
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
 		switch msg.Header.Get(shard.OpHeader) {
 		case shard.OpJoin:
-			go respond(msg, joinReply(n.meta, msg.Data))
+			go respond(msg, joinReply(g, msg.Data))
 			return
 		case shard.OpRemove:
-			go respond(msg, removeReply(n.meta, msg.Data))
+			go respond(msg, removeReply(g, msg.Data))
 			return
 		}
 		m := n.metaM.SlotMap()
@@ -314,6 +368,26 @@ func (n *Node) serveMeta(ctx context.Context) {
 	}
 	<-ctx.Done()
 	_ = sub.Unsubscribe()
+}
+
+// metaGroup returns the meta group, nil while it is not open.
+func (n *Node) metaGroup() *raftfsm.Group { return n.member(metaGroupID) }
+
+// opening returns the meta group for its leader's term (ctx): a term may
+// begin before openGroup has returned the group to be stored.
+func (n *Node) opening(ctx context.Context) *raftfsm.Group {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if g := n.metaGroup(); g != nil {
+			return g
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 func (n *Node) shardIDs() []uint32 {
@@ -361,19 +435,39 @@ func (n *Node) shardStatus(s *shardServer) transport.ShardStatus {
 	return st
 }
 
-// Ready reports whether every group has a leader.
+// Ready reports whether every group is open here and has a leader: not
+// while a group damaged while running is repaired.
 func (n *Node) Ready() bool {
-	if _, id := n.meta.Raft().LeaderWithID(); id == "" {
+	if !led(n.metaGroup()) {
 		return false
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, s := range n.shards {
-		if _, id := s.g.Raft().LeaderWithID(); id == "" {
+	for _, id := range n.ids {
+		if s, ok := n.shards[id]; !ok || !led(s.g) {
 			return false
 		}
 	}
 	return true
+}
+
+// led reports whether g is open, not stopped on damage, and has a leader.
+func led(g *raftfsm.Group) bool {
+	if g == nil || halted(g) {
+		return false
+	}
+	_, id := g.Raft().LeaderWithID()
+	return id != ""
+}
+
+// halted reports whether damage found while g ran has stopped it.
+func halted(g *raftfsm.Group) bool {
+	select {
+	case <-g.Halted():
+		return true
+	default:
+		return false
+	}
 }
 
 // Close stops every group; what was acknowledged is on disk already. A
@@ -383,18 +477,19 @@ func (n *Node) Close() error {
 	if n.cancel != nil {
 		n.cancel()
 	}
+	n.watchers.Wait() // a repair cut short leaves its group closed or the node's
 	n.transferLeadership()
 	n.mu.Lock()
 	shards := n.shards
 	n.shards = map[uint32]*shardServer{}
 	n.mu.Unlock()
+	meta := n.meta.Swap(nil)
 	var errs []error
 	for _, s := range shards {
-		_ = s.history.Unsubscribe()
-		errs = append(errs, s.g.Shutdown(), s.m.History().Close())
+		errs = append(errs, s.close())
 	}
-	if n.meta != nil {
-		errs = append(errs, n.meta.Shutdown())
+	if meta != nil {
+		errs = append(errs, meta.Shutdown())
 	}
 	for _, sub := range []*nats.Subscription{n.nodes, n.status} {
 		if sub != nil {
@@ -405,16 +500,18 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
-// groups returns the meta group and every shard group this node has opened.
+// groups returns the meta group and every shard group this node has open:
+// not one stopped on damage or being repaired (status, the balancer and
+// promotion leave it out), nor any once Close has begun.
 func (n *Node) groups() []*raftfsm.Group {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var groups []*raftfsm.Group
-	if n.meta != nil {
-		groups = append(groups, n.meta)
+	if g := n.meta.Load(); g != nil && !halted(g) {
+		groups = append(groups, g)
 	}
 	for _, id := range n.ids {
-		if s, ok := n.shards[id]; ok { // gone once Close has begun
+		if s, ok := n.shards[id]; ok && !halted(s.g) {
 			groups = append(groups, s.g)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -41,6 +42,24 @@ type shardServer struct {
 	hash  hashCache
 	// history serves copies of the history store (historycopy.go).
 	history *nats.Subscription
+	// cancel ends what the shard runs besides its group: a copy of the
+	// history that a restore waits for.
+	cancel context.CancelFunc
+}
+
+// close stops the shard on this node, then closes its history store once
+// nothing reads it: not its Raft (apply, snapshots, a restore's copy), nor
+// the history copies it serves, nor a read in flight (it waits for their
+// slots; a request that finds none answers retry). The leader's term ends
+// with the group, and with it the shard's subject (serve).
+func (s *shardServer) close() error {
+	s.cancel()
+	_ = s.history.Unsubscribe()
+	err := s.g.Shutdown()
+	for range cap(s.reads) {
+		s.reads <- struct{}{}
+	}
+	return errors.Join(err, s.m.History().Close())
 }
 
 // readsInFlightMax bounds the lookups and status requests a leader serves
@@ -390,6 +409,7 @@ func (s *shardServer) handleLookup(msg *nats.Msg) {
 	if !s.readable(msg, &req) {
 		return
 	}
+	defer s.recoverDamage(msg)
 	var reply shard.Reply
 	s.m.Read(func(st *shard.State, _ uint64) {
 		if msg.Header.Get(shard.OpHeader) == shard.OpLookupAccounts {
@@ -399,6 +419,31 @@ func (s *shardServer) handleLookup(msg *nats.Msg) {
 		}
 	})
 	respond(msg, &reply)
+}
+
+// damageNoticeMax bounds how long a lookup that met damage waits for its
+// group to stop on it: the store told the group before the lookup panicked,
+// and Raft stops in milliseconds.
+const damageNoticeMax = 10 * time.Second
+
+// recoverDamage answers a lookup that met damage in the history store. A
+// transfer lookup has no error to return, so the store panics once it has
+// recorded the damage and told the group, which stops on this node and is
+// repaired (repair.go): the request is answered retry, for the replica that
+// leads next. Anything else that panics is a bug, and goes on panicking.
+func (s *shardServer) recoverDamage(msg *nats.Msg) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	stack := debug.Stack()
+	select {
+	case <-s.g.Halted():
+	case <-time.After(damageNoticeMax):
+		panic(fmt.Sprintf("%v\n%s", v, stack))
+	}
+	s.log.Warn("a lookup met damaged storage: answered retry", "err", v)
+	respond(msg, &shard.Reply{Retry: fmt.Sprintf("storage damaged on this replica: %v", v)})
 }
 
 // historyReplyBytesMax bounds the transfers of one history reply, below the

@@ -92,8 +92,9 @@ type Group struct {
 	raft     *raft.Raft
 	store    *raftboltdb.BoltStore
 	machine  Machine
-	damage   chan error // damage found by a read of the log, once
+	damage   chan error // damage found while running (the first), or nil: Shutdown
 	damaged  atomic.Pointer[error]
+	halted   chan struct{} // closed once damage has stopped Raft
 	trans    raft.Transport
 	mailbox  chan *proposal
 	inflight chan entryInFlight
@@ -142,7 +143,7 @@ func Open(cfg GroupConfig) (g *Group, err error) {
 	if err := dropUncovered(cfg.Dir, in.snaps, logger); err != nil {
 		return nil, fmt.Errorf("group %d: %w", cfg.ID, err)
 	}
-	g = &Group{id: cfg.ID, trans: cfg.Transport, machine: cfg.Machine, damage: make(chan error, 1), log: logger}
+	g = &Group{id: cfg.ID, trans: cfg.Transport, machine: cfg.Machine, damage: make(chan error, 1), halted: make(chan struct{}), log: logger}
 	if d, ok := cfg.Machine.(damageNotifier); ok {
 		d.notifyDamage(g.found)
 	}
@@ -220,10 +221,13 @@ func openBoltStore(path string) (*raftboltdb.BoltStore, error) {
 	})
 }
 
-// found is told of damage a read of the log found (already recorded in the
-// group's directory). Raft stops the process itself if it was applying the
-// entry; otherwise (sending it to a peer, comparing it with a leader's) the
-// group stops here, so that it neither serves nor votes from a damaged log.
+// found is told of damage found while the group runs, already recorded in
+// the group's directory: a read of the log (sending an entry to a peer,
+// comparing one with a leader's) or of the machine's own storage (a shard's
+// history store: a read, a compaction). The group stops here (watchDamage),
+// so that it neither serves nor votes from damaged storage. Raft stops the
+// process itself if it was reading the entry to apply it (it panics on that
+// read's error), and so does a machine that finds damage in apply.
 func (g *Group) found(err error) {
 	select {
 	case g.damage <- err:
@@ -231,14 +235,23 @@ func (g *Group) found(err error) {
 	}
 }
 
+// watchDamage stops Raft on the first damage found, then closes halted for
+// whoever repairs the group (the node: repair.go). Shutdown ends it (nil).
 func (g *Group) watchDamage() {
 	err := <-g.damage
+	if err == nil {
+		return
+	}
 	g.damaged.Store(&err)
-	g.log.Error("storage damaged: the group stops on this node; restarting the node repairs it from its peers (a single node refuses to start until salvaged)", "err", err)
+	g.log.Error("storage damaged: the group stops on this node, neither serving nor voting; a node with peers repairs it from them, a single node stops", "err", err)
 	if f := g.raft.Shutdown(); f.Error() != nil {
 		g.log.Warn("stopping the damaged group", "err", f.Error())
 	}
+	close(g.halted)
 }
+
+// unwatchDamage ends watchDamage at Shutdown, unless damage came first.
+func (g *Group) unwatchDamage() { g.found(nil) }
 
 // damageNotifier is a machine with storage of its own (a shard's history
 // store) that reports damage its reads find.
@@ -253,6 +266,11 @@ func (g *Group) Damaged() error {
 	}
 	return nil
 }
+
+// Halted is closed once damage found while the group ran has stopped its
+// Raft on this node (Damaged says what was found). The group serves and
+// votes no more; what is left is Shutdown, by whoever repairs it.
+func (g *Group) Halted() <-chan struct{} { return g.halted }
 
 // raftConfig keeps the library's failover timeouts (docs/design.md: measured
 // tighter timeouts lose leadership under load on 2 cores) and sizes the log
@@ -496,6 +514,7 @@ func (t *termContext) end() {
 
 // Shutdown stops the group: queued commands fail, Raft stops, stores close.
 func (g *Group) Shutdown() error {
+	g.unwatchDamage()
 	close(g.stop)
 	err := g.raft.Shutdown().Error()
 	<-g.done

@@ -24,6 +24,8 @@ type ShardMachine struct {
 	// fetch, once set, copies the history up to (at least) applied from a
 	// peer into store: what a replica lacks when it is sent a snapshot.
 	fetch func(applied uint64) error
+	// batches counts the entries applied by size, for metrics.
+	batches ApplyBatches
 }
 
 // SetFetch sets how Restore fills a history store that does not cover a
@@ -74,6 +76,7 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 		panic(fmt.Sprintf("shard %d log index %d: %v", m.st.ID(), index, err))
 	}
 	m.applied = index
+	m.batches.observe(len(cmds))
 	return results
 }
 

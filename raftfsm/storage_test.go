@@ -530,6 +530,11 @@ func TestDamageFoundWhileRunningStopsTheGroup(t *testing.T) {
 	if err := tg.g.Damaged(); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("Damaged() = %v", err)
 	}
+	select {
+	case <-tg.g.Halted(): // what the node waits for to repair the group
+	case <-time.After(10 * time.Second):
+		t.Fatal("Halted not closed once the group stopped on damage")
+	}
 	if _, err := tg.g.ProposeWait(t.Context(), encode(t, &shard.Command{Kind: shard.KindExpire})); err == nil {
 		t.Fatal("a stopped group took a proposal")
 	}

@@ -45,6 +45,8 @@ type Config struct {
 	// provider is confined to what it owns. Without it every client is an
 	// operator.
 	Policy func() *auth.Policy
+	// Metrics, if set, counts the requests (metrics.go).
+	Metrics *Metrics
 }
 
 // Router serves the client protocol.
@@ -65,6 +67,7 @@ type Router struct {
 	// inFlight counts each provider's requests being worked on here, by
 	// name, against its Limits.RequestsInFlight.
 	inFlight sync.Map // string → *atomic.Int64
+	metrics  *Metrics
 }
 
 type slotMap struct {
@@ -87,7 +90,7 @@ func Start(cfg Config) (*Router, error) {
 	r := &Router{
 		nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix}, deadline: cfg.RequestDeadline,
 		log: cfg.Logger, sem: make(chan struct{}, requestsInFlightMax), ctx: ctx, cancel: cancel,
-		policy: cfg.Policy,
+		policy: cfg.Policy, metrics: cfg.Metrics,
 	}
 	svc, err := micro.AddService(cfg.Conn, micro.Config{
 		Name:        "ledger",
@@ -113,7 +116,7 @@ func Start(cfg Config) (*Router, error) {
 		{"cluster_status", r.subjects.ClusterStatus(), r.status},
 	}
 	for _, e := range endpoints {
-		if err := svc.AddEndpoint(e.name, r.async(e.h), micro.WithEndpointSubject(e.subject)); err != nil {
+		if err := svc.AddEndpoint(e.name, r.async(r.metrics.endpoint(e.name), e.h), micro.WithEndpointSubject(e.subject)); err != nil {
 			r.Stop()
 			return nil, err
 		}
@@ -138,32 +141,33 @@ var operator = &auth.Identity{Name: "operator"}
 // so the endpoint's subscription keeps reading. It answers unauthorized at
 // once to a caller without a verified identity, and unavailable when too
 // many requests are in flight: in all, or of this caller (a provider
-// flooding the router takes only its own share).
-func (r *Router) async(h handler) micro.Handler {
+// flooding the router takes only its own share). em counts every answer.
+func (r *Router) async(em *endpointMetrics, h handler) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		start := time.Now()
 		caller, err := r.caller(req)
 		if err != nil {
-			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: err.Error()}})
+			em.observe(respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: err.Error()}}), start)
 			return
 		}
 		release, ok := r.admit(caller)
 		if !ok {
-			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode,
-				Message: fmt.Sprintf("over the limit of %d requests in flight: wait for replies before sending more", caller.Limits.RequestsInFlight)}})
+			em.observe(respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode,
+				Message: fmt.Sprintf("over the limit of %d requests in flight: wait for replies before sending more", caller.Limits.RequestsInFlight)}}), start)
 			return
 		}
 		select {
 		case r.sem <- struct{}{}:
 		default:
 			release()
-			respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: "router overloaded"}})
+			em.observe(respond(req, &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: "router overloaded"}}), start)
 			return
 		}
 		go func() {
 			defer func() { <-r.sem; release() }()
 			ctx, cancel := context.WithTimeout(r.ctx, r.deadline)
 			defer cancel()
-			respond(req, h(ctx, caller, req.Data()))
+			em.observe(respond(req, h(ctx, caller, req.Data())), start)
 		}()
 	})
 }
@@ -192,10 +196,13 @@ func (r *Router) admit(caller *auth.Identity) (release func(), ok bool) {
 	return func() { n.Add(-1) }, true
 }
 
-func respond(req micro.Request, reply any) {
+// respond sends reply, or the error that replaces it, and returns what it
+// sent.
+func respond(req micro.Request, reply any) any {
 	b, err := transport.Marshal(reply)
 	if err != nil {
-		b, _ = transport.Marshal(&transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}})
+		reply = &transport.ResultsReply{Error: &transport.Error{Code: transport.ErrUnavailableCode, Message: err.Error()}}
+		b, _ = transport.Marshal(reply)
 	}
 	if len(b) > transport.MessageBytesMax {
 		// A lookup of many records with large metadata: NATS would refuse
@@ -212,6 +219,7 @@ func respond(req micro.Request, reply any) {
 		}))
 	}
 	_ = req.Respond(b, opts...)
+	return reply
 }
 
 func replyError(reply any) *transport.Error {

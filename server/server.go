@@ -21,8 +21,10 @@ import (
 	"github.com/nats-io/jwt/v2"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ledgerd/ledgerd/auth"
+	"github.com/ledgerd/ledgerd/metrics"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/router"
@@ -81,6 +83,10 @@ type Config struct {
 	Salvage bool
 	// SagaFault injects faults into saga messages (tests only).
 	SagaFault func(to uint32, cmd *shard.Command) node.Fault
+	// Metrics is the process's registry, served at /metrics (nil: Start
+	// makes one, Server.Metrics). The node's groups and the router's
+	// requests are registered in it until Close.
+	Metrics *metrics.Registry
 }
 
 // ClientTLS is the embedded NATS server's TLS on the client port: its
@@ -111,6 +117,10 @@ type Server struct {
 	providers string
 	policy    atomic.Pointer[auth.Policy]
 	prefix    string
+	nodeID    string
+	// metrics: the registry, and what Start registered in it.
+	metrics    *metrics.Registry
+	registered []prometheus.Collector
 }
 
 // Start starts everything and returns once every group has a leader.
@@ -121,7 +131,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = transport.DefaultPrefix
 	}
-	s := &Server{log: cfg.Logger}
+	s := &Server{log: cfg.Logger, nodeID: cfg.NodeID, metrics: cfg.Metrics}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -190,7 +200,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	rcfg := router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline}
+	rm, err := s.registerMetrics()
+	if err != nil {
+		return nil, err
+	}
+	rcfg := router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline, Metrics: rm}
 	if cfg.Providers != "" {
 		rcfg.Policy = s.policy.Load
 	}
@@ -201,6 +215,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for shard leaders: %w", ctx.Err())
+		case <-s.node.Failed():
+			return nil, s.node.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -458,6 +474,9 @@ func (s *Server) Close() error {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+	}
+	for _, c := range s.registered {
+		s.metrics.Registerer().Unregister(c)
 	}
 	return errors.Join(errs...)
 }

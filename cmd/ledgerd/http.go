@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ledgerd/ledgerd/metrics"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/server"
 )
@@ -36,11 +37,15 @@ const (
 	readHeaderTimeout = 10 * time.Second
 	// httpCloseTimeout bounds the wait for requests in flight at a stop.
 	httpCloseTimeout = 5 * time.Second
+	// readyTimeout bounds one /readyz: a follower asks its leaders, who
+	// answer within a second (transport.NodeStatuses).
+	readyTimeout = 2 * time.Second
 )
 
 // operator serves the operator endpoints: liveness, readiness (every group
-// has a leader), the removal of a node that is gone for good and the Go
-// profiler. The last two change or expose the node, so they need the
+// has a leader and this node has caught up, server.Ready), the metrics,
+// the removal of a node that is gone for good and the Go profiler. The
+// last two change or expose the node, so they need the
 // bearer token of --http-token-file, and without one they are not served
 // at all. A browser cannot set that header on a cross-origin form post, so
 // a page the operator visits cannot use them either.
@@ -53,8 +58,9 @@ type operator struct {
 }
 
 // startHTTP listens on ho.listen (nothing when empty) and serves /healthz
-// at once; the rest answers 503 until serve hands it the server.
-func startHTTP(ho httpOptions, log *slog.Logger) (*operator, error) {
+// and /metrics (the process's, then the node's too) at once; the rest
+// answers 503 until serve hands it the server.
+func startHTTP(ho httpOptions, reg *metrics.Registry, log *slog.Logger) (*operator, error) {
 	o := &operator{grace: ho.removeGrace, log: log, closed: make(chan struct{})}
 	if ho.listen == "" {
 		close(o.closed)
@@ -71,7 +77,7 @@ func startHTTP(ho httpOptions, log *slog.Logger) (*operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--http-listen: %w", err)
 	}
-	o.http = &http.Server{Handler: o.mux(token), ReadHeaderTimeout: readHeaderTimeout}
+	o.http = &http.Server{Handler: o.mux(token, reg), ReadHeaderTimeout: readHeaderTimeout}
 	go func() {
 		defer close(o.closed)
 		if err := o.http.Serve(l); !errors.Is(err, http.ErrServerClosed) {
@@ -108,20 +114,13 @@ func (o *operator) close() {
 	<-o.closed
 }
 
-func (o *operator) mux(token []byte) *http.ServeMux {
+func (o *operator) mux(token []byte, reg *metrics.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		srv := o.srv.Load()
-		switch {
-		case srv == nil:
-			http.Error(w, "starting", http.StatusServiceUnavailable)
-		case !srv.Node().Ready():
-			http.Error(w, "a group has no leader", http.StatusServiceUnavailable)
-		default:
-			fmt.Fprintln(w, "ready")
-		}
-	})
+	mux.HandleFunc("/readyz", o.ready)
+	// Open like the probes: the metrics say how the node does, never
+	// what the ledger holds (docs/security.md).
+	mux.Handle("/metrics", reg.Handler())
 	if token == nil {
 		return mux // no /admin, no /debug: 404
 	}
@@ -143,6 +142,23 @@ func (o *operator) mux(token []byte) *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/symbol", auth(pprof.Symbol))
 	mux.HandleFunc("/debug/pprof/trace", auth(pprof.Trace))
 	return mux
+}
+
+// ready answers 200 once the node is ready (server.Ready), 503 with the
+// reason before.
+func (o *operator) ready(w http.ResponseWriter, r *http.Request) {
+	srv := o.srv.Load()
+	if srv == nil {
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
+	if err := srv.Ready(ctx); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
 }
 
 // removeNode removes node ?id= from every group, once it has stayed silent

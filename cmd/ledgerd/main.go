@@ -125,7 +125,7 @@ func addFlags(f *pflag.FlagSet, cfg *server.Config, o *options) {
 	f.StringVar(&cfg.Prefix, "prefix", transport.DefaultPrefix, "NATS subject prefix")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug shows Raft's own logs too)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	f.StringVar(&o.http.listen, "http-listen", "", "serve the operator endpoints on this address: /healthz and /readyz, and with --http-token-file POST /admin/remove-node and /debug/pprof (off when empty)")
+	f.StringVar(&o.http.listen, "http-listen", "", "serve the operator endpoints on this address: /healthz, /readyz and /metrics, and with --http-token-file POST /admin/remove-node and /debug/pprof (off when empty)")
 	f.StringVar(&o.http.tokenFile, "http-token-file", "", "`file` holding the bearer token that /admin/* and /debug/* require (without it they are not served)")
 	f.DurationVar(&o.http.removeGrace, "remove-grace", node.RemoveGraceDefault, "how long /admin/remove-node watches a node that does not answer before it removes it (?force=1 skips it)")
 	f.Uint64Var(&cfg.Snapshots.Threshold, "snapshot-threshold", 4096, "Raft entries between snapshots of a group")

@@ -198,6 +198,7 @@ func TestProcessServesTheTokenGuardedEndpointsAndStopsCleanly(t *testing.T) {
 	}{
 		{"/healthz", "", http.StatusOK},
 		{"/readyz", "", http.StatusOK},
+		{"/metrics", "", http.StatusOK}, // open, like the probes
 		{"/debug/pprof/", "", http.StatusUnauthorized},
 		{"/debug/pprof/", "wrong-token-of-the-same-size", http.StatusUnauthorized},
 		{"/debug/pprof/", token, http.StatusOK},
@@ -228,15 +229,15 @@ func TestProcessServesTheTokenGuardedEndpointsAndStopsCleanly(t *testing.T) {
 	p.stop()
 }
 
-// A node forming a cluster answers /healthz but is not ready, says once
-// that it waits, serves no /admin or /debug without a token file, and a
-// SIGTERM while it waits is a clean stop.
+// A node forming a cluster answers /healthz and /metrics but is not ready,
+// says once that it waits, serves no /admin or /debug without a token
+// file, and a SIGTERM while it waits is a clean stop.
 func TestProcessStopWhileFormingIsClean(t *testing.T) {
 	addr := testnet.FreePort(t)
 	p := startLedgerd(t, nodeArgs(t, "--bootstrap-expect", "2", "--insecure", "--log-format", "json", "--http-listen", addr)...)
 	p.waitFor("waiting for nodes to form the cluster")
 	base := "http://" + addr
-	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable,
+	for path, want := range map[string]int{"/healthz": http.StatusOK, "/readyz": http.StatusServiceUnavailable, "/metrics": http.StatusOK,
 		"/debug/pprof/": http.StatusNotFound, "/admin/remove-node": http.StatusNotFound} {
 		if got := get(t, base+path, ""); got != want {
 			t.Errorf("GET %s while forming: %d, want %d", path, got, want)

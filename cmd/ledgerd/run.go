@@ -8,20 +8,27 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ledgerd/ledgerd/metrics"
 	"github.com/ledgerd/ledgerd/server"
 )
 
 // startTimeout bounds server.Start: forming a cluster waits for its peers.
 const startTimeout = 2 * time.Minute
 
-// run serves until SIGTERM or SIGINT. The operator endpoints listen first,
+// run serves until SIGTERM or SIGINT, or until the node fails (Node.Failed:
+// a group stopped that it cannot repair). The operator endpoints listen first,
 // so /healthz answers from the start and a taken port stops ledgerd before
 // anything else is started. A stop asked for while starting is a clean
 // exit, not a failure.
 func run(cfg server.Config, ho httpOptions) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	ops, err := startHTTP(ho, cfg.Logger)
+	reg, err := metrics.New() // served from the start, like /healthz
+	if err != nil {
+		return err
+	}
+	cfg.Metrics = reg
+	ops, err := startHTTP(ho, reg, cfg.Logger)
 	if err != nil {
 		return err
 	}
@@ -54,6 +61,12 @@ func run(cfg server.Config, ho httpOptions) error {
 		case <-ctx.Done():
 			cfg.Logger.Info("stopping")
 			return srv.Close()
+		case <-srv.Node().Failed():
+			// A group stopped and this node cannot repair it (a single
+			// node whose storage was found damaged): exit non-zero, so
+			// that whoever supervises it sees it, rather than answer for
+			// the other groups only.
+			return errors.Join(srv.Node().Err(), srv.Close())
 		}
 	}
 }

@@ -6,12 +6,14 @@
 // that meets damage the start did not check (the history store's blocks) may
 // fail, never answer wrong, and then the node refuses to start.
 //
-// The three-node variant checks that a damaged replica repairs from its
-// peers and then answers exactly.
+// The three-node variants check that a damaged replica repairs from its
+// peers and then answers exactly: at its restart, and while it runs,
+// without a restart (live_test.go, which also checks that a single node
+// that finds damage while running exits 1, naming it).
 //
 //	go test ./e2e/storage                                                  # three seeds
 //	go test ./e2e/storage -run TestDamagedData -v -timeout 0 -storage.seeds=500
-//	go test ./e2e/storage -run TestDamagedReplica -v                      # three nodes
+//	go test ./e2e/storage -run 'TestDamagedReplica|TestDamageFound' -v    # three nodes, live
 package storage
 
 import (
@@ -432,6 +434,11 @@ func read(ctx context.Context, t *testing.T, p *process, ids *accountsAndTransfe
 	t.Helper()
 	nc, c := p.connect(t)
 	defer nc.Close()
+	return readWith(ctx, c, ids)
+}
+
+// readWith asks c for every account, transfer and history row, as JSON.
+func readWith(ctx context.Context, c *client.Client, ids *accountsAndTransfers) (string, error) {
 	a := answers{Rows: map[string][]transport.Transfer{}, Balances: map[string][]transport.Balance{}}
 	var err error
 	var accountIDs, transferIDs []string
