@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -32,7 +33,7 @@ func TestClientsCannotReachInternalSubjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := &nats.Msg{Subject: transport.Subjects{Prefix: "ledger"}.Shard(1), Data: body, Header: nats.Header{shard.OpHeader: []string{shard.OpCommand}}}
+	msg := &nats.Msg{Subject: transport.Subjects{Prefix: "ledger"}.Shard(1), Data: body, Header: nats.Header{wire.OpHeader: []string{wire.OpCommand}}}
 	if _, err := nc.RequestMsg(msg, time.Second); err == nil {
 		t.Fatal("a client's request on an internal subject was answered")
 	}

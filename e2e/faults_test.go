@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -262,7 +263,7 @@ func TestLateDuplicateAfterForgetCreatesNoMoney(t *testing.T) {
 	var mu sync.Mutex
 	var captured []byte
 	sub, err := c.internal().Subscribe(shardSubject, func(msg *nats.Msg) {
-		if msg.Header.Get(shard.OpHeader) != shard.OpCommand {
+		if msg.Header.Get(wire.OpHeader) != wire.OpCommand {
 			return
 		}
 		var cmd shard.Command
@@ -314,13 +315,13 @@ func TestLateDuplicateAfterForgetCreatesNoMoney(t *testing.T) {
 	}
 	replay := func() shard.Answer {
 		t.Helper()
-		msg := &nats.Msg{Subject: shardSubject, Data: old, Header: nats.Header{shard.OpHeader: []string{shard.OpCommand}}}
+		msg := &nats.Msg{Subject: shardSubject, Data: old, Header: nats.Header{wire.OpHeader: []string{wire.OpCommand}}}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			resp, err := c.internal().RequestMsg(msg, 10*time.Second)
 			if err != nil {
 				t.Fatalf("replay the old credit: %v", err)
 			}
-			var reply shard.Reply
+			var reply wire.Reply
 			if err := msgpack.Unmarshal(resp.Data, &reply); err != nil {
 				t.Fatal(err)
 			}

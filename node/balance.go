@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
-	"github.com/ledgerd/ledgerd/transport"
 )
 
 // Leaders spread evenly over the nodes. Every node is a voter of every
@@ -89,7 +89,7 @@ func (n *Node) surplusLeadership(ctx context.Context) (*raftfsm.Group, raft.Serv
 		return nil, raft.Server{}, false // the common case: no need to ask anyone
 	}
 	applied := map[raft.ServerID]map[uint32]uint64{}
-	for _, st := range transport.NodeStatuses(ctx, n.nc, n.subjects) {
+	for _, st := range wire.NodeStatuses(ctx, n.nc, n.subjects) {
 		a := map[uint32]uint64{}
 		for _, g := range st.Groups {
 			a[g.ID] = g.AppliedIndex

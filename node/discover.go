@@ -12,8 +12,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/internal/buildinfo"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
-	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 )
@@ -174,7 +174,7 @@ const joinTimeout = 10 * time.Second
 // quorum, loose enough that it is reached under load.
 const promoteLagMax = 256
 
-// joinReply is the leader's answer to a joining node (data is a shard.Join).
+// joinReply is the leader's answer to a joining node (data is a wire.Join).
 //
 // A node joins as a nonvoter: it takes no part in the quorum while it
 // copies the log. A node that asks to join while it is a voter has lost its
@@ -183,15 +183,15 @@ const promoteLagMax = 256
 // and of its new one can both count. Once its applied index is within
 // promoteLagMax of the leader's, it asks again with Promote and becomes a
 // voter. Each step is idempotent: a repeated request changes nothing more.
-func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
-	var j shard.Join
+func joinReply(g *raftfsm.Group, data []byte) *wire.Reply {
+	var j wire.Join
 	if err := transport.Unmarshal(data, &j); err != nil || j.Node.ID == "" || j.Node.RaftAddr == "" {
-		return &shard.Reply{Invalid: fmt.Sprintf("join: bad request (%v)", err)}
+		return &wire.Reply{Invalid: fmt.Sprintf("join: bad request (%v)", err)}
 	}
 	r := g.Raft()
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return &shard.Reply{Retry: "join: " + err.Error()}
+		return &wire.Reply{Retry: "join: " + err.Error()}
 	}
 	id, addr := raft.ServerID(j.Node.ID), raft.ServerAddress(j.Node.RaftAddr)
 	var cur *raft.Server
@@ -203,15 +203,15 @@ func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
 	var err error
 	switch {
 	case j.Promote && (cur == nil || cur.Address != addr):
-		return &shard.Reply{Retry: "join: not a member yet"}
+		return &wire.Reply{Retry: "join: not a member yet"}
 	case j.Promote && cur.Suffrage == raft.Voter:
-		return &shard.Reply{}
+		return &wire.Reply{}
 	case j.Promote && j.Applied+promoteLagMax < r.AppliedIndex():
-		return &shard.Reply{Retry: fmt.Sprintf("join: catching up (applied %d, leader %d)", j.Applied, r.AppliedIndex())}
+		return &wire.Reply{Retry: fmt.Sprintf("join: catching up (applied %d, leader %d)", j.Applied, r.AppliedIndex())}
 	case j.Promote:
 		err = r.AddVoter(id, addr, 0, joinTimeout).Error()
 	case cur != nil && cur.Suffrage == raft.Nonvoter && cur.Address == addr:
-		return &shard.Reply{}
+		return &wire.Reply{}
 	default:
 		if _, leader := r.LeaderWithID(); cur != nil && leader == id {
 			// The node that lost its data leads this group (elected, or
@@ -220,27 +220,27 @@ func joinReply(g *raftfsm.Group, data []byte) *shard.Reply {
 			// Raft down. It hands the leadership on first; the join is
 			// tried again against the next leader.
 			go r.LeadershipTransfer()
-			return &shard.Reply{Retry: "join: the joining node leads this group: handing it on"}
+			return &wire.Reply{Retry: "join: the joining node leads this group: handing it on"}
 		}
 		if cur != nil {
 			if err := r.RemoveServer(id, 0, joinTimeout).Error(); err != nil {
-				return &shard.Reply{Retry: "join: remove the old member: " + err.Error()}
+				return &wire.Reply{Retry: "join: remove the old member: " + err.Error()}
 			}
 		}
 		err = r.AddNonvoter(id, addr, 0, joinTimeout).Error()
 	}
 	if err != nil {
-		return &shard.Reply{Retry: "join: " + err.Error()}
+		return &wire.Reply{Retry: "join: " + err.Error()}
 	}
-	return &shard.Reply{}
+	return &wire.Reply{}
 }
 
 // join asks the leader of group id (on subject) to add this node, until it
 // has.
-func (n *Node) join(ctx context.Context, subject string, id uint32, j shard.Join) error {
+func (n *Node) join(ctx context.Context, subject string, id uint32, j wire.Join) error {
 	for {
-		var reply shard.Reply
-		err := n.request(ctx, subject, shard.OpJoin, &j, &reply)
+		var reply wire.Reply
+		err := n.request(ctx, subject, wire.OpJoin, &j, &reply)
 		switch {
 		case err == nil && reply.Invalid != "":
 			return fmt.Errorf("join group %d: %s", id, reply.Invalid)
@@ -281,9 +281,9 @@ func (n *Node) promote(ctx context.Context, self transport.NodeInfo) {
 				if string(s.ID) != self.ID || s.Suffrage != raft.Nonvoter {
 					continue
 				}
-				j := shard.Join{Node: self, Promote: true, Applied: g.Raft().AppliedIndex()}
-				var reply shard.Reply
-				err := n.request(ctx, n.groupSubject(g.ID()), shard.OpJoin, &j, &reply)
+				j := wire.Join{Node: self, Promote: true, Applied: g.Raft().AppliedIndex()}
+				var reply wire.Reply
+				err := n.request(ctx, n.groupSubject(g.ID()), wire.OpJoin, &j, &reply)
 				if err == nil && reply.Retry == "" && reply.Invalid == "" {
 					n.log.Info("promoted to voter", "group", g.ID())
 				} else {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
@@ -144,7 +145,7 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 	}
 	go func() {
 		defer func() { <-d.sem }()
-		var reply shard.Reply
+		var reply wire.Reply
 		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
 			return
 		}
@@ -207,7 +208,7 @@ func (d *dispatcher) announceForget(ctx context.Context) {
 			continue
 		}
 		cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: d.s.id, Below: below}}
-		var reply shard.Reply
+		var reply wire.Reply
 		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
 			d.forgot[to] = below
 		}
@@ -219,7 +220,7 @@ var errInjected = errors.New("saga message lost (injected fault)")
 
 // sagaRequest sends a saga message to another shard, through the test's
 // fault hook when one is set.
-func (n *Node) sagaRequest(ctx context.Context, to uint32, cmd *shard.Command, reply *shard.Reply) error {
+func (n *Node) sagaRequest(ctx context.Context, to uint32, cmd *shard.Command, reply *wire.Reply) error {
 	var f Fault
 	if n.cfg.SagaFault != nil {
 		f = n.cfg.SagaFault(to, cmd)
@@ -232,11 +233,11 @@ func (n *Node) sagaRequest(ctx context.Context, to uint32, cmd *shard.Command, r
 	}
 	subject := n.subjects.Shard(to)
 	if f.Duplicate {
-		_ = n.request(ctx, subject, shard.OpCommand, cmd, nil)
+		_ = n.request(ctx, subject, wire.OpCommand, cmd, nil)
 	}
-	err := n.request(ctx, subject, shard.OpCommand, cmd, reply)
+	err := n.request(ctx, subject, wire.OpCommand, cmd, reply)
 	if err == nil && f.LoseReply {
-		*reply = shard.Reply{}
+		*reply = wire.Reply{}
 		return errInjected
 	}
 	return err
@@ -263,7 +264,7 @@ func (n *Node) request(ctx context.Context, subject, op string, body any, reply 
 		}
 		data = b
 	}
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{shard.OpHeader: []string{op}}}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{wire.OpHeader: []string{op}}}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	resp, err := n.nc.RequestMsgWithContext(ctx, msg)

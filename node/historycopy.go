@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/history"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
@@ -118,7 +119,7 @@ const historyRetryEvery = 200 * time.Millisecond
 // historySource picks a node, not this one, that reports this shard applied
 // at least up to applied.
 func (s *shardServer) historySource(ctx context.Context, applied uint64) (string, bool) {
-	for _, st := range transport.NodeStatuses(ctx, s.n.nc, s.n.subjects) {
+	for _, st := range wire.NodeStatuses(ctx, s.n.nc, s.n.subjects) {
 		if st.ID == s.n.cfg.NodeID {
 			continue
 		}

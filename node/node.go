@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/history"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -304,7 +305,7 @@ func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLe
 	if err != nil || !rejoin {
 		return g, err
 	}
-	if err := n.join(ctx, n.groupSubject(id), id, shard.Join{Node: n.self}); err != nil {
+	if err := n.join(ctx, n.groupSubject(id), id, wire.Join{Node: n.self}); err != nil {
 		g.Shutdown()
 		return nil, err
 	}
@@ -350,11 +351,11 @@ func (n *Node) serveMeta(ctx context.Context) {
 		n.log.Debug("created slot map", "shards", shards)
 	}
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
-		switch msg.Header.Get(shard.OpHeader) {
-		case shard.OpJoin:
+		switch msg.Header.Get(wire.OpHeader) {
+		case wire.OpJoin:
 			go respond(msg, joinReply(g, msg.Data))
 			return
-		case shard.OpRemove:
+		case wire.OpRemove:
 			go respond(msg, removeReply(g, msg.Data))
 			return
 		}

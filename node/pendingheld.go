@@ -3,6 +3,7 @@ package node
 import (
 	"github.com/nats-io/nats.go"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -14,10 +15,10 @@ import (
 func (s *shardServer) handlePendingHeld(msg *nats.Msg) {
 	var o transport.Owner
 	if err := transport.Unmarshal(msg.Data, &o); err != nil {
-		respond(msg, &shard.Reply{Invalid: err.Error()})
+		respond(msg, &wire.Reply{Invalid: err.Error()})
 		return
 	}
 	var held int
 	s.m.Read(func(st *shard.State, _ uint64) { held = st.PendingHeld(&o) })
-	respond(msg, &shard.Reply{PendingHeld: uint32(min(held, 1<<32-1))})
+	respond(msg, &wire.Reply{PendingHeld: uint32(min(held, 1<<32-1))})
 }

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
-	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
@@ -103,7 +103,7 @@ func (n *Node) RemoveNode(ctx context.Context, id string, o RemoveOptions) (int,
 
 // answers reports whether node id answers its status now.
 func (n *Node) answers(ctx context.Context, id string) bool {
-	return slices.ContainsFunc(transport.NodeStatuses(ctx, n.nc, n.subjects), func(st transport.NodeStatus) bool { return st.ID == id })
+	return slices.ContainsFunc(wire.NodeStatuses(ctx, n.nc, n.subjects), func(st transport.NodeStatus) bool { return st.ID == id })
 }
 
 // watchSilent asks node id for its status until it has been silent for
@@ -127,8 +127,8 @@ func (n *Node) watchSilent(ctx context.Context, id string, grace time.Duration) 
 // removeFrom asks group gid's leader to remove node id, until it has.
 func (n *Node) removeFrom(ctx context.Context, gid uint32, id string) error {
 	for {
-		var reply shard.Reply
-		err := n.request(ctx, n.groupSubject(gid), shard.OpRemove, &shard.Remove{Node: id}, &reply)
+		var reply wire.Reply
+		err := n.request(ctx, n.groupSubject(gid), wire.OpRemove, &wire.Remove{Node: id}, &reply)
 		switch {
 		case err == nil && reply.Invalid == lastVoter:
 			return fmt.Errorf("remove %s from group %d: %w", id, gid, ErrLastVoter)
@@ -147,17 +147,17 @@ func (n *Node) removeFrom(ctx context.Context, gid uint32, id string) error {
 }
 
 // removeReply is a group leader's answer to a removal (data is a
-// shard.Remove). A node that is not a member is done; the last voter is
+// wire.Remove). A node that is not a member is done; the last voter is
 // never removed.
-func removeReply(g *raftfsm.Group, data []byte) *shard.Reply {
-	var rm shard.Remove
+func removeReply(g *raftfsm.Group, data []byte) *wire.Reply {
+	var rm wire.Remove
 	if err := transport.Unmarshal(data, &rm); err != nil || rm.Node == "" {
-		return &shard.Reply{Invalid: fmt.Sprintf("remove: bad request (%v)", err)}
+		return &wire.Reply{Invalid: fmt.Sprintf("remove: bad request (%v)", err)}
 	}
 	r := g.Raft()
 	f := r.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return &shard.Reply{Retry: "remove: " + err.Error()}
+		return &wire.Reply{Retry: "remove: " + err.Error()}
 	}
 	id := raft.ServerID(rm.Node)
 	member, others := false, 0
@@ -171,15 +171,15 @@ func removeReply(g *raftfsm.Group, data []byte) *shard.Reply {
 	}
 	switch {
 	case !member:
-		return &shard.Reply{}
+		return &wire.Reply{}
 	case others == 0:
-		return &shard.Reply{Invalid: lastVoter}
+		return &wire.Reply{Invalid: lastVoter}
 	}
 	if _, leader := r.LeaderWithID(); leader == id {
-		return &shard.Reply{Retry: "remove: the node leads this group"} // it answered a moment ago
+		return &wire.Reply{Retry: "remove: the node leads this group"} // it answered a moment ago
 	}
 	if err := r.RemoveServer(id, 0, joinTimeout).Error(); err != nil {
-		return &shard.Reply{Retry: "remove: " + err.Error()}
+		return &wire.Reply{Retry: "remove: " + err.Error()}
 	}
-	return &shard.Reply{}
+	return &wire.Reply{}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -87,7 +88,7 @@ const waiterTTL = 10 * time.Second
 // It keeps the reply subject, not the request, whose body may be megabytes.
 type pendingReply struct {
 	to        string
-	reply     shard.Reply
+	reply     wire.Reply
 	remaining int
 	expires   time.Time
 }
@@ -123,7 +124,7 @@ func (s *shardServer) serve(ctx context.Context) {
 	s.waiters = nil
 	s.mu.Unlock()
 	for _, p := range uniqueReplies(waiting, nil) {
-		s.publish(p.to, &shard.Reply{Retry: "leadership lost", Unknown: true})
+		s.publish(p.to, &wire.Reply{Retry: "leadership lost", Unknown: true})
 	}
 }
 
@@ -169,13 +170,13 @@ func uniqueReplies(waiters map[attemptKey][]waitRef, keep func(*pendingReply) bo
 }
 
 // publish sends a reply to a subject (the reply of a request answered late).
-func (s *shardServer) publish(to string, r *shard.Reply) {
+func (s *shardServer) publish(to string, r *wire.Reply) {
 	if to == "" {
 		return
 	}
 	b, err := transport.Marshal(r)
 	if err != nil {
-		b, _ = transport.Marshal(&shard.Reply{Invalid: err.Error()})
+		b, _ = transport.Marshal(&wire.Reply{Invalid: err.Error()})
 	}
 	_ = s.n.nc.Publish(to, b)
 }
@@ -218,36 +219,36 @@ func (s *shardServer) expireLoop(ctx context.Context) {
 
 // handle runs on the subscription's goroutine: decode, enqueue, return.
 func (s *shardServer) handle(msg *nats.Msg) {
-	switch op := msg.Header.Get(shard.OpHeader); op {
-	case shard.OpCommand:
+	switch op := msg.Header.Get(wire.OpHeader); op {
+	case wire.OpCommand:
 		s.handleCommand(msg)
-	case shard.OpLookupAccounts, shard.OpLookupTransfers, shard.OpAccountTransfers, shard.OpAccountBalances, shard.OpStatus, shard.OpPendingHeld:
+	case wire.OpLookupAccounts, wire.OpLookupTransfers, wire.OpAccountTransfers, wire.OpAccountBalances, wire.OpStatus, wire.OpPendingHeld:
 		select {
 		case s.reads <- struct{}{}:
 		default:
-			respond(msg, &shard.Reply{Retry: "too many reads in flight"})
+			respond(msg, &wire.Reply{Retry: "too many reads in flight"})
 			return
 		}
 		go func() {
 			defer func() { <-s.reads }()
 			switch op {
-			case shard.OpStatus:
+			case wire.OpStatus:
 				st := s.n.shardStatus(s)
-				respond(msg, &shard.Reply{Status: &st})
-			case shard.OpAccountTransfers, shard.OpAccountBalances:
+				respond(msg, &wire.Reply{Status: &st})
+			case wire.OpAccountTransfers, wire.OpAccountBalances:
 				s.handleHistory(msg, op)
-			case shard.OpPendingHeld:
+			case wire.OpPendingHeld:
 				s.handlePendingHeld(msg)
 			default:
 				s.handleLookup(msg)
 			}
 		}()
-	case shard.OpJoin:
+	case wire.OpJoin:
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
-	case shard.OpRemove:
+	case wire.OpRemove:
 		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
 	default:
-		respond(msg, &shard.Reply{Invalid: "unknown op"})
+		respond(msg, &wire.Reply{Invalid: "unknown op"})
 	}
 }
 
@@ -255,19 +256,19 @@ func (s *shardServer) handle(msg *nats.Msg) {
 // read here, and its bounds checked; the FSM decodes it once.
 func (s *shardServer) handleCommand(msg *nats.Msg) {
 	if err := transport.CheckBounds(msg.Data, transport.BatchEventsMax); err != nil {
-		respond(msg, &shard.Reply{Invalid: err.Error()})
+		respond(msg, &wire.Reply{Invalid: err.Error()})
 		return
 	}
 	kind, err := shard.PeekKind(msg.Data)
 	if err != nil {
-		respond(msg, &shard.Reply{Invalid: err.Error()})
+		respond(msg, &wire.Reply{Invalid: err.Error()})
 		return
 	}
 	if kind == shard.KindCreateTransfers {
 		full := false
 		s.m.Read(func(st *shard.State, _ uint64) { full = st.OutboxLen() >= outboxRowsMax })
 		if full {
-			respond(msg, &shard.Reply{Retry: "outbox full"})
+			respond(msg, &wire.Reply{Retry: "outbox full"})
 			return
 		}
 	}
@@ -275,18 +276,18 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 		if err != nil {
 			// ErrNotLeader comes before the entry is proposed (the actor
 			// checks); anything else may follow a proposal.
-			respond(msg, &shard.Reply{Retry: err.Error(), Unknown: !errors.Is(err, raft.ErrNotLeader)})
+			respond(msg, &wire.Reply{Retry: err.Error(), Unknown: !errors.Is(err, raft.ErrNotLeader)})
 			return
 		}
 		out, ok := res.(*shard.Output)
 		if !ok { // the machine refused the command as a whole
-			respond(msg, &shard.Reply{Invalid: fmt.Sprint(res)})
+			respond(msg, &wire.Reply{Invalid: fmt.Sprint(res)})
 			return
 		}
 		s.applied(msg, kind, out)
 	})
 	if err != nil {
-		respond(msg, &shard.Reply{Retry: err.Error()})
+		respond(msg, &wire.Reply{Retry: err.Error()})
 	}
 }
 
@@ -295,22 +296,22 @@ func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output)
 	crashPoints(kind, msg.Data, out)
 	switch kind {
 	case shard.KindCreateAccounts:
-		respond(msg, &shard.Reply{Results: results(out.Events[0])})
+		respond(msg, &wire.Reply{Results: results(out.Events[0])})
 	case shard.KindCreateTransfers:
 		if why, refused := out.Refused[0]; refused {
-			respond(msg, &shard.Reply{Refused: why})
+			respond(msg, &wire.Reply{Refused: why})
 			return
 		}
 		s.transfersApplied(msg, out)
 	case shard.KindCredit, shard.KindAbort:
-		respond(msg, &shard.Reply{Answers: out.Answers[0]})
+		respond(msg, &wire.Reply{Answers: out.Answers[0]})
 	case shard.KindResolve:
 		s.resolved(out.Resolved)
 		if msg != nil {
-			respond(msg, &shard.Reply{})
+			respond(msg, &wire.Reply{})
 		}
 	default:
-		respond(msg, &shard.Reply{})
+		respond(msg, &wire.Reply{})
 	}
 }
 
@@ -327,7 +328,7 @@ func results(events []shard.EventResult) []transport.Result {
 // on the completer, before any later entry (a resolve) completes.
 func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 	events := out.Events[0]
-	p := &pendingReply{to: msg.Reply, reply: shard.Reply{Results: results(events)}, expires: time.Now().Add(waiterTTL)}
+	p := &pendingReply{to: msg.Reply, reply: wire.Reply{Results: results(events)}, expires: time.Now().Add(waiterTTL)}
 	s.mu.Lock()
 	for i, e := range events {
 		if !e.InFlight {
@@ -335,7 +336,7 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 		}
 		if s.waiters == nil { // the term ended: the router retries elsewhere
 			s.mu.Unlock()
-			respond(msg, &shard.Reply{Retry: "leadership lost", Unknown: true})
+			respond(msg, &wire.Reply{Retry: "leadership lost", Unknown: true})
 			return
 		}
 		key := attemptKey{e.ID, e.Attempt}
@@ -390,15 +391,15 @@ func (s *shardServer) resolved(rs []shard.Resolved) {
 // answers (invalid, or retry) and returns false.
 func (s *shardServer) readable(msg *nats.Msg, req interface{ Check() error }) bool {
 	if err := transport.Unmarshal(msg.Data, req); err != nil {
-		respond(msg, &shard.Reply{Invalid: err.Error()})
+		respond(msg, &wire.Reply{Invalid: err.Error()})
 		return false
 	}
 	if err := req.Check(); err != nil {
-		respond(msg, &shard.Reply{Invalid: err.Error()})
+		respond(msg, &wire.Reply{Invalid: err.Error()})
 		return false
 	}
 	if err := s.g.Raft().VerifyLeader().Error(); err != nil {
-		respond(msg, &shard.Reply{Retry: err.Error()})
+		respond(msg, &wire.Reply{Retry: err.Error()})
 		return false
 	}
 	return true
@@ -410,9 +411,9 @@ func (s *shardServer) handleLookup(msg *nats.Msg) {
 		return
 	}
 	defer s.recoverDamage(msg)
-	var reply shard.Reply
+	var reply wire.Reply
 	s.m.Read(func(st *shard.State, _ uint64) {
-		if msg.Header.Get(shard.OpHeader) == shard.OpLookupAccounts {
+		if msg.Header.Get(wire.OpHeader) == wire.OpLookupAccounts {
 			reply.Accounts = st.LookupAccounts(req.IDs)
 		} else {
 			reply.Transfers = st.LookupTransfers(req.IDs)
@@ -443,7 +444,7 @@ func (s *shardServer) recoverDamage(msg *nats.Msg) {
 		panic(fmt.Sprintf("%v\n%s", v, stack))
 	}
 	s.log.Warn("a lookup met damaged storage: answered retry", "err", v)
-	respond(msg, &shard.Reply{Retry: fmt.Sprintf("storage damaged on this replica: %v", v)})
+	respond(msg, &wire.Reply{Retry: fmt.Sprintf("storage damaged on this replica: %v", v)})
 }
 
 // historyReplyBytesMax bounds the transfers of one history reply, below the
@@ -459,28 +460,28 @@ func (s *shardServer) handleHistory(msg *nats.Msg, op string) {
 	if !s.readable(msg, &f) {
 		return
 	}
-	var reply shard.Reply
+	var reply wire.Reply
 	var err error
-	if op == shard.OpAccountTransfers {
+	if op == wire.OpAccountTransfers {
 		reply.Transfers, err = s.m.History().AccountTransfers(&f, historyReplyBytesMax)
 	} else {
 		reply.Balances, err = s.m.History().AccountBalances(&f)
 	}
 	if err != nil {
 		s.log.Error("history read", "op", op, "err", err)
-		respond(msg, &shard.Reply{Retry: "history read failed: " + err.Error()})
+		respond(msg, &wire.Reply{Retry: "history read failed: " + err.Error()})
 		return
 	}
 	respond(msg, &reply)
 }
 
-func respond(msg *nats.Msg, r *shard.Reply) {
+func respond(msg *nats.Msg, r *wire.Reply) {
 	if msg == nil || msg.Reply == "" {
 		return
 	}
 	b, err := transport.Marshal(r)
 	if err != nil {
-		b, _ = transport.Marshal(&shard.Reply{Invalid: err.Error()})
+		b, _ = transport.Marshal(&wire.Reply{Invalid: err.Error()})
 	}
 	_ = msg.Respond(b)
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/ledgerd/ledgerd/auth"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/router/plan"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
@@ -66,7 +67,7 @@ func (r *Router) preflightPending(ctx context.Context, owner *transport.Owner, p
 		return err
 	}
 	return scatter(opens, func(id uint32, n int) error {
-		reply, err := r.callShard(ctx, id, shard.OpPendingHeld, body)
+		reply, err := r.callShard(ctx, id, wire.OpPendingHeld, body)
 		if err != nil {
 			return err
 		}
@@ -84,9 +85,9 @@ func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []trans
 	if len(ids) == 0 {
 		return debitOf, nil
 	}
-	found, err := find(r, ctx, m, ids, shard.OpLookupTransfers,
+	found, err := find(r, ctx, m, ids, wire.OpLookupTransfers,
 		func(m slotMap, _ string) []uint32 { return m.shards() },
-		func(rep *shard.Reply) []transport.Transfer { return rep.Transfers },
+		func(rep *wire.Reply) []transport.Transfer { return rep.Transfers },
 		func(t *transport.Transfer) string { return t.ID })
 	if err != nil {
 		return nil, err
@@ -145,7 +146,7 @@ func (r *Router) sendPart(ctx context.Context, p *plan.Part, results []transport
 		}
 		return nil
 	}
-	reply, err := r.callShard(ctx, p.Shard, shard.OpCommand, body)
+	reply, err := r.callShard(ctx, p.Shard, wire.OpCommand, body)
 	if err != nil {
 		return err
 	}
@@ -155,14 +156,14 @@ func (r *Router) sendPart(ctx context.Context, p *plan.Part, results []transport
 // lookupAccounts asks each id's shard. A provider is not even sent the
 // accounts it does not own: they are left out as if unknown.
 func (r *Router) lookupAccounts(ctx context.Context, caller *auth.Identity, body []byte) any {
-	found, err := lookup(r, ctx, body, shard.OpLookupAccounts,
+	found, err := lookup(r, ctx, body, wire.OpLookupAccounts,
 		func(m slotMap, id string) []uint32 {
 			if !caller.Owner.Owns(id) {
 				return nil
 			}
 			return []uint32{m.shardOf(id)}
 		},
-		func(rep *shard.Reply) []transport.Account { return rep.Accounts },
+		func(rep *wire.Reply) []transport.Account { return rep.Accounts },
 		func(a *transport.Account) string { return a.ID },
 		caller.Owner.OwnsAccount)
 	return &transport.AccountsReply{Accounts: found, Error: err}
@@ -172,9 +173,9 @@ func (r *Router) lookupAccounts(ctx context.Context, caller *auth.Identity, body
 // shard, which its id does not tell. A provider sees only the transfers
 // that touch one of its accounts.
 func (r *Router) lookupTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
-	found, err := lookup(r, ctx, body, shard.OpLookupTransfers,
+	found, err := lookup(r, ctx, body, wire.OpLookupTransfers,
 		func(m slotMap, _ string) []uint32 { return m.shards() },
-		func(rep *shard.Reply) []transport.Transfer { return rep.Transfers },
+		func(rep *wire.Reply) []transport.Transfer { return rep.Transfers },
 		func(t *transport.Transfer) string { return t.ID },
 		caller.Owner.SeesTransfer)
 	return &transport.TransfersReply{Transfers: found, Error: err}
@@ -184,7 +185,7 @@ func (r *Router) lookupTransfers(ctx context.Context, caller *auth.Identity, bod
 // found that the caller may see, in the order of the ids asked (an id asked
 // twice is answered once).
 func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
-	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string, sees func(*T) bool) ([]T, *transport.Error) {
+	shardsOf func(slotMap, string) []uint32, records func(*wire.Reply) []T, idOf func(*T) string, sees func(*T) bool) ([]T, *transport.Error) {
 	var req transport.LookupRequest
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return nil, requestError(ctx, err)
@@ -214,7 +215,7 @@ const lookupIDsPerShardMax = 2048
 
 // find asks each shard that may hold one of ids for it.
 func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op string,
-	shardsOf func(slotMap, string) []uint32, records func(*shard.Reply) []T, idOf func(*T) string) (map[string]T, error) {
+	shardsOf func(slotMap, string) []uint32, records func(*wire.Reply) []T, idOf func(*T) string) (map[string]T, error) {
 	byShard := map[uint32][]string{}
 	for _, id := range ids {
 		for _, s := range shardsOf(m, id) {
@@ -267,7 +268,7 @@ func (r *Router) status(ctx context.Context, caller *auth.Identity, body []byte)
 	_ = scatter(byShard, func(id uint32, i int) error {
 		sctx, cancel := context.WithTimeout(ctx, r.deadline/2)
 		defer cancel()
-		reply, err := r.callShard(sctx, id, shard.OpStatus, nil)
+		reply, err := r.callShard(sctx, id, wire.OpStatus, nil)
 		if err != nil || reply.Status == nil {
 			out.Shards[i] = transport.ShardStatus{ID: id, Error: "no leader answered"}
 			return nil
@@ -297,7 +298,7 @@ func (r *Router) status(ctx context.Context, caller *auth.Identity, body []byte)
 // nodeStatuses asks every node for its status. A node of the cluster's
 // configuration that did not answer is listed unreachable.
 func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
-	out := transport.NodeStatuses(ctx, r.nc, r.subjects)
+	out := wire.NodeStatuses(ctx, r.nc, r.subjects)
 	voters := map[string]bool{}
 	for _, n := range out {
 		for _, v := range n.Voters {
@@ -320,7 +321,7 @@ func (r *Router) nodeStatuses(ctx context.Context) []transport.NodeStatus {
 // accountTransfers asks the account's shard for its history. The credit
 // halves of cross-shard transfers are listed there too, when credited.
 func (r *Router) accountTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
-	reply, err := r.history(ctx, caller, body, shard.OpAccountTransfers)
+	reply, err := r.history(ctx, caller, body, wire.OpAccountTransfers)
 	if err != nil {
 		return &transport.TransfersReply{Error: err}
 	}
@@ -329,7 +330,7 @@ func (r *Router) accountTransfers(ctx context.Context, caller *auth.Identity, bo
 
 // accountBalances asks the account's shard for its balance history.
 func (r *Router) accountBalances(ctx context.Context, caller *auth.Identity, body []byte) any {
-	reply, err := r.history(ctx, caller, body, shard.OpAccountBalances)
+	reply, err := r.history(ctx, caller, body, wire.OpAccountBalances)
 	if err != nil {
 		return &transport.BalancesReply{Error: err}
 	}
@@ -338,7 +339,7 @@ func (r *Router) accountBalances(ctx context.Context, caller *auth.Identity, bod
 
 // history asks the account's shard for its history. A provider reading an
 // account it does not own gets an empty history, as for an unknown account.
-func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte, op string) (*shard.Reply, *transport.Error) {
+func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte, op string) (*wire.Reply, *transport.Error) {
 	var f transport.AccountFilter
 	if err := transport.Unmarshal(body, &f); err != nil {
 		return nil, requestError(ctx, err)
@@ -352,7 +353,7 @@ func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte
 	}
 	if !caller.Operator() {
 		if ok, err := r.owns(ctx, caller, m, f.AccountID); err != nil || !ok {
-			return &shard.Reply{}, err
+			return &wire.Reply{}, err
 		}
 	}
 	b, err := transport.Marshal(&f)
@@ -372,9 +373,9 @@ func (r *Router) owns(ctx context.Context, caller *auth.Identity, m slotMap, id 
 	if !caller.Owner.Owns(id) {
 		return false, nil
 	}
-	found, err := find(r, ctx, m, []string{id}, shard.OpLookupAccounts,
+	found, err := find(r, ctx, m, []string{id}, wire.OpLookupAccounts,
 		func(m slotMap, id string) []uint32 { return []uint32{m.shardOf(id)} },
-		func(rep *shard.Reply) []transport.Account { return rep.Accounts },
+		func(rep *wire.Reply) []transport.Account { return rep.Accounts },
 		func(a *transport.Account) string { return a.ID })
 	if err != nil {
 		return false, requestError(ctx, err)

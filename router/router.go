@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/auth"
-	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -356,9 +356,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // callShard sends one request to a shard's leader and retries it, with the
 // same body, while the shard is unavailable, until ctx ends. Every command
 // is idempotent, so a retry after an unknown outcome is safe.
-func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byte) (*shard.Reply, error) {
+func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byte) (*wire.Reply, error) {
 	backoff := 5 * time.Millisecond
-	msg := &nats.Msg{Subject: r.subjects.Shard(id), Data: body, Header: nats.Header{shard.OpHeader: []string{op}}}
+	msg := &nats.Msg{Subject: r.subjects.Shard(id), Data: body, Header: nats.Header{wire.OpHeader: []string{op}}}
 	unknown := false // whether an attempt may have been applied
 	for {
 		// One attempt may take the whole deadline: a shard answers late
@@ -373,7 +373,7 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			unknown = true // sent, and no answer in time
 		}
 		if err == nil {
-			var reply shard.Reply
+			var reply wire.Reply
 			if err := transport.Unmarshal(resp.Data, &reply); err != nil {
 				return nil, fmt.Errorf("shard %d: bad reply: %w", id, err)
 			}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -42,7 +43,7 @@ func (s *Server) Ready(ctx context.Context) error {
 	var statuses []transport.NodeStatus
 	for _, g := range groups {
 		if g.Open && g.Leader != "" && g.Leader != s.nodeID {
-			statuses = transport.NodeStatuses(ctx, s.nodeNC, transport.Subjects{Prefix: s.prefix})
+			statuses = wire.NodeStatuses(ctx, s.nodeNC, transport.Subjects{Prefix: s.prefix})
 			// Read again: the leaders' applied indexes were read as they
 			// answered, so this node's, read after, is compared with
 			// values no newer than its own (at thousands of entries a

@@ -5,77 +5,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/ledgerd/ledgerd/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
-
-// The internal protocol on a shard's subject (transport.Subjects.Shard):
-// the request's OpHeader says what its body is.
-const (
-	OpHeader = "Ledger-Op"
-	// OpCommand: the body is one msgpack Command, proposed as is.
-	OpCommand = "command"
-	// OpLookupAccounts, OpLookupTransfers: the body is a transport.LookupRequest.
-	OpLookupAccounts  = "lookup_accounts"
-	OpLookupTransfers = "lookup_transfers"
-	// OpAccountTransfers, OpAccountBalances: the body is a
-	// transport.AccountFilter; the shard holds the account.
-	OpAccountTransfers = "account_transfers"
-	OpAccountBalances  = "account_balances"
-	// OpStatus: no body.
-	OpStatus = "status"
-	// OpPendingHeld: the body is a transport.Owner; the reply's
-	// PendingHeld is how many open pending transfers it holds here (the
-	// router's preflight of a provider's limit, plan.PendingOpens).
-	OpPendingHeld = "pending_held"
-	// OpJoin: the body is a Join; the leader adds that node to its group,
-	// as a nonvoter first, as a voter once it has caught up.
-	OpJoin = "join"
-	// OpRemove: the body is a Remove; the leader removes that node from
-	// its group.
-	OpRemove = "remove"
-)
-
-// Join is the body of OpJoin: a node without data asks a group's leader to
-// add it (Promote clear), then, once it has caught up, to make it a voter.
-type Join struct {
-	Node    transport.NodeInfo `msgpack:"n"`
-	Promote bool               `msgpack:"p,omitempty"`
-	Applied uint64             `msgpack:"a,omitempty"` // the node's applied index in the group
-}
-
-// Remove is the body of OpRemove: the operator removes a node that is gone
-// for good (node/remove.go).
-type Remove struct {
-	Node string `msgpack:"n"`
-}
-
-// Reply answers every request on a shard's subject.
-type Reply struct {
-	// Results of a create command, one per event, Index = position.
-	Results []transport.Result `msgpack:"r,omitempty"`
-	// Answers of a credit or abort command.
-	Answers   []Answer               `msgpack:"an,omitempty"`
-	Accounts  []transport.Account    `msgpack:"a,omitempty"`
-	Transfers []transport.Transfer   `msgpack:"t,omitempty"`
-	Balances  []transport.Balance    `msgpack:"b,omitempty"`
-	Status    *transport.ShardStatus `msgpack:"s,omitempty"`
-	// Retry is set when the request was not served: this node does not
-	// lead the shard, its queue is full, or the outcome is unknown
-	// (leadership lost mid-way). Resend the same command: it is idempotent.
-	Retry string `msgpack:"retry,omitempty"`
-	// Unknown is set with Retry when the command may have been applied
-	// (leadership lost after it was proposed); clear, it never reached Raft.
-	Unknown bool `msgpack:"unknown,omitempty"`
-	// Invalid is set when the request itself could not be decoded.
-	Invalid string `msgpack:"invalid,omitempty"`
-	// Refused is set when a limit refused the command as a whole, in
-	// apply (Output.Refused): nothing of it was applied; the client is
-	// answered unavailable, with this reason.
-	Refused string `msgpack:"refused,omitempty"`
-	// PendingHeld answers OpPendingHeld.
-	PendingHeld uint32 `msgpack:"ph,omitempty"`
-}
 
 // PeekKind reads a command's Kind without decoding the rest, so a leader
 // can route a command it proposes as is (the FSM decodes it once).

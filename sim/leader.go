@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -53,8 +54,8 @@ type attemptKey struct {
 }
 
 type pendingReply struct {
-	respond   func(*shard.Reply)
-	reply     shard.Reply
+	respond   func(*wire.Reply)
+	reply     wire.Reply
 	remaining int
 	expires   uint64
 }
@@ -144,7 +145,7 @@ func (t *Term) end() {
 	waiting := t.waiters
 	t.waiters = nil
 	for _, p := range uniqueReplies(waiting, nil) {
-		p.respond(&shard.Reply{Retry: "leadership lost", Unknown: true})
+		p.respond(&wire.Reply{Retry: "leadership lost", Unknown: true})
 	}
 	reads := t.verifying
 	t.verifying = nil
@@ -259,39 +260,39 @@ func (t *Term) actor() {
 }
 
 // handleCommand is shardServer.handleCommand.
-func (t *Term) handleCommand(cmd *shard.Command, respond func(*shard.Reply)) {
+func (t *Term) handleCommand(cmd *shard.Command, respond func(*wire.Reply)) {
 	w := t.g.w
 	if cmd.Kind == shard.KindCreateTransfers && t.r.st.OutboxLen() >= w.p.OutboxRowsMax {
-		respond(&shard.Reply{Retry: "outbox full"})
+		respond(&wire.Reply{Retry: "outbox full"})
 		return
 	}
 	err := t.propose(*cmd, func(out *shard.Output, err error) {
 		if err != nil {
 			// errNotLeader comes before the entry is proposed (the actor
 			// checks); anything else may follow a proposal.
-			respond(&shard.Reply{Retry: err.Error(), Unknown: err != errNotLeader})
+			respond(&wire.Reply{Retry: err.Error(), Unknown: err != errNotLeader})
 			return
 		}
 		t.applied(cmd, out, respond)
 	})
 	if err != nil {
-		respond(&shard.Reply{Retry: err.Error()})
+		respond(&wire.Reply{Retry: err.Error()})
 	}
 }
 
-func (t *Term) applied(cmd *shard.Command, out *shard.Output, respond func(*shard.Reply)) {
+func (t *Term) applied(cmd *shard.Command, out *shard.Output, respond func(*wire.Reply)) {
 	switch cmd.Kind {
 	case shard.KindCreateAccounts:
-		respond(&shard.Reply{Results: results(out.Events[0])})
+		respond(&wire.Reply{Results: results(out.Events[0])})
 	case shard.KindCreateTransfers:
 		t.transfersApplied(cmd, out, respond)
 	case shard.KindCredit, shard.KindAbort:
-		respond(&shard.Reply{Answers: out.Answers[0]})
+		respond(&wire.Reply{Answers: out.Answers[0]})
 	case shard.KindResolve:
 		t.resolved(out.Resolved)
-		respond(&shard.Reply{})
+		respond(&wire.Reply{})
 	default:
-		respond(&shard.Reply{})
+		respond(&wire.Reply{})
 	}
 }
 
@@ -305,10 +306,10 @@ func results(events []shard.EventResult) []transport.Result {
 
 // transfersApplied: reply now, or wait for the in-flight transfers (a
 // reservation's credit, a post's or void's settlement).
-func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond func(*shard.Reply)) {
+func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond func(*wire.Reply)) {
 	w := t.g.w
 	events := out.Events[0]
-	p := &pendingReply{respond: respond, reply: shard.Reply{Results: results(events)}, expires: w.now + w.p.WaiterTTL}
+	p := &pendingReply{respond: respond, reply: wire.Reply{Results: results(events)}, expires: w.now + w.p.WaiterTTL}
 	for i, e := range events {
 		if !e.InFlight {
 			continue
@@ -320,7 +321,7 @@ func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond f
 			continue
 		}
 		if t.waiters == nil { // the term ended: the router retries elsewhere
-			respond(&shard.Reply{Retry: "leadership lost", Unknown: true})
+			respond(&wire.Reply{Retry: "leadership lost", Unknown: true})
 			return
 		}
 		key := attemptKey{e.ID, e.Attempt}

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -166,7 +167,7 @@ func (n *Network) send(from, to endpoint, what string, fn func()) {
 // reply is what a request gets back: the shard's reply, or NATS's "no
 // responders" when no term serves the shard's subject.
 type reply struct {
-	r            *shard.Reply
+	r            *wire.Reply
 	noResponders bool
 }
 
@@ -188,7 +189,7 @@ func (n *Network) request(from endpoint, to uint32, cmd *shard.Command, what str
 		if n.isClient(from) {
 			w.ref.delivered(to, cmd)
 		}
-		t.handleCommand(cmd, func(r *shard.Reply) {
+		t.handleCommand(cmd, func(r *wire.Reply) {
 			n.send(shardEP(to), from, what+" reply", func() { cb(reply{r: r}) })
 		})
 	})

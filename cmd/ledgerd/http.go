@@ -38,7 +38,7 @@ const (
 	// httpCloseTimeout bounds the wait for requests in flight at a stop.
 	httpCloseTimeout = 5 * time.Second
 	// readyTimeout bounds one /readyz: a follower asks its leaders, who
-	// answer within a second (transport.NodeStatuses).
+	// answer within a second (wire.NodeStatuses).
 	readyTimeout = 2 * time.Second
 )
 

@@ -1,9 +1,10 @@
-package transport
+package wire
 
 import (
 	"context"
 	"time"
 
+	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
 )
 
@@ -17,8 +18,8 @@ const (
 // NodeStatuses asks every node on the NodesStatus subject and returns the
 // answers, in the order they came. A node that is down, paused, cut off
 // from NATS or still joining the cluster does not answer.
-func NodeStatuses(ctx context.Context, nc *nats.Conn, subjects Subjects) []NodeStatus {
-	var out []NodeStatus
+func NodeStatuses(ctx context.Context, nc *nats.Conn, subjects transport.Subjects) []transport.NodeStatus {
+	var out []transport.NodeStatus
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -34,8 +35,8 @@ func NodeStatuses(ctx context.Context, nc *nats.Conn, subjects Subjects) []NodeS
 		if err != nil {
 			break
 		}
-		var n NodeStatus
-		if Unmarshal(msg.Data, &n) == nil && n.ID != "" {
+		var n transport.NodeStatus
+		if transport.Unmarshal(msg.Data, &n) == nil && n.ID != "" {
 			out = append(out, n)
 		}
 	}
