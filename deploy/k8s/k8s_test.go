@@ -44,6 +44,29 @@ type cluster struct {
 	headless *corev1.Service
 	client   *corev1.Service
 	pdb      *policyv1.PodDisruptionBudget
+	monitor  *serviceMonitor // only in the servicemonitor overlay
+}
+
+// serviceMonitor is the part of prometheus-operator's ServiceMonitor
+// (monitoring.coreos.com/v1) the overlay uses; strict decoding refuses any
+// other field, so a misspelt one fails here rather than in the operator.
+type serviceMonitor struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels,omitempty"`
+	} `json:"metadata"`
+	Spec struct {
+		Selector struct {
+			MatchLabels map[string]string `json:"matchLabels"`
+		} `json:"selector"`
+		Endpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path"`
+			Interval string `json:"interval"`
+		} `json:"endpoints"`
+	} `json:"spec"`
 }
 
 // variant is a kustomization and what sets it apart.
@@ -52,12 +75,14 @@ type variant struct {
 	replicas int32
 	tls      bool // node TLS from a Secret (multi-node)
 	required bool // anti-affinity required rather than preferred
+	monitor  bool // a prometheus-operator ServiceMonitor
 }
 
 var variants = []variant{
 	{dir: ".", replicas: 3, tls: true},
 	{dir: "overlays/dev", replicas: 1},
 	{dir: "overlays/prod", replicas: 3, tls: true, required: true},
+	{dir: "overlays/servicemonitor", replicas: 3, tls: true, required: true, monitor: true},
 }
 
 func TestManifests(t *testing.T) {
@@ -72,6 +97,7 @@ func TestManifests(t *testing.T) {
 			checkAddresses(t, c, env, v)
 			checkSecrets(t, c, env, v)
 			checkFlags(t, flags, c, env)
+			checkMetrics(t, c, env, v)
 		})
 	}
 }
@@ -101,6 +127,8 @@ func render(t *testing.T, dir string) cluster {
 			c.client = strict[corev1.Service](t, b)
 		case kind == "PodDisruptionBudget" && name == pdbName && c.pdb == nil:
 			c.pdb = strict[policyv1.PodDisruptionBudget](t, b)
+		case kind == "ServiceMonitor" && c.monitor == nil:
+			c.monitor = strict[serviceMonitor](t, b)
 		default:
 			t.Fatalf("unexpected object %s/%s", kind, name)
 		}
@@ -199,10 +227,39 @@ func checkStatefulSet(t *testing.T, c cluster, v variant) {
 	if r := ledgerdContainer(t, c.sts).Resources; r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 		t.Errorf("want cpu and memory requests and a memory limit: %+v", r)
 	}
-	for k := range s.Template.Annotations {
-		if strings.HasPrefix(k, "prometheus.io/") {
-			t.Errorf("annotation %s: ledgerd serves no /metrics yet", k)
+}
+
+// checkMetrics: Prometheus finds /metrics on the port ledgerd serves it on,
+// by the pods' annotations, or by the ServiceMonitor of its overlay through
+// the headless Service (which lists pods not ready yet: a joining or
+// repairing node is the one to watch).
+func checkMetrics(t *testing.T, c cluster, env map[string]string, v variant) {
+	t.Helper()
+	a := c.sts.Spec.Template.Annotations
+	_, port, err := net.SplitHostPort(env["LEDGER_HTTP_LISTEN"])
+	if err != nil {
+		t.Fatalf("LEDGER_HTTP_LISTEN: %v", err)
+	}
+	if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != port || a["prometheus.io/path"] != "/metrics" {
+		t.Errorf("annotations %v: want scrape true, port %s (LEDGER_HTTP_LISTEN), path /metrics", a, port)
+	}
+	if !v.monitor {
+		if c.monitor != nil {
+			t.Error("a ServiceMonitor outside its overlay: the CRD may not be installed")
 		}
+		return
+	}
+	m := c.monitor
+	if m == nil {
+		t.Fatal("no ServiceMonitor")
+	}
+	if m.APIVersion != "monitoring.coreos.com/v1" || len(m.Spec.Endpoints) != 1 {
+		t.Fatalf("ServiceMonitor %+v", m)
+	}
+	e := m.Spec.Endpoints[0]
+	if e.Path != "/metrics" || !selects(m.Spec.Selector.MatchLabels, c.headless.Labels) ||
+		!slices.ContainsFunc(c.headless.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == e.Port }) {
+		t.Errorf("ServiceMonitor endpoint %+v selecting %v: want /metrics on a port of %s (labels %v)", e, m.Spec.Selector.MatchLabels, headlessName, c.headless.Labels)
 	}
 }
 
@@ -300,7 +357,7 @@ func checkServices(t *testing.T, c cluster) {
 	if h.ClusterIP != corev1.ClusterIPNone || !h.PublishNotReadyAddresses {
 		t.Errorf("%s: want clusterIP None and publishNotReadyAddresses (routes of pods not ready yet)", headlessName)
 	}
-	want := map[string]bool{"raft": false, "nats-cluster": false}
+	want := map[string]bool{"raft": false, "nats-cluster": false, "http": false}
 	checkPorts(t, c, h.Ports, want)
 	cl := c.client.Spec
 	if cl.ClusterIP == corev1.ClusterIPNone || cl.PublishNotReadyAddresses {
