@@ -3,9 +3,9 @@ package sim
 import (
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/ledgerd/ledgerd/internal/wire"
+	"github.com/ledgerd/ledgerd/saga"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -29,7 +29,7 @@ type Term struct {
 	inflight     []*pendingEntry
 	actorPending bool
 
-	waiters map[attemptKey][]waitRef
+	waiters saga.Waiters[func(*wire.Reply)]
 	d       *dispatcher
 	// expiring: the expire loop waits in ProposeWait for its KindExpire.
 	expiring bool
@@ -53,22 +53,9 @@ type attemptKey struct {
 	attempt uint64
 }
 
-type pendingReply struct {
-	respond   func(*wire.Reply)
-	reply     wire.Reply
-	remaining int
-	expires   uint64
-}
-
-type waitRef struct {
-	p     *pendingReply
-	index int
-	retry bool
-}
-
 func newTerm(g *Group, r *Replica, n uint64) *Term {
-	t := &Term{g: g, r: r, n: n, waiters: map[attemptKey][]waitRef{}}
-	t.d = &dispatcher{t: t, sentAt: map[string]uint64{}, forgot: map[uint32]uint64{}}
+	t := &Term{g: g, r: r, n: n}
+	t.d = &dispatcher{t: t, ds: saga.Dispatch{Shard: g.id, ResendAfter: g.w.p.ResendAfter, AbortAfter: g.w.p.AbortAfter, PerMessage: g.w.p.CreditsPerMessageMax}}
 	return t
 }
 
@@ -142,52 +129,14 @@ func (t *Term) end() {
 	}
 	// Every waiting request is told to retry, at the new leader, rather
 	// than sit out its deadline.
-	waiting := t.waiters
-	t.waiters = nil
-	for _, p := range uniqueReplies(waiting, nil) {
-		p.respond(&wire.Reply{Retry: "leadership lost", Unknown: true})
+	for _, p := range t.waiters.End() {
+		p.To(&wire.Reply{Retry: "leadership lost", Unknown: true})
 	}
 	reads := t.verifying
 	t.verifying = nil
 	for _, fail := range reads {
 		fail()
 	}
-}
-
-// uniqueReplies lists the distinct replies of waiters that keep accepts, in
-// a deterministic order.
-func uniqueReplies(waiters map[attemptKey][]waitRef, keep func(*pendingReply) bool) []*pendingReply {
-	keys := make([]attemptKey, 0, len(waiters))
-	for k := range waiters {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b attemptKey) int {
-		if a.attempt != b.attempt {
-			return cmpU64(a.attempt, b.attempt)
-		}
-		return strings.Compare(a.id, b.id)
-	})
-	seen := map[*pendingReply]bool{}
-	var out []*pendingReply
-	for _, k := range keys {
-		for _, w := range waiters[k] {
-			if !seen[w.p] && (keep == nil || keep(w.p)) {
-				seen[w.p] = true
-				out = append(out, w.p)
-			}
-		}
-	}
-	return out
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // sweepWaiters drops replies older than the waiter TTL (the router has
@@ -200,17 +149,7 @@ func (t *Term) sweepWaiters() {
 		if t.dead {
 			return
 		}
-		for _, p := range uniqueReplies(t.waiters, func(p *pendingReply) bool { return w.now > p.expires }) {
-			p.remaining = -1 // answered nowhere now; a late resolve skips it
-		}
-		for key, refs := range t.waiters {
-			refs = slices.DeleteFunc(refs, func(wr waitRef) bool { return wr.p.remaining < 0 })
-			if len(refs) == 0 {
-				delete(t.waiters, key)
-			} else {
-				t.waiters[key] = refs
-			}
-		}
+		t.waiters.Sweep(w.now)
 		w.after(every, tick)
 	}
 	w.after(every, tick)
@@ -283,7 +222,7 @@ func (t *Term) handleCommand(cmd *shard.Command, respond func(*wire.Reply)) {
 func (t *Term) applied(cmd *shard.Command, out *shard.Output, respond func(*wire.Reply)) {
 	switch cmd.Kind {
 	case shard.KindCreateAccounts:
-		respond(&wire.Reply{Results: results(out.Events[0])})
+		respond(&wire.Reply{Results: saga.Results(out.Events[0])})
 	case shard.KindCreateTransfers:
 		t.transfersApplied(cmd, out, respond)
 	case shard.KindCredit, shard.KindAbort:
@@ -296,40 +235,34 @@ func (t *Term) applied(cmd *shard.Command, out *shard.Output, respond func(*wire
 	}
 }
 
-func results(events []shard.EventResult) []transport.Result {
-	rs := make([]transport.Result, len(events))
-	for i, e := range events {
-		rs[i] = transport.Result{Index: uint32(i), Code: e.Code, Timestamp: e.Timestamp}
-	}
-	return rs
-}
-
 // transfersApplied: reply now, or wait for the in-flight transfers (a
-// reservation's credit, a post's or void's settlement).
+// reservation's credit, a post's or void's settlement): saga.Waiters, as
+// in production.
 func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond func(*wire.Reply)) {
 	w := t.g.w
 	events := out.Events[0]
-	p := &pendingReply{respond: respond, reply: wire.Reply{Results: results(events)}, expires: w.now + w.p.WaiterTTL}
-	for i, e := range events {
-		if !e.InFlight {
-			continue
+	if w.mut == MutPostOKBeforeSettlement || w.mut == MutRetryAnswersOK {
+		events = slices.Clone(events)
+		for i, e := range events {
+			switch {
+			case !e.InFlight:
+			case w.mut == MutRetryAnswersOK:
+				// The bug: a retried event answers as its first try did.
+				events[i].Retry = false
+			case !e.Retry && cmd.Transfers[i].Flags&resolves != 0:
+				// The bug: a settlement cannot be refused, so the post or
+				// void is answered as soon as its debit side applied.
+				events[i] = shard.EventResult{Code: transport.CodeOK, Timestamp: e.Attempt}
+			}
 		}
-		if w.mut == MutPostOKBeforeSettlement && !e.Retry && cmd.Transfers[i].Flags&resolves != 0 {
-			// The bug: a settlement cannot be refused, so the post or
-			// void is answered as soon as its debit side applied.
-			p.reply.Results[i].Code, p.reply.Results[i].Timestamp = transport.CodeOK, e.Attempt
-			continue
-		}
-		if t.waiters == nil { // the term ended: the router retries elsewhere
-			respond(&wire.Reply{Retry: "leadership lost", Unknown: true})
-			return
-		}
-		key := attemptKey{e.ID, e.Attempt}
-		t.waiters[key] = append(t.waiters[key], waitRef{p: p, index: i, retry: e.Retry})
-		p.remaining++
 	}
-	if p.remaining == 0 {
-		respond(&p.reply)
+	p, waits := t.waiters.Wait(respond, events, w.now+w.p.WaiterTTL)
+	switch {
+	case p == nil: // the term ended: the router retries elsewhere
+		respond(&wire.Reply{Retry: "leadership lost", Unknown: true})
+		return
+	case !waits:
+		respond(&p.Reply)
 		return
 	}
 	if len(out.Reserved) > 0 {
@@ -339,30 +272,8 @@ func (t *Term) transfersApplied(cmd *shard.Command, out *shard.Output, respond f
 
 // resolved completes the replies waiting for these transfers.
 func (t *Term) resolved(rs []shard.Resolved) {
-	var done []*pendingReply
-	for _, r := range rs {
-		key := attemptKey{r.ID, r.Attempt}
-		for _, wr := range t.waiters[key] {
-			res := &wr.p.reply.Results[wr.index]
-			switch {
-			case r.Aborted:
-				wr.p.reply.Retry = "timeout"
-			case r.Code == transport.CodeOK && wr.retry && t.g.w.mut != MutRetryAnswersOK:
-				res.Code, res.Timestamp = transport.CodeExists, r.Timestamp
-			default:
-				res.Code, res.Timestamp = r.Code, r.Timestamp
-			}
-			if wr.p.remaining--; wr.p.remaining == 0 {
-				done = append(done, wr.p)
-			}
-		}
-		delete(t.waiters, key)
-	}
-	for _, p := range done {
-		if p.reply.Retry != "" {
-			p.reply.Results = nil
-		}
-		p.respond(&p.reply)
+	for _, p := range t.waiters.Resolve(rs) {
+		p.To(&p.Reply)
 	}
 }
 
@@ -375,9 +286,8 @@ func (t *Term) resolved(rs []shard.Resolved) {
 // forget announcements in their own goroutine. The model keeps that blocking
 // structure: while the loop waits for a slot inside send, it does not scan.
 type dispatcher struct {
-	t      *Term
-	sentAt map[string]uint64
-	forgot map[uint32]uint64
+	t  *Term
+	ds saga.Dispatch // production's decisions
 
 	sems     int               // slots of the semaphore taken
 	msgs     []outMsg          // the rest of the send the loop is blocked in
@@ -503,69 +413,37 @@ func (d *dispatcher) enqueue(rows []shard.OutboxRow) {
 
 // scan resends every row not sent recently, and forgets rows resolved.
 func (d *dispatcher) scan() {
-	w := d.w()
-	rows := d.t.r.st.Outbox()
 	now := d.t.r.clock()
-	live := make(map[string]bool, len(rows))
-	due := rows[:0]
-	for _, r := range rows {
-		live[r.Transfer.ID] = true
-		if at, ok := d.sentAt[r.Transfer.ID]; !ok || now-at >= w.p.ResendAfter || now < at {
-			due = append(due, r)
-		}
-	}
-	for id := range d.sentAt {
-		if !live[id] {
-			delete(d.sentAt, id)
-		}
-	}
-	d.send(due, now)
+	d.send(d.ds.Due(d.t.r.st.Outbox(), now), now)
 }
 
-// send groups rows by credit shard into messages of at most
-// CreditsPerMessageMax credits; rows older than AbortAfter (on this node's
-// clock) go as aborts, which the credit shard decides. The loop then sends
-// them one by one, blocking while every slot is taken.
+// send is dispatcher.send: production's messages (saga.Dispatch), credits
+// by credit shard, and aborts for rows older than AbortAfter on this node's
+// clock, which the credit shard decides. The loop then sends them one by
+// one, blocking while every slot is taken.
 func (d *dispatcher) send(rows []shard.OutboxRow, now uint64) {
 	w := d.w()
-	byShard := map[uint32][]shard.Credit{}
-	aborts := map[uint32][]shard.Credit{}
 	var voids []shard.Answer
 	for _, r := range rows {
-		d.sentAt[r.Transfer.ID] = now
-		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.t.g.id, Part: r.Part}
-		if w.mut == MutSettlementFireAndForget && r.Transfer.Flags&resolves != 0 {
+		switch {
+		case w.mut == MutSettlementFireAndForget && r.Transfer.Flags&resolves != 0:
 			// The bug: a settlement cannot be refused, so it is taken as
 			// landed once sent; a lost message is never sent again.
 			voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeCredited})
-		}
-		switch {
-		case now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > w.p.AbortAfter:
-			if w.mut == MutVoidOnTimer {
-				// The bug docs/design.md rules out: giving up on this node's
-				// clock instead of where the credit would land.
-				voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeAborted})
-				continue
-			}
-			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
-			w.stats.Aborts++
-		default:
-			byShard[r.CreditShard] = append(byShard[r.CreditShard], c)
+		case w.mut == MutVoidOnTimer && now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > w.p.AbortAfter:
+			// The bug docs/design.md rules out: giving up on this node's
+			// clock instead of where the credit would land.
+			voids = append(voids, shard.Answer{ID: r.Transfer.ID, Attempt: r.Transfer.Timestamp, Outcome: shard.OutcomeAborted})
 		}
 	}
-	for _, kind := range []shard.Kind{shard.KindCredit, shard.KindAbort} {
-		groups := byShard
-		if kind == shard.KindAbort {
-			groups = aborts
-		}
-		for _, to := range sortedKeys(groups) {
-			credits := groups[to]
-			for len(credits) > 0 {
-				n := min(len(credits), w.p.CreditsPerMessageMax)
-				d.msgs = append(d.msgs, outMsg{to, shard.Command{Kind: kind, Credits: credits[:n]}})
-				credits = credits[n:]
+	for _, m := range d.ds.Messages(rows, now) {
+		if m.Cmd.Kind == shard.KindAbort {
+			if w.mut == MutVoidOnTimer {
+				continue // voided above instead
 			}
+			w.stats.Aborts += uint64(len(m.Cmd.Credits))
 		}
+		d.msgs = append(d.msgs, outMsg{m.To, m.Cmd})
 	}
 	if len(voids) > 0 {
 		d.resolve(voids)
@@ -604,11 +482,7 @@ func (d *dispatcher) sendOne(m outMsg) {
 		finished = true
 		var ans []shard.Answer
 		if !rep.noResponders && rep.r.Retry == "" && rep.r.Invalid == "" {
-			for _, a := range rep.r.Answers {
-				if a.Outcome != shard.OutcomeStale {
-					ans = append(ans, a)
-				}
-			}
+			ans = saga.Answers(rep.r.Answers)
 		}
 		switch {
 		case len(ans) == 0:
@@ -649,7 +523,7 @@ func (d *dispatcher) resolve(ans []shard.Answer) {
 			}
 		}
 	}
-	err := d.t.propose(shard.Command{Kind: shard.KindResolve, Answers: ans}, func(out *shard.Output, err error) {
+	err := d.t.propose(saga.Resolve(ans), func(out *shard.Output, err error) {
 		if err == nil {
 			d.t.resolved(out.Resolved)
 			if len(out.Reserved) > 0 && !d.t.dead {
@@ -675,23 +549,23 @@ func (d *dispatcher) announceForget() {
 		}
 	}
 	d.forgetting = true
+	ids := make([]uint32, len(w.groups))
+	for i, gr := range w.groups {
+		ids[i] = gr.id
+	}
+	msgs := d.ds.Forgets(ids, below) // itself too: it holds parts of its own chains
 	var next func(i int)
 	next = func(i int) {
-		for ; i < len(w.groups); i++ {
-			to := w.groups[i].id
-			// Itself too: it holds parts of its own chains.
-			if d.forgot[to] >= below {
-				continue
-			}
-			cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: g.id, Below: below}}
+		for ; i < len(msgs); i++ {
+			m := msgs[i]
 			finished := false
-			w.net.request(shardEP(g.id), to, &cmd, "forget", func(rep reply) {
+			w.net.request(shardEP(g.id), m.To, &m.Cmd, "forget", func(rep reply) {
 				if finished || d.t.dead {
 					return
 				}
 				finished = true
 				if !rep.noResponders && rep.r.Retry == "" && rep.r.Invalid == "" {
-					d.forgot[to] = below
+					d.ds.Forgot(m.To, below)
 				}
 				next(i + 1)
 			})
