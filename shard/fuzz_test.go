@@ -291,6 +291,9 @@ func FuzzDecodeCommand(f *testing.F) {
 	} {
 		f.Add(mustMarshal(f, &c))
 	}
+	for _, c := range codecCommands() { // the log's first form too: transfers as maps
+		f.Add(mustMarshal(f, (*legacyCommand)(&c)))
+	}
 	f.Add([]byte{0x82, 0xa1, 'k', 0x02, 0xa1, 'k', 0x01})
 	f.Add([]byte{0x81, 0xa1, 'k', 0xcd, 0x01, 0x02})
 	f.Add([]byte{0x81, 0xa1, 'k', 0x02, 0x80})

@@ -321,3 +321,37 @@ func FuzzCheckBounds(f *testing.F) {
 		}
 	})
 }
+
+// compactReply carries CompactResults as the shard's reply does
+// (internal/wire.Reply), so the fuzzer reaches its decoder through
+// Unmarshal, as the router does.
+type compactReply struct {
+	Results CompactResults `msgpack:"r,omitempty"`
+}
+
+// FuzzDecodeCompactResults decodes the input as a shard's results to the
+// router, in either form (pairs, or the result maps of an older leader):
+// each that decodes has at most BatchEventsMax results, indexed by
+// position, and round-trips.
+func FuzzDecodeCompactResults(f *testing.F) {
+	seed(f,
+		mustMarshal(f, &compactReply{Results: CompactResults{{Code: CodeOK, Timestamp: 1 << 40}, {Index: 1, Code: CodeExceedsDebits}}}),
+		mp(f, mapHdr(1), "r", arrHdr(1), mapHdr(3), "index", 0, "code", "exists", "timestamp", 9),
+		mp(f, mapHdr(1), "r", arrHdr(2), arrHdr(2), "ok", 1, arrHdr(2), "nonsense", 2),
+		mp(f, mapHdr(1), "r", arrHdr(1), arrHdr(3), "ok", 1, 2),
+	)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := fuzzStable[compactReply](t, data)
+		if r == nil {
+			return
+		}
+		if len(r.Results) > BatchEventsMax {
+			t.Fatalf("%d results", len(r.Results))
+		}
+		for i, res := range r.Results {
+			if res.Index != uint32(i) || res.Code >= codeCount {
+				t.Fatalf("result %d: %+v", i, res)
+			}
+		}
+	})
+}

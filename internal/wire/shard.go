@@ -52,8 +52,9 @@ type Remove struct {
 
 // Reply answers every request on a shard's subject.
 type Reply struct {
-	// Results of a create command, one per event, Index = position.
-	Results []transport.Result `msgpack:"r,omitempty"`
+	// Results of a create command, one per event, Index = position:
+	// [code, timestamp] pairs on the wire (transport.CompactResults).
+	Results transport.CompactResults `msgpack:"r,omitempty"`
 	// Answers of a credit or abort command.
 	Answers   []shard.Answer         `msgpack:"an,omitempty"`
 	Accounts  []transport.Account    `msgpack:"a,omitempty"`
