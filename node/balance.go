@@ -65,7 +65,9 @@ func (n *Node) surplusLeadership(ctx context.Context) (*raftfsm.Group, raft.Serv
 	if f.Error() != nil {
 		return nil, raft.Server{}, false
 	}
-	nodes := voters(f.Configuration())
+	// A draining node receives no leadership: it is handing its own on.
+	drain := draining(n.metaM.State())
+	nodes := slices.DeleteFunc(voters(f.Configuration()), func(s raft.Server) bool { return slices.Contains(drain, string(s.ID)) })
 	self := raft.ServerID(n.cfg.NodeID)
 	groups := n.groups()
 	views := make([]groupView, 0, len(groups))

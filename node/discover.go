@@ -302,14 +302,15 @@ func (n *Node) promote(ctx context.Context, self transport.NodeInfo) {
 const rejoinMarker = "joining"
 
 // rejoining reports whether the group in dir must join: a joining node's
-// group with no data yet, or one whose join was cut short.
-func (n *Node) rejoining(dir string) (bool, error) {
+// group with no data yet, a group a replica move adds to this node (added),
+// or one whose join was cut short.
+func (n *Node) rejoining(dir string, added bool) (bool, error) {
 	path := filepath.Join(n.cfg.DataDir, dir)
 	marker := filepath.Join(path, rejoinMarker)
 	if _, err := os.Stat(marker); err == nil {
 		return true, nil
 	}
-	if !n.cfg.Join {
+	if !n.cfg.Join && !added {
 		return false, nil
 	}
 	if _, err := os.Stat(filepath.Join(path, "raft.db")); err == nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,16 @@ type Config struct {
 	// refusing to start. A node with peers repairs from them instead
 	// (repair.go): salvage could make it vote from a log that lost entries.
 	Salvage bool
+	// Replicas is the replication factor of a new cluster: each shard
+	// group has this many voters, placed on the nodes by the meta leader
+	// (placement.go). 0: every node holds every shard, as a cluster from
+	// before placement does. Read only when the cluster is created.
+	Replicas uint32
+	// Operator reports whether a request's Nats-Request-Info header (set
+	// by the NATS server on a service import) names an operator: only
+	// they may drain or remove nodes (drain.go). Nil: every requester is
+	// one (no providers file).
+	Operator func(requestInfo string) bool
 }
 
 // Fault is what happens to one saga message in a fault-injection test.
@@ -154,14 +165,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
-	ids := slots.Shards()
-	if cfg.Shards != 0 && uint32(len(ids)) != cfg.Shards {
-		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(ids))
+	if all := slots.Shards(); cfg.Shards != 0 && uint32(len(all)) != cfg.Shards {
+		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(all))
 	}
+	ids := n.placedHere(n.metaM.State())
 	for _, id := range ids {
-		n.mu.Lock()
-		n.ids = append(n.ids, id)
-		n.mu.Unlock()
+		n.addID(id)
 		if err := n.openOrRepair(ctx, bg, id); err != nil {
 			n.Close()
 			return nil, err
@@ -177,6 +186,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	go n.balanceLeaders(bg)
 	go n.promote(bg, self)
+	n.watchers.Add(1)
+	go n.followPlacement(bg)
 	return n, nil
 }
 
@@ -274,7 +285,7 @@ func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
 // joined before openGroup returns.
 func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
 	dir := groupDir(id)
-	rejoin, err := n.rejoining(dir)
+	rejoin, err := n.rejoining(dir, n.addedHere(id))
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +296,7 @@ func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLe
 	nt := raftmux.NewTransport(layer, n.log)
 	var trans raft.Transport = nt
 	var gate *raftmux.VoteGate
-	servers := n.servers
+	servers := n.bootstrapServers(id)
 	if rejoin {
 		gate = raftmux.NewVoteGate(nt)
 		trans, servers = gate, nil
@@ -342,18 +353,15 @@ func (n *Node) serveMeta(ctx context.Context) {
 		return
 	}
 	if len(n.metaM.SlotMap().Slots) == 0 {
-		shards := max(n.cfg.Shards, 1)
-		b, _ := transport.Marshal(&raftfsm.MetaCommand{InitShards: shards})
-		if _, err := g.ProposeWait(ctx, b); err != nil {
+		if err := n.createSlotMap(ctx, g); err != nil {
 			n.log.Error("create slot map", "err", err)
 			return
 		}
-		n.log.Debug("created slot map", "shards", shards)
 	}
 	sub, err := n.nc.QueueSubscribe(n.subjects.Meta(), "meta", func(msg *nats.Msg) {
 		switch msg.Header.Get(wire.OpHeader) {
 		case wire.OpJoin:
-			go respond(msg, joinReply(g, msg.Data))
+			go respond(msg, n.metaJoinReply(g, msg.Data))
 			return
 		case wire.OpRemove:
 			go respond(msg, removeReply(g, msg.Data))
@@ -367,8 +375,39 @@ func (n *Node) serveMeta(ctx context.Context) {
 		n.log.Error("subscribe meta subject", "err", err)
 		return
 	}
-	<-ctx.Done()
-	_ = sub.Unsubscribe()
+	defer sub.Unsubscribe()
+	ops, err := n.serveOperators(g)
+	if err != nil {
+		n.log.Error("subscribe operator subjects", "err", err)
+		return
+	}
+	defer ops.Unsubscribe()
+	n.drive(ctx, g) // until the term ends
+}
+
+// createSlotMap proposes the slot map of a new cluster and, with
+// Config.Replicas, its placement on the meta group's servers.
+func (n *Node) createSlotMap(ctx context.Context, g *raftfsm.Group) error {
+	cmd := raftfsm.MetaCommand{InitShards: max(n.cfg.Shards, 1)}
+	if n.cfg.Replicas > 0 {
+		f := g.Raft().GetConfiguration()
+		if err := f.Error(); err != nil {
+			return err
+		}
+		cmd.Replicas = n.cfg.Replicas
+		for _, s := range f.Configuration().Servers {
+			cmd.Nodes = append(cmd.Nodes, raftfsm.NodeRecord{ID: string(s.ID), RaftAddr: string(s.Address)})
+		}
+	}
+	b, err := transport.Marshal(&cmd)
+	if err != nil {
+		return err
+	}
+	if _, err := g.ProposeWait(ctx, b); err != nil {
+		return err
+	}
+	n.log.Debug("created slot map", "shards", cmd.InitShards, "replicas", cmd.Replicas)
+	return nil
 }
 
 // metaGroup returns the meta group, nil while it is not open.
@@ -391,7 +430,32 @@ func (n *Node) opening(ctx context.Context) *raftfsm.Group {
 	}
 }
 
+// shardIDs returns the ids of every shard of the cluster (not only those
+// placed here).
 func (n *Node) shardIDs() []uint32 {
+	m := n.metaM.SlotMap()
+	return m.Shards()
+}
+
+// addID adds shard id to the shards this node holds. ids is copied on
+// write: readers keep the slice they took.
+func (n *Node) addID(id uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !slices.Contains(n.ids, id) {
+		n.ids = append(slices.Clone(n.ids), id)
+	}
+}
+
+// dropID removes shard id from the shards this node holds.
+func (n *Node) dropID(id uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.ids = slices.DeleteFunc(slices.Clone(n.ids), func(x uint32) bool { return x == id })
+}
+
+// heldIDs returns the shards this node holds (open or being repaired).
+func (n *Node) heldIDs() []uint32 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.ids

@@ -33,6 +33,10 @@ import (
 // it; exiting non-zero, it is restarted, and the start refuses, naming the
 // damage.
 
+// watchGoneEvery is how often watch checks that its group is still open
+// here: a shard moved off the node is closed without damage.
+const watchGoneEvery = time.Second
+
 // openOrRepair opens group id; storage found damaged is repaired, on a node
 // with peers, by joining the group again with a copy from them.
 func (n *Node) openOrRepair(ctx, bg context.Context, id uint32) error {
@@ -50,15 +54,25 @@ func (n *Node) openOrRepair(ctx, bg context.Context, id uint32) error {
 // until the node closes. A repair that fails fails the node.
 func (n *Node) watch(bg context.Context, id uint32) {
 	defer n.watchers.Done()
+	t := time.NewTicker(watchGoneEvery)
+	defer t.Stop()
 	for {
 		g := n.member(id)
 		if g == nil {
 			return
 		}
-		select {
-		case <-bg.Done():
-			return
-		case <-g.Halted():
+	wait:
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-g.Halted():
+				break wait
+			case <-t.C:
+				if n.member(id) != g {
+					return // moved off this node (placement.go) and closed
+				}
+			}
 		}
 		if bg.Err() != nil {
 			return // closing: a start repairs it

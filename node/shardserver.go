@@ -247,6 +247,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
 	case wire.OpRemove:
 		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
+	case opMembers:
+		go respondMembers(msg, s.g)
 	default:
 		respond(msg, &wire.Reply{Invalid: "unknown op"})
 	}

@@ -61,8 +61,13 @@ type Config struct {
 	BootstrapExpect int
 	Join            bool
 	Shards          uint32
-	Prefix          string
-	Logger          *slog.Logger
+	// Replicas is how many voters each shard group of a new cluster has,
+	// placed on the nodes (node.Config.Replicas); 0: every node holds
+	// every shard, as before placement. ledgerd's --replicas defaults to
+	// DefaultReplicas.
+	Replicas uint32
+	Prefix   string
+	Logger   *slog.Logger
 	// RequestDeadline bounds one client request in the router (0:
 	// router.DefaultRequestDeadline).
 	RequestDeadline time.Duration
@@ -196,6 +201,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, RaftListen: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise, RaftTLS: nodeTLS,
 		Shards: cfg.Shards, Conn: s.nodeNC, Prefix: cfg.Prefix, Logger: cfg.Logger, SagaFault: cfg.SagaFault,
 		Snapshots: cfg.Snapshots, BootstrapExpect: cfg.BootstrapExpect, Join: cfg.Join, Salvage: cfg.Salvage,
+		Replicas: cfg.Replicas, Operator: s.operator,
 	})
 	if err != nil {
 		return nil, err
@@ -221,6 +227,22 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 	return s, nil
+}
+
+// DefaultReplicas is ledgerd's --replicas: three voters a shard survive
+// the loss of one node.
+const DefaultReplicas = 3
+
+// operator reports whether the requester a NATS service import names
+// (auth.RequestInfoHeader) is an operator; without a providers file every
+// client is one.
+func (s *Server) operator(info string) bool {
+	p := s.policy.Load()
+	if p == nil {
+		return true
+	}
+	id, err := p.Requester(info)
+	return err == nil && id.Operator()
 }
 
 // internalUser is the embedded NATS user of the node and router. Its

@@ -213,7 +213,7 @@ func nodesTable(w io.Writer, nodes []transport.NodeStatus) {
 }
 
 func newNodesCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List the cluster's nodes, their health and the groups each leads or follows",
 		Long: `List the cluster's nodes: every node that answered (health up) with its Raft
@@ -239,4 +239,6 @@ non-zero when a node is unreachable.`,
 			})
 		},
 	}
+	cmd.AddCommand(newNodesDrainCmd(a), newNodesRemoveCmd(a))
+	return cmd
 }

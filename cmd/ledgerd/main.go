@@ -121,6 +121,7 @@ func addFlags(f *pflag.FlagSet, cfg *server.Config, o *options) {
 	f.StringVar(&cfg.ClientTLS.Cert, "nats-tls-cert", "", "PEM certificate of the embedded NATS server's client port: clients connect with TLS")
 	f.StringVar(&cfg.ClientTLS.Key, "nats-tls-key", "", "the private key of --nats-tls-cert (PEM)")
 	f.StringVar(&cfg.ClientTLS.CA, "nats-tls-ca", "", "PEM CA whose certificate every client must show on the client port (optional)")
+	f.Uint32Var(&cfg.Replicas, "replicas", server.DefaultReplicas, "voters of each shard group of a new cluster, placed on the nodes (fewer while the cluster has fewer nodes); 0: every node holds every shard")
 	f.Uint32Var(&o.shards, "shards", server.DefaultShards, "number of shards when the cluster is created (fixed afterwards)")
 	f.StringVar(&cfg.Prefix, "prefix", transport.DefaultPrefix, "NATS subject prefix")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug shows Raft's own logs too)")

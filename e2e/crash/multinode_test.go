@@ -294,6 +294,10 @@ func (mc *multiCluster) launch(i int) {
 		"--node-id", n.id, "--data-dir", n.dataDir,
 		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
 		"--raft-listen", n.raftAddr, "--shards", fmt.Sprint(mc.shards), "--log-level", "info",
+		// Every node holds every shard, as these tests check: a shard has
+		// a voter on each of up to 5 nodes (a node that joins receives a
+		// replica of every shard through replica moves).
+		"--replicas", "5",
 	)
 	cmd.Args = append(cmd.Args, n.args...)
 	if !slices.Contains(n.args, "--tls-cert") {
