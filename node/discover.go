@@ -139,7 +139,7 @@ func (n *Node) initialServers(ctx context.Context, self transport.NodeInfo) ([]r
 func (n *Node) answerStatus(self transport.NodeInfo) (*nats.Subscription, error) {
 	build := buildinfo.Get().Build()
 	return n.nc.Subscribe(n.subjects.NodesStatus(), func(msg *nats.Msg) {
-		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Build: build, Health: "up", RaftAddr: self.RaftAddr}
+		st := transport.NodeStatus{ID: self.ID, Version: transport.Version, Build: build, Health: "up", RaftAddr: self.RaftAddr, Wire: transport.WireVersion}
 		if g := n.metaGroup(); g != nil {
 			if f := g.Raft().GetConfiguration(); f.Error() == nil {
 				for _, s := range f.Configuration().Servers {

@@ -94,6 +94,7 @@ func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 		case <-t.C:
 		}
 		st := n.metaM.State()
+		n.raiseWire(ctx, g, st)
 		if st.Replicas == 0 {
 			continue
 		}

@@ -388,7 +388,8 @@ func (n *Node) serveMeta(ctx context.Context) {
 // createSlotMap proposes the slot map of a new cluster and, with
 // Config.Replicas, its placement on the meta group's servers.
 func (n *Node) createSlotMap(ctx context.Context, g *raftfsm.Group) error {
-	cmd := raftfsm.MetaCommand{InitShards: max(n.cfg.Shards, 1)}
+	// A new cluster's nodes all run this release: they read its encoding.
+	cmd := raftfsm.MetaCommand{InitShards: max(n.cfg.Shards, 1), Wire: transport.WireVersion}
 	if n.cfg.Replicas > 0 {
 		f := g.Raft().GetConfiguration()
 		if err := f.Error(); err != nil {

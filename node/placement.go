@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/placement"
 	"github.com/ledgerd/ledgerd/raftfsm"
+	"github.com/ledgerd/ledgerd/transport"
 )
 
 // Following the placement. In a cluster that places replicas (MetaState
@@ -93,6 +94,7 @@ func (n *Node) followPlacement(bg context.Context) {
 		case <-t.C:
 		}
 		st := n.metaM.State()
+		transport.SetWireV2(st.Wire >= 2)
 		if st.Replicas == 0 {
 			continue
 		}

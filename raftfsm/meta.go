@@ -75,6 +75,10 @@ type MetaCommand struct {
 	// done: the shard's voters are then Placement's after the move.
 	StartMove *placement.Move `msgpack:"start_move,omitempty"`
 	EndMove   *placement.Move `msgpack:"end_move,omitempty"`
+	// Wire raises the internal encoding every node writes
+	// (transport.WireVersion): with InitShards, that of a new cluster; alone,
+	// once every node of an older cluster reads it. It never goes down.
+	Wire uint32 `msgpack:"wire,omitempty"`
 }
 
 // NodeRecord is a node as the meta group knows it.
@@ -94,6 +98,9 @@ type MetaState struct {
 	Nodes     []NodeRecord              `msgpack:"nodes,omitempty"` // sorted by ID
 	Placement placement.Placement       `msgpack:"placement,omitempty"`
 	Moving    map[uint32]placement.Move `msgpack:"moving,omitempty"`
+	// Wire: the internal encoding every node writes (0 or 1: the maps of
+	// the releases before transport.WireVersion 2).
+	Wire uint32 `msgpack:"wire,omitempty"`
 }
 
 // Cluster is the placement input of the state.
@@ -135,7 +142,7 @@ func (s *MetaState) holds(id string) bool {
 func (s *MetaState) clone() MetaState {
 	c := MetaState{
 		SlotMap:  SlotMap{Epoch: s.Epoch, Slots: slices.Clone(s.Slots)},
-		Replicas: s.Replicas, Nodes: slices.Clone(s.Nodes), Moving: maps.Clone(s.Moving),
+		Replicas: s.Replicas, Nodes: slices.Clone(s.Nodes), Moving: maps.Clone(s.Moving), Wire: s.Wire,
 	}
 	if s.Placement != nil {
 		c.Placement = placement.Placement{}
@@ -148,6 +155,9 @@ func (s *MetaState) clone() MetaState {
 
 // apply applies one command (see MetaCommand).
 func (s *MetaState) apply(c *MetaCommand) {
+	if c.InitShards == 0 {
+		s.Wire = max(s.Wire, c.Wire)
+	}
 	switch {
 	case c.InitShards > 0:
 		if len(s.Slots) != 0 {
@@ -158,6 +168,7 @@ func (s *MetaState) apply(c *MetaCommand) {
 			slots[i] = uint32(i)%c.InitShards + 1
 		}
 		s.SlotMap = SlotMap{Epoch: s.Epoch + 1, Slots: slots}
+		s.Wire = max(s.Wire, c.Wire)
 		if c.Replicas > 0 {
 			s.Replicas = c.Replicas
 			for _, n := range c.Nodes {

@@ -126,3 +126,26 @@ func TestMetaSnapshotWithUnsortedNodesIsRefused(t *testing.T) {
 		t.Fatal("unsorted nodes restored")
 	}
 }
+
+// The cluster's internal encoding is set by a new cluster's init, raised
+// alone, and never lowered; a second init does not touch it.
+func TestMetaWireOnlyGoesUp(t *testing.T) {
+	var m MetaMachine
+	applyMeta(t, &m, MetaCommand{InitShards: 1})
+	if w := m.State().Wire; w != 0 {
+		t.Fatalf("an init without Wire: %d", w)
+	}
+	applyMeta(t, &m, MetaCommand{InitShards: 1, Wire: 2})
+	if w := m.State().Wire; w != 0 {
+		t.Fatalf("an init of an initialised map raised Wire to %d", w)
+	}
+	applyMeta(t, &m, MetaCommand{Wire: 2}, MetaCommand{Wire: 1})
+	if w := m.State().Wire; w != 2 {
+		t.Fatalf("raised to 2 then asked 1: %d", w)
+	}
+	var fresh MetaMachine
+	applyMeta(t, &fresh, MetaCommand{InitShards: 2, Wire: 2})
+	if back := restoreMeta(t, persistMeta(t, &fresh)).State(); back.Wire != 2 {
+		t.Fatalf("a new cluster's Wire after a snapshot: %d", back.Wire)
+	}
+}

@@ -235,6 +235,11 @@ func (r *Result) decodePair(dec *msgpack.Decoder) error {
 // upgrade keeps working.
 var wireV2 atomic.Bool
 
+// WireVersion is the newest internal encoding this release reads and, once
+// the cluster's meta state says every node reads it, writes: 2, the
+// compact forms.
+const WireVersion = 2
+
 // SetWireV2 makes this process write the compact internal encodings.
 func SetWireV2(on bool) { wireV2.Store(on) }
 

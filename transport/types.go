@@ -115,6 +115,9 @@ type NodeStatus struct {
 	// group's) as this node knows it; a joining node is not one until it
 	// has caught up.
 	Voters []string `msgpack:"voters,omitempty" json:"voters,omitempty"`
+	// Wire: the newest internal encoding the node's binary reads
+	// (transport.WireVersion; 0: a node of a release before it).
+	Wire uint32 `msgpack:"wire,omitempty" json:"wire,omitempty"`
 }
 
 // GroupStatus is one Raft group as one node sees it.

@@ -71,8 +71,13 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 
 	// The clients talk to the node that no fault touches, so that every
 	// request reaches a router; the faults are the shards' leaders'.
-	nc, c := mc.connectTo(z)
+	nc, _ := mc.connectTo(z)
 	defer nc.Close()
+	// Six requests in flight at once, as six providers would send them:
+	// coalesced, the first batch goes alone and the five others wait for
+	// its answer, which the paused credit shard holds back, so whether
+	// anything is reserved before the kill hangs on one request's latency.
+	c := client.New(nc, client.WithCoalescing(false))
 	b := setupSagas(t, c, st, si)
 	batches := b.burst(rng)
 
