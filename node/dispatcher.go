@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/internal/wire"
+	"github.com/ledgerd/ledgerd/saga"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
@@ -33,21 +34,24 @@ const (
 
 // dispatcher sends the outbox's credits while this node leads the shard,
 // and proposes the answers as resolves. It is the only sender, per term.
+// What it sends, when, and what it proposes are saga.Dispatch's decisions
+// (the simulator runs the same); this is their goroutines, NATS and clock.
 type dispatcher struct {
-	s      *shardServer
-	queue  chan []shard.OutboxRow
-	sentAt map[string]time.Time // transfer id -> last send, while unresolved
-	sem    chan struct{}
-	forgot map[uint32]uint64 // watermark last acknowledged per credit shard
+	s     *shardServer
+	queue chan []shard.OutboxRow
+	sem   chan struct{}
+	// ds: the run loop calls Due and Messages, the forget loop Forgets and
+	// Forgot; the two touch separate state.
+	ds saga.Dispatch
 }
 
 func newDispatcher(s *shardServer) *dispatcher {
 	return &dispatcher{
-		s:      s,
-		queue:  make(chan []shard.OutboxRow, 1024),
-		sentAt: make(map[string]time.Time),
-		sem:    make(chan struct{}, sendsInFlightMax),
-		forgot: make(map[uint32]uint64),
+		s:     s,
+		queue: make(chan []shard.OutboxRow, 1024),
+		sem:   make(chan struct{}, sendsInFlightMax),
+		ds: saga.Dispatch{Shard: s.id, ResendAfter: uint64(resendAfter), AbortAfter: uint64(abortAfter),
+			PerMessage: creditsPerMessageMax},
 	}
 }
 
@@ -92,44 +96,15 @@ func (d *dispatcher) scan(ctx context.Context) {
 	var rows []shard.OutboxRow
 	d.s.m.Read(func(st *shard.State, _ uint64) { rows = st.Outbox() })
 	now := time.Now()
-	live := make(map[string]bool, len(rows))
-	due := rows[:0]
-	for _, r := range rows {
-		live[r.Transfer.ID] = true
-		if at, ok := d.sentAt[r.Transfer.ID]; !ok || now.Sub(at) >= resendAfter {
-			due = append(due, r)
-		}
-	}
-	for id := range d.sentAt {
-		if !live[id] {
-			delete(d.sentAt, id)
-		}
-	}
-	d.send(ctx, due, now)
+	d.send(ctx, d.ds.Due(rows, uint64(now.UnixNano())), now)
 }
 
-// send groups rows by credit shard and sends each group in messages of at
-// most creditsPerMessageMax credits.
+// send sends rows as saga.Dispatch groups them: credits (and aborts, for
+// rows older than abortAfter) by credit shard, creditsPerMessageMax a
+// message.
 func (d *dispatcher) send(ctx context.Context, rows []shard.OutboxRow, now time.Time) {
-	byShard := map[uint32][]shard.Credit{}
-	aborts := map[uint32][]shard.Credit{}
-	for _, r := range rows {
-		d.sentAt[r.Transfer.ID] = now
-		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.s.id, Part: r.Part}
-		if now.Sub(time.Unix(0, int64(r.Transfer.Timestamp))) > abortAfter {
-			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
-		} else {
-			byShard[r.CreditShard] = append(byShard[r.CreditShard], c)
-		}
-	}
-	for kind, groups := range map[shard.Kind]map[uint32][]shard.Credit{shard.KindCredit: byShard, shard.KindAbort: aborts} {
-		for to, credits := range groups {
-			for len(credits) > 0 {
-				n := min(len(credits), creditsPerMessageMax)
-				d.sendOne(ctx, to, shard.Command{Kind: kind, Credits: credits[:n]})
-				credits = credits[n:]
-			}
-		}
+	for _, m := range d.ds.Messages(rows, uint64(now.UnixNano())) {
+		d.sendOne(ctx, m.To, m.Cmd)
 	}
 }
 
@@ -149,13 +124,7 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
 			return
 		}
-		ans := reply.Answers[:0]
-		for _, a := range reply.Answers {
-			if a.Outcome != shard.OutcomeStale {
-				ans = append(ans, a)
-			}
-		}
-		if len(ans) > 0 {
+		if ans := saga.Answers(reply.Answers); len(ans) > 0 {
 			d.resolve(ans)
 		}
 	}()
@@ -164,7 +133,8 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 // resolve proposes the answers; the completer wakes the waiting replies
 // and the rows they wrote (the next parts of chains) go out at once.
 func (d *dispatcher) resolve(ans []shard.Answer) {
-	b, err := transport.Marshal(&shard.Command{Kind: shard.KindResolve, Answers: ans})
+	cmd := saga.Resolve(ans)
+	b, err := transport.Marshal(&cmd)
 	if err != nil {
 		d.s.log.Error("encode resolve", "err", err)
 		return
@@ -203,14 +173,10 @@ func (d *dispatcher) forgetLoop(ctx context.Context) {
 func (d *dispatcher) announceForget(ctx context.Context) {
 	var below uint64
 	d.s.m.Read(func(st *shard.State, _ uint64) { below = st.ForgetBelow() })
-	for _, to := range d.s.n.shardIDs() { // itself too: it holds parts of its own chains
-		if d.forgot[to] >= below {
-			continue
-		}
-		cmd := shard.Command{Kind: shard.KindForget, Forget: &shard.Forget{DebitShard: d.s.id, Below: below}}
+	for _, m := range d.ds.Forgets(d.s.n.shardIDs(), below) { // itself too: it holds parts of its own chains
 		var reply wire.Reply
-		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
-			d.forgot[to] = below
+		if err := d.s.n.sagaRequest(ctx, m.To, &m.Cmd, &reply); err == nil && reply.Retry == "" && reply.Invalid == "" {
+			d.ds.Forgot(m.To, below)
 		}
 	}
 }

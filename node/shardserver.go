@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
+	"github.com/ledgerd/ledgerd/saga"
 	"github.com/ledgerd/ledgerd/shard"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/nats-io/nats.go"
@@ -33,8 +33,10 @@ type shardServer struct {
 	m   *raftfsm.ShardMachine
 	log *slog.Logger
 
-	mu      sync.Mutex
-	waiters map[attemptKey][]waitRef
+	mu sync.Mutex
+	// waiters: the replies waiting for in-flight transfers, for the term
+	// being served; nil or ended outside a term (saga.Waiters).
+	waiters *saga.Waiters[string]
 	disp    *dispatcher
 
 	// reads bounds the lookups and status requests served at once, off the
@@ -74,36 +76,16 @@ type hashCache struct {
 	hash    string
 }
 
-type attemptKey struct {
-	id      string
-	attempt uint64
-}
-
 // waiterTTL bounds how long a reply waits for in-flight transfers: the
 // router gives up after its 5 s deadline, and a client's retry registers a
 // waiter of its own, so a stuck transfer never pins requests for long.
 const waiterTTL = 10 * time.Second
 
-// pendingReply is a create command whose reply waits for in-flight events.
-// It keeps the reply subject, not the request, whose body may be megabytes.
-type pendingReply struct {
-	to        string
-	reply     wire.Reply
-	remaining int
-	expires   time.Time
-}
-
-type waitRef struct {
-	p     *pendingReply
-	index int
-	retry bool
-}
-
 // serve runs for one term: it subscribes to the shard's subject and
 // dispatches the outbox until ctx ends.
 func (s *shardServer) serve(ctx context.Context) {
 	s.mu.Lock()
-	s.waiters = make(map[attemptKey][]waitRef)
+	s.waiters = &saga.Waiters[string]{}
 	s.disp = newDispatcher(s)
 	s.mu.Unlock()
 	sub, err := s.n.nc.QueueSubscribe(s.n.subjects.Shard(s.id), "shard", s.handle)
@@ -120,11 +102,10 @@ func (s *shardServer) serve(ctx context.Context) {
 	// The term is over: tell every waiting request to retry, at the new
 	// leader, rather than let it sit out its deadline.
 	s.mu.Lock()
-	waiting := s.waiters
-	s.waiters = nil
+	waiting := s.waiters.End()
 	s.mu.Unlock()
-	for _, p := range uniqueReplies(waiting, nil) {
-		s.publish(p.to, &wire.Reply{Retry: "leadership lost", Unknown: true})
+	for _, p := range waiting {
+		s.publish(p.To, &wire.Reply{Retry: "leadership lost", Unknown: true})
 	}
 }
 
@@ -138,35 +119,10 @@ func (s *shardServer) sweepWaiters(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			for _, p := range uniqueReplies(s.waiters, func(p *pendingReply) bool { return now.After(p.expires) }) {
-				p.remaining = -1 // answered nowhere now; a late resolve skips it
-			}
-			for key, refs := range s.waiters {
-				refs = slices.DeleteFunc(refs, func(w waitRef) bool { return w.p.remaining < 0 })
-				if len(refs) == 0 {
-					delete(s.waiters, key)
-				} else {
-					s.waiters[key] = refs
-				}
-			}
+			s.waiters.Sweep(uint64(now.UnixNano()))
 			s.mu.Unlock()
 		}
 	}
-}
-
-// uniqueReplies lists the distinct replies of waiters that keep accepts.
-func uniqueReplies(waiters map[attemptKey][]waitRef, keep func(*pendingReply) bool) []*pendingReply {
-	seen := map[*pendingReply]bool{}
-	var out []*pendingReply
-	for _, refs := range waiters {
-		for _, w := range refs {
-			if !seen[w.p] && (keep == nil || keep(w.p)) {
-				seen[w.p] = true
-				out = append(out, w.p)
-			}
-		}
-	}
-	return out
 }
 
 // publish sends a reply to a subject (the reply of a request answered late).
@@ -298,7 +254,7 @@ func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output)
 	crashPoints(kind, msg.Data, out)
 	switch kind {
 	case shard.KindCreateAccounts:
-		respond(msg, &wire.Reply{Results: results(out.Events[0])})
+		respond(msg, &wire.Reply{Results: saga.Results(out.Events[0])})
 	case shard.KindCreateTransfers:
 		if why, refused := out.Refused[0]; refused {
 			respond(msg, &wire.Reply{Refused: why})
@@ -317,38 +273,20 @@ func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output)
 	}
 }
 
-func results(events []shard.EventResult) []transport.Result {
-	rs := make([]transport.Result, len(events))
-	for i, e := range events {
-		rs[i] = transport.Result{Index: uint32(i), Code: e.Code, Timestamp: e.Timestamp}
-	}
-	return rs
-}
-
 // transfersApplied replies at once unless some transfers are in flight to
 // other shards; those wait for their resolution. Waiters are registered here,
 // on the completer, before any later entry (a resolve) completes.
 func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
-	events := out.Events[0]
-	p := &pendingReply{to: msg.Reply, reply: wire.Reply{Results: results(events)}, expires: time.Now().Add(waiterTTL)}
 	s.mu.Lock()
-	for i, e := range events {
-		if !e.InFlight {
-			continue
-		}
-		if s.waiters == nil { // the term ended: the router retries elsewhere
-			s.mu.Unlock()
-			respond(msg, &wire.Reply{Retry: "leadership lost", Unknown: true})
-			return
-		}
-		key := attemptKey{e.ID, e.Attempt}
-		s.waiters[key] = append(s.waiters[key], waitRef{p: p, index: i, retry: e.Retry})
-		p.remaining++
-	}
+	p, waits := s.term().Wait(msg.Reply, out.Events[0], uint64(time.Now().Add(waiterTTL).UnixNano()))
 	disp := s.disp
 	s.mu.Unlock()
-	if p.remaining == 0 {
-		s.publish(p.to, &p.reply)
+	switch {
+	case p == nil: // the term ended: the router retries elsewhere
+		respond(msg, &wire.Reply{Retry: "leadership lost", Unknown: true})
+		return
+	case !waits:
+		s.publish(p.To, &p.Reply)
 		return
 	}
 	if len(out.Reserved) > 0 && disp != nil {
@@ -356,34 +294,23 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 	}
 }
 
+// term returns the waiters of the term being served; outside a term, ended
+// ones (a reply with events in flight is then told to retry). Under mu.
+func (s *shardServer) term() *saga.Waiters[string] {
+	if s.waiters == nil {
+		s.waiters = &saga.Waiters[string]{}
+		s.waiters.End()
+	}
+	return s.waiters
+}
+
 // resolved completes the replies waiting for these transfers.
 func (s *shardServer) resolved(rs []shard.Resolved) {
-	var done []*pendingReply
 	s.mu.Lock()
-	for _, r := range rs {
-		key := attemptKey{r.ID, r.Attempt}
-		for _, w := range s.waiters[key] {
-			res := &w.p.reply.Results[w.index]
-			switch {
-			case r.Aborted:
-				w.p.reply.Retry = "timeout"
-			case r.Code == transport.CodeOK && w.retry:
-				res.Code, res.Timestamp = transport.CodeExists, r.Timestamp
-			default:
-				res.Code, res.Timestamp = r.Code, r.Timestamp
-			}
-			if w.p.remaining--; w.p.remaining == 0 {
-				done = append(done, w.p)
-			}
-		}
-		delete(s.waiters, key)
-	}
+	done := s.term().Resolve(rs)
 	s.mu.Unlock()
 	for _, p := range done {
-		if p.reply.Retry != "" {
-			p.reply.Results = nil
-		}
-		s.publish(p.to, &p.reply)
+		s.publish(p.To, &p.Reply)
 	}
 }
 

@@ -21,8 +21,9 @@ import (
 )
 
 // Dispatch is the leader's view of its outbox for one term: when each row
-// was last sent, and the forget watermark each shard acknowledged. It is
-// not safe for concurrent use.
+// was last sent (Due, Messages), and the forget watermark each shard
+// acknowledged (Forgets, Forgot). Each of the two is not safe for
+// concurrent use, but they share nothing: each may have its own goroutine.
 type Dispatch struct {
 	// Shard is the debit shard this leader serves.
 	Shard uint32
