@@ -1,12 +1,11 @@
 package node
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
 
+	"github.com/ledgerd/ledgerd/internal/fuzzcheck"
 	"github.com/ledgerd/ledgerd/history"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -31,8 +30,8 @@ func FuzzDecodeHistoryPage(f *testing.F) {
 	// Regression in testdata/fuzz/FuzzDecodeHistoryPage: a page with more
 	// to come and no row, on which fetchHistory indexed past the end.
 	f.Fuzz(func(t *testing.T, data []byte) {
-		roundTrips[historyPageRequest](t, data)
-		page := roundTrips[historyPage](t, data)
+		fuzzcheck.Stable[historyPageRequest](t, data)
+		page := fuzzcheck.Stable[historyPage](t, data)
 		if page == nil || page.check() != nil {
 			return
 		}
@@ -40,32 +39,6 @@ func FuzzDecodeHistoryPage(f *testing.F) {
 			t.Fatalf("check passed a page with more to come after no row: %+v", page)
 		}
 	})
-}
-
-// roundTrips decodes data as a *T; if that succeeds, a byte after data
-// makes it malformed, and the value encodes to bytes that decode and
-// encode again to the same bytes.
-func roundTrips[T any](t *testing.T, data []byte) *T {
-	t.Helper()
-	var v T
-	if transport.Unmarshal(data, &v) != nil {
-		return nil
-	}
-	if err := transport.Unmarshal(append(bytes.Clone(data), 0xc0), new(T)); !errors.Is(err, transport.ErrMalformed) {
-		t.Fatalf("%T with a trailing byte: %v", v, err)
-	}
-	b1, err := transport.Marshal(&v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back T
-	if err := transport.Unmarshal(b1, &back); err != nil {
-		t.Fatalf("re-decoding %T: %v", v, err)
-	}
-	if b2, err := transport.Marshal(&back); err != nil || !bytes.Equal(b1, b2) {
-		t.Fatalf("%T: encoding not stable (%v):\n% x\n% x", v, err, b1, b2)
-	}
-	return &v
 }
 
 // A page of small rows holds more than a message may list (a balance row

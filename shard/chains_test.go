@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -376,14 +375,7 @@ func TestChainAcrossShardsSnapshotMidway(t *testing.T) {
 		cl.deliver(home, row, false, false)
 	}
 	for i, s := range cl.states {
-		var buf bytes.Buffer
-		if _, err := s.WriteTo(&buf); err != nil {
-			t.Fatal(err)
-		}
-		r, err := Read(&buf, s.Archive())
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := restored(t, s)
 		if r.Hash() != s.Hash() {
 			t.Fatalf("shard %d: the snapshot read back differs", i+1)
 		}

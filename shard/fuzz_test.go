@@ -2,7 +2,6 @@ package shard
 
 import (
 	"bytes"
-	"errors"
 	"maps"
 	"math"
 	"math/big"
@@ -10,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/ledgerd/ledgerd/internal/fuzzcheck"
 	"github.com/ledgerd/ledgerd/transport"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -305,7 +305,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		if transport.Unmarshal(data, &c) != nil {
 			return
 		}
-		checkOneBody[Command](t, data)
+		fuzzcheck.OneBody[Command](t, data)
 		for _, n := range []int{len(c.Accounts), len(c.Transfers), len(c.CreditShards), len(c.DebitShards), len(c.Credits), len(c.Answers)} {
 			if n > transport.BatchEventsMax {
 				t.Fatalf("a command of %d elements", n)
@@ -323,35 +323,6 @@ func FuzzDecodeCommand(f *testing.F) {
 			t.Fatalf("PeekKind of %+v: %v, %v", c, k, err)
 		}
 	})
-}
-
-// fuzzShardStable decodes data as a *T with transport.Unmarshal; if that
-// succeeds, data is one body and the value's encoding is stable.
-func fuzzShardStable[T any](t *testing.T, data []byte) *T {
-	var v T
-	if transport.Unmarshal(data, &v) != nil {
-		return nil
-	}
-	checkOneBody[T](t, data)
-	b1 := mustMarshal(t, &v)
-	var back T
-	if err := transport.Unmarshal(b1, &back); err != nil {
-		t.Fatalf("re-decoding %T: %v", v, err)
-	}
-	if b2 := mustMarshal(t, &back); !bytes.Equal(b1, b2) {
-		t.Fatalf("%T: encoding not stable:\n% x\n% x", v, b1, b2)
-	}
-	return &v
-}
-
-// checkOneBody: with a byte after it, a body that decoded is malformed.
-func checkOneBody[T any](t *testing.T, data []byte) {
-	t.Helper()
-	for _, tail := range []byte{0x80, 0xc0, 0xc1} {
-		if err := transport.Unmarshal(append(bytes.Clone(data), tail), new(T)); !errors.Is(err, transport.ErrMalformed) {
-			t.Fatalf("%T with the trailing byte %02x: %v", *new(T), tail, err)
-		}
-	}
 }
 
 func mustMarshal(t testing.TB, v any) []byte {

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -117,3 +118,18 @@ func (s *State) allTransfers() map[string]*transport.Transfer {
 
 // mod returns v changed by f.
 func mod[T any](v T, f func(*T)) T { f(&v); return v }
+
+// restored is s written as a snapshot and read back, as a replica that
+// restores it holds it.
+func restored(t testing.TB, s *State) *State {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := s.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Read(&buf, s.Archive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

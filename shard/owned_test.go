@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
@@ -83,14 +82,7 @@ func TestPendingLimitCountsSurviveChainsExpiryAndSnapshots(t *testing.T) {
 		t.Fatalf("an expired pending transfer still counts: %s", why)
 	}
 	// A restored replica counts the same, and refuses the same.
-	var buf bytes.Buffer
-	if _, err := s.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	r, err := Read(&buf, s.Archive())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := restored(t, s)
 	e := &Entry{Timestamp: c.next(), Commands: []Command{ownerCommand(1, pending("a-v", "a-1", "z-1", 1, 0))}}
 	if a, b := s.Apply(e).Refused[0], r.Apply(e).Refused[0]; a == "" || a != b {
 		t.Fatalf("original and restored decide differently: %q, %q", a, b)

@@ -1,7 +1,6 @@
 package shard
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/ledgerd/ledgerd/transport"
@@ -194,14 +193,7 @@ func TestPendingExpiresByLogTimeOnly(t *testing.T) {
 func TestExpiryIndexSurvivesSnapshot(t *testing.T) {
 	s, c := twoPhaseFixture(t)
 	mustTransfer(t, c, s, pending("h1", "wallet", "shop", 5, 7), pending("h2", "wallet", "shop", 5, 3))
-	var buf bytes.Buffer
-	if _, err := s.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	r, err := Read(&buf, s.Archive())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := restored(t, s)
 	a1, _ := s.NextExpiry()
 	a2, ok := r.NextExpiry()
 	if !ok || a1 != a2 || r.Hash() != s.Hash() {

@@ -30,13 +30,7 @@ func TestDamagedReplicaHealsFromItsPeers(t *testing.T) {
 	if testing.Short() || !*clusterFlag {
 		t.Skip("runs three real ledgerd processes for 15 to 50 s: skipped in -short mode or with -storage.cluster=false")
 	}
-	c := newCluster(t, buildLedgerd(t))
-	for i := range c.nodes {
-		c.launch(i)
-	}
-	for i := range c.nodes {
-		c.waitReady(i)
-	}
+	c := startCluster(t)
 	nc, cl := c.nodes[0].cur.connect(t)
 	ids := &accountsAndTransfers{}
 	createWallets(t, cl, ids)
@@ -104,6 +98,20 @@ type clusterNode struct {
 	id, dataDir                   string
 	natsAddr, clusterAddr, raftAd string
 	cur                           *process
+}
+
+// startCluster builds ledgerd, starts three nodes and waits until each is
+// ready.
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	c := newCluster(t, buildLedgerd(t))
+	for i := range c.nodes {
+		c.launch(i)
+	}
+	for i := range c.nodes {
+		c.waitReady(i)
+	}
+	return c
 }
 
 func newCluster(t *testing.T, bin string) *cluster {

@@ -29,13 +29,7 @@ func TestDamageFoundWhileRunningIsRepairedLive(t *testing.T) {
 	if testing.Short() || !*clusterFlag {
 		t.Skip("runs three real ledgerd processes: skipped in -short mode or with -storage.cluster=false")
 	}
-	c := newCluster(t, buildLedgerd(t))
-	for i := range c.nodes {
-		c.launch(i)
-	}
-	for i := range c.nodes {
-		c.waitReady(i)
-	}
+	c := startCluster(t)
 	nc, cl := c.nodes[0].cur.connect(t)
 	defer nc.Close()
 	ids := &accountsAndTransfers{}
