@@ -61,7 +61,10 @@ func startProviders(t *testing.T, text string) *cluster {
 
 // connectAs connects with a user's password; the test ends it.
 func (c *cluster) connectAs(user, password string, opts ...nats.Option) (*nats.Conn, error) {
-	nc, err := nats.Connect(c.srv.ClientURL(), append([]nats.Option{nats.UserInfo(user, password), nats.MaxReconnects(0)}, opts...)...)
+	// globex's password is a bcrypt hash of cost 11: checking it takes the
+	// server up to a second or more under -race with other packages' tests
+	// beside it, past nats.go's 2 s default to connect.
+	nc, err := nats.Connect(c.srv.ClientURL(), append([]nats.Option{nats.UserInfo(user, password), nats.MaxReconnects(0), nats.Timeout(15 * time.Second)}, opts...)...)
 	if err == nil {
 		c.t.Cleanup(nc.Close)
 	}
