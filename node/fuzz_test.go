@@ -5,8 +5,8 @@ import (
 	"log/slog"
 	"testing"
 
-	"github.com/ledgerd/ledgerd/internal/fuzzcheck"
 	"github.com/ledgerd/ledgerd/history"
+	"github.com/ledgerd/ledgerd/internal/fuzzcheck"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
