@@ -3,14 +3,21 @@
 // shard.Archive on Pebble, so a shard keeps in memory only its accounts and
 // open transfers, however many transfers it has made.
 //
-// Apply writes a batch per Raft entry (Commit, no fsync, no write-ahead log:
-// the Raft log is the write-ahead log). Before Raft may drop log entries, a
-// snapshot calls Sync, which flushes everything committed to sstables on disk
-// and records the applied index it covers. After a crash, the rows written
-// since the last Sync are gone and the Raft log replays them, byte for byte.
+// Apply keeps each Raft entry's rows in memory and hands them to one writer
+// goroutine (Commit), which writes them to Pebble in log order, several
+// entries to a batch (writer.go: no fsync, no write-ahead log: the Raft log
+// is the write-ahead log). Lookups and queries see the rows not yet written
+// as if they were. Apply waits while the writer is more than a bound behind
+// (Throttle). Before Raft may drop log entries, a snapshot calls Sync, which
+// waits for the writer, flushes everything written to sstables on disk and
+// records the applied index it covers. After a crash, the rows applied
+// since the last Sync may be gone (those not written are) and the Raft log
+// replays them, byte for byte.
 //
 // A failing disk panics inside the Archive methods: Apply has no way to
 // report it, and a replica that went on without its history would diverge.
+// A write that fails stops the writer; Commit, Throttle and Sync return its
+// error from then on (Apply panics on it).
 //
 // Every block Pebble writes carries a CRC-32C (Pebble's default, which it
 // does not let a block go without) checked on every read from disk; its
@@ -22,13 +29,11 @@ package history
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -68,7 +73,7 @@ const damageMarker = "DAMAGED"
 
 // Store is one shard's history. The Archive methods are for Apply only (one
 // goroutine); the query methods are safe for concurrent use and read what
-// Apply committed.
+// Apply committed, written or not.
 type Store struct {
 	db   *pebble.DB
 	lock *pebble.Lock
@@ -81,22 +86,30 @@ type Store struct {
 	notify   sync.Once
 	onDamage atomic.Pointer[func(error)]
 	// The entry being applied (between Begin and Commit): its rows, the
-	// transfers among them by id (read back within the entry), and one
-	// iterator over the store as it was when the entry began, reused for
-	// every id looked up (a Get per id costs 10x more: it builds its own
-	// iterator stack each time).
+	// transfers among them by id (their row's index, read back within the
+	// entry), and one iterator over the store, opened at its first lookup
+	// and reused for every id looked up (a Get per id costs 10x more: it
+	// builds its own iterator stack each time).
 	applying bool
 	rows     rows
-	written  map[string][]byte
+	written  map[string]int
 	it       *pebble.Iterator
 	key      []byte           // the key looked up, reused
 	enc      *msgpack.Encoder // appends to rows
+	// Entries committed and not yet dropped from memory (writer.go), in
+	// log order, and the newest version of each transfer they put. Apply
+	// changes them under mu, and reads them without it.
+	mu      sync.RWMutex
+	pending []*entry
+	byID    map[string]unwrittenTransfer
+	seq     uint64 // entries committed
+	w       writer
+	// writeFault, a test's, fails a write as a failing disk would.
+	writeFault func() error
 }
 
-// rows are an entry's writes, kept until Commit hands them to Pebble in key
-// order: the memtable's skiplist inserts a sorted run for less than the same
-// keys scattered, each search walking nodes the last one left in the CPU
-// cache (measured: a quarter less time in Commit, the sort included).
+// rows are an entry's writes, in the order Apply wrote them, until the
+// writer hands them to Pebble in key order.
 type rows struct {
 	buf  []byte // each row's key then value, back to back
 	rows []row
@@ -105,23 +118,17 @@ type rows struct {
 // row is a key at buf[key:value] and its value at buf[value:end].
 type row struct{ key, value, end int }
 
-// add ends the row whose key starts at key and whose value at value: the
-// value runs to the end of buf.
-func (r *rows) add(key, value int) []byte {
+// add ends the row whose key starts at key and whose value at value (the
+// value runs to the end of buf), and returns its index.
+func (r *rows) add(key, value int) int {
 	r.rows = append(r.rows, row{key, value, len(r.buf)})
-	return r.buf[value:len(r.buf):len(r.buf)]
+	return len(r.rows) - 1
 }
 
-// sort puts the rows in key order; rows of one key stay in the order they
-// were written, so the last one written still wins.
-func (r *rows) sort() {
-	slices.SortFunc(r.rows, func(a, b row) int {
-		if c := bytes.Compare(r.buf[a.key:a.value], r.buf[b.key:b.value]); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.key, b.key)
-	})
-}
+// key and value return row i's key and value.
+func (r *rows) key(i int) []byte { x := r.rows[i]; return r.buf[x.key:x.value:x.value] }
+
+func (r *rows) value(i int) []byte { x := r.rows[i]; return r.buf[x.value:x.end:x.end] }
 
 // Write and WriteByte let an encoder append to buf.
 func (r *rows) Write(p []byte) (int, error) {
@@ -158,10 +165,17 @@ type Options struct {
 	// Salvage opens a store whose damage was recorded (damageMarker),
 	// removing the record: reads of a damaged block still fail.
 	Salvage bool
+	// Rows applied but not yet written, beyond which Apply waits
+	// (Throttle); defaults unwrittenBytesMaxDefault and
+	// unwrittenEntriesMaxDefault.
+	UnwrittenBytesMax   int
+	UnwrittenEntriesMax int
+	// WriteFault is for tests (nil otherwise): called before each write,
+	// an error it returns fails the write, as a failing disk would.
+	WriteFault func() error
 }
 
-// Open opens (or creates) the store in dir.
-func Open(dir string, o Options) (*Store, error) {
+func (o *Options) defaults() {
 	if o.CacheBytes == 0 {
 		o.CacheBytes = 32 << 20
 	}
@@ -171,6 +185,17 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.UnwrittenBytesMax == 0 {
+		o.UnwrittenBytesMax = unwrittenBytesMaxDefault
+	}
+	if o.UnwrittenEntriesMax == 0 {
+		o.UnwrittenEntriesMax = unwrittenEntriesMaxDefault
+	}
+}
+
+// Open opens (or creates) the store in dir.
+func Open(dir string, o Options) (*Store, error) {
+	o.defaults()
 	if err := checkRecordedDamage(dir, o); err != nil {
 		return nil, err
 	}
@@ -189,7 +214,7 @@ func Open(dir string, o Options) (*Store, error) {
 	// Pebble's default on a checksum that fails is to stop the process
 	// (Logger.Fatalf), from whatever read found it. The read returns the
 	// error as well: the store records the damage and returns it.
-	s := &Store{dir: dir, log: o.Logger}
+	s := &Store{dir: dir, log: o.Logger, written: make(map[string]int), byID: make(map[string]unwrittenTransfer), writeFault: o.WriteFault}
 	var err error
 	opts.EventListener = &pebble.EventListener{
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
@@ -208,6 +233,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.enc = msgpack.NewEncoder(&s.rows)
+	// A batch stays below Pebble's large-batch threshold (half a
+	// memtable), beyond which it would become a memtable of its own.
+	s.w.init(o, int(o.MemTableBytes/4))
+	go s.writeLoop()
 	return s, nil
 }
 
@@ -235,23 +264,27 @@ func openPebble(dir string, opts *pebble.Options) (*pebble.DB, *pebble.Lock, err
 	return nil, nil, errors.Join(err, lock.Close())
 }
 
-// Close closes the store. Rows committed since the last Sync may be lost;
-// the Raft log still holds them.
-func (s *Store) Close() error { return errors.Join(s.db.Close(), s.lock.Close()) }
+// Close lets the writer write what was committed, then closes the store.
+// Rows committed since the last Sync may be lost; the Raft log still holds
+// them.
+func (s *Store) Close() error { return errors.Join(s.w.close(), s.db.Close(), s.lock.Close()) }
 
-// Begin starts an entry: Apply's writes are kept until Commit.
+// Begin starts an entry: Apply's writes are kept until Commit. The entries
+// written since the last Begin leave memory.
 func (s *Store) Begin() {
 	s.applying = true
-	if s.written == nil {
-		s.written = make(map[string][]byte)
-	}
+	s.trim()
 }
 
 // Transfer implements shard.Archive. Within an entry: the entry's own writes
-// first, then the store through the entry's iterator. Between entries (a
-// reader holding the machine's read lock): the store.
+// first, then those not yet written, then the store through the entry's
+// iterator. Between entries (a reader holding the machine's read lock):
+// those not yet written, then the store.
 func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
 	if !s.applying {
+		if v, ok := s.unwrittenTransfer(id); ok {
+			return mustDecodeTransfer(id, v)
+		}
 		v, closer, err := s.db.Get(appendTransferKey(nil, id))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return transport.Transfer{}, 0, false
@@ -262,8 +295,14 @@ func (s *Store) Transfer(id string) (transport.Transfer, uint64, bool) {
 		defer closer.Close()
 		return mustDecodeTransfer(id, v)
 	}
-	if v, ok := s.written[id]; ok {
-		return mustDecodeTransfer(id, v)
+	if i, ok := s.written[id]; ok {
+		return mustDecodeTransfer(id, s.rows.value(i))
+	}
+	// Apply alone changes byID: it reads it without the lock. The
+	// iterator, opened after Begin dropped the entries written, sees
+	// every row byID does not hold.
+	if u, ok := s.byID[id]; ok {
+		return mustDecodeTransfer(id, u.value)
 	}
 	if s.it == nil {
 		it, err := s.db.NewIter(nil)
@@ -338,11 +377,12 @@ func (s *Store) PutBalance(account string, b *transport.Balance) {
 	r.add(key, value)
 }
 
-// Commit writes the entry's rows (not synced; see Sync) and ends it.
+// Commit ends the entry: its rows are visible to every reader from now on,
+// and the writer writes them (not synced; see Sync). It returns the error
+// that stopped the writer, if a write failed (this entry's or an earlier
+// one's).
 func (s *Store) Commit() error {
 	s.applying = false
-	clear(s.written)
-	defer s.rows.reset()
 	if s.it != nil {
 		err := s.it.Close()
 		s.it = nil
@@ -350,28 +390,29 @@ func (s *Store) Commit() error {
 			return fmt.Errorf("history: iterator: %w", s.check(err))
 		}
 	}
-	r := &s.rows
-	if len(r.rows) == 0 {
-		return nil
-	}
-	r.sort()
-	b := s.db.NewBatch()
-	defer b.Close()
-	for _, x := range r.rows {
-		if err := b.Set(r.buf[x.key:x.value], r.buf[x.value:x.end], nil); err != nil {
-			return fmt.Errorf("history: write: %w", err)
-		}
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("history: commit: %w", err)
-	}
-	return nil
+	return s.publish()
 }
 
+// Throttle waits while the rows committed and not yet written are beyond
+// the bounds (Options.UnwrittenBytesMax, UnwrittenEntriesMax), so that
+// apply slows to the writer's pace rather than fill memory. Apply calls it
+// after Commit, without holding what readers need. It returns the error
+// that stopped the writer, if one did.
+func (s *Store) Throttle() error { return s.w.waitRoom() }
+
+// Drain waits until the writer has written every entry committed so far
+// (not synced), or returns the error that stopped it.
+func (s *Store) Drain() error { return s.w.waitWritten() }
+
 // Sync makes every committed row durable and records that the store covers
-// the log up to applied. A snapshot at applied may then let Raft drop the
-// entries that wrote them. Safe to call while Apply goes on.
+// the log up to applied: it waits for the writer to write every entry
+// committed so far (all those up to applied, whose snapshot was taken
+// before). A snapshot at applied may then let Raft drop the entries that
+// wrote them. Safe to call while Apply goes on.
 func (s *Store) Sync(applied uint64) error {
+	if err := s.Drain(); err != nil {
+		return err
+	}
 	if err := s.db.Set(keyDurable, binary.BigEndian.AppendUint64(nil, applied), pebble.NoSync); err != nil {
 		return fmt.Errorf("history: record durable index: %w", err)
 	}
@@ -417,11 +458,10 @@ func (s *Store) AccountTransfers(f *transport.AccountFilter, maxBytes int) ([]tr
 		kind, v := v[0], v[1:]
 		if kind == rowRef {
 			id := string(v)
-			ref, closer, err := s.db.Get(appendTransferKey(nil, id))
+			ref, err := s.transferRow(id)
 			if err != nil {
 				return fmt.Errorf("history: transfer %q of an account row: %w", id, s.check(err))
 			}
-			defer closer.Close()
 			if len(ref) < 8 {
 				return fmt.Errorf("history: transfer %q: row of %d bytes", id, len(ref))
 			}
@@ -478,28 +518,33 @@ func (s *Store) scanRows(prefix byte, f *transport.AccountFilter, row func(ts ui
 	lower := appendAccountKey(nil, prefix, f.AccountID, f.TimestampMin)
 	upper := appendAccountKey(nil, prefix, f.AccountID, hi)
 	upper = append(upper, 0) // inclusive
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	unwritten, it, err := s.view(lower, upper)
 	if err != nil {
 		return err
 	}
-	defer it.Close()
-	valid, step := it.First, it.Next
-	if f.Reverse {
-		valid, step = it.Last, it.Prev
-	}
 	n := uint32(0)
-	for ok := valid(); ok && n < f.Limit; ok = step() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return err
-		}
-		k := it.Key()
-		if err := row(binary.BigEndian.Uint64(k[len(k)-8:]), v); err != nil {
-			return err
+	err = merged(it, unwritten, f.Reverse, func(k, v []byte) (bool, error) {
+		if n >= f.Limit {
+			return false, nil
 		}
 		n++
+		return true, row(binary.BigEndian.Uint64(k[len(k)-8:]), v)
+	})
+	return errors.Join(err, it.Close())
+}
+
+// transferRow returns the row of a transfer by id (a copy): the newest
+// version not yet written, else the store's.
+func (s *Store) transferRow(id string) ([]byte, error) {
+	if v, ok := s.unwrittenTransfer(id); ok {
+		return v, nil
 	}
-	return it.Error()
+	v, closer, err := s.db.Get(appendTransferKey(nil, id))
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
 }
 
 func appendTransferKey(dst []byte, id string) []byte {
@@ -560,12 +605,17 @@ type Row struct {
 }
 
 // Export returns the history rows whose keys follow after (nil: from the
-// first), about maxBytes of them, and whether more follow. Rows are only
-// ever added or rewritten with what the log says, so a store copied page by
+// first), about maxBytes of them, and whether more follow. It waits for the
+// writer to write every entry committed so far first, so a page holds the
+// rows of every entry applied before it was asked for. Rows are only ever
+// added or rewritten with what the log says, so a store copied page by
 // page while Apply goes on holds every row up to the applied index the
 // first page was read at, some maybe from later entries (which Apply
 // ignores until it reaches them, and rewrites identically).
 func (s *Store) Export(after []byte, maxBytes int) ([]Row, bool, error) {
+	if err := s.Drain(); err != nil {
+		return nil, false, err
+	}
 	rows, more, err := s.exportRows(after, maxBytes)
 	return rows, more, s.check(err)
 }
@@ -600,8 +650,15 @@ func (s *Store) exportRows(after []byte, maxBytes int) ([]Row, bool, error) {
 	return rows, false, it.Error()
 }
 
-// Import writes rows Export returned (not synced: Sync makes them durable).
+// Import writes rows Export returned (not synced: Sync makes them durable),
+// for Restore, on Apply's goroutine. The entries this replica committed are
+// written first, and leave memory: written after the copy, or served over
+// it from memory, they would hide the newer versions it holds.
 func (s *Store) Import(rows []Row) error {
+	if err := s.Drain(); err != nil {
+		return err
+	}
+	s.trim()
 	b := s.db.NewBatch()
 	defer b.Close()
 	for _, r := range rows {

@@ -221,7 +221,7 @@ func createAccounts(t testing.TB, g *Group, ids ...string) {
 	}
 }
 
-func transfer(t *testing.T, g *Group, id, from, to string, amount uint64) transport.Code {
+func transfer(t testing.TB, g *Group, id, from, to string, amount uint64) transport.Code {
 	t.Helper()
 	c := shard.Command{Kind: shard.KindCreateTransfers, Transfers: []transport.Transfer{
 		{ID: id, DebitAccountID: from, CreditAccountID: to, Amount: amount, Ledger: 1, Code: 1}}, CreditShards: []uint32{1}}

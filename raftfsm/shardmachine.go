@@ -52,8 +52,19 @@ func (m *ShardMachine) History() *history.Store { return m.store }
 
 // Apply decodes and applies each command. The result of command i is its
 // *shard.Output, so a proposer learns exactly what its command did
-// (including which in-flight transfers it resolved), in log order.
+// (including which in-flight transfers it resolved), in log order. The
+// entry's history rows are written by the store's writer after Apply
+// returns; Apply waits, without the lock, while the writer is too far
+// behind.
 func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
+	results := m.apply(index, ts, cmds)
+	if err := m.store.Throttle(); err != nil {
+		panic(fmt.Sprintf("shard %d log index %d: %v", m.st.ID(), index, err))
+	}
+	return results
+}
+
+func (m *ShardMachine) apply(index, ts uint64, cmds [][]byte) []any {
 	results := make([]any, len(cmds))
 	entry := shard.Entry{Timestamp: ts, Commands: make([]shard.Command, 1)}
 	m.mu.Lock()
@@ -71,8 +82,9 @@ func (m *ShardMachine) Apply(index, ts uint64, cmds [][]byte) []any {
 		results[i] = m.st.Apply(&entry)
 	}
 	if err := m.store.Commit(); err != nil {
-		// The history of this entry could not be written: going on would
-		// serve a state whose history has a hole. Restarting replays it.
+		// The history of this entry, or of one before it, could not be
+		// written: going on would serve a state whose history has a hole.
+		// Restarting replays it (no snapshot covers it: Sync fails too).
 		panic(fmt.Sprintf("shard %d log index %d: %v", m.st.ID(), index, err))
 	}
 	m.applied = index
