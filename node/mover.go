@@ -81,6 +81,7 @@ func respondMembers(msg *nats.Msg, g *raftfsm.Group) {
 // drive plans and drives replica moves until the term (ctx) ends.
 func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 	t := time.NewTicker(driveEvery)
+	var wireTried time.Time // the last status round of raiseWire
 	defer t.Stop()
 	driving := map[uint32]bool{}
 	ended := make(chan uint32)
@@ -94,7 +95,10 @@ func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 		case <-t.C:
 		}
 		st := n.metaM.State()
-		n.raiseWire(ctx, g, st)
+		if time.Since(wireTried) >= raiseWireEvery {
+			wireTried = time.Now()
+			n.raiseWire(ctx, g, st)
+		}
 		if st.Replicas == 0 {
 			continue
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/ledgerd/ledgerd/internal/wire"
 	"github.com/ledgerd/ledgerd/raftfsm"
@@ -17,6 +18,11 @@ import (
 // follows it (followPlacement). A node of the older release that answers
 // nothing (down, paused) holds it back: it may still come back. Wire never
 // goes down, so a node of the older release must not rejoin afterwards.
+
+// raiseWireEvery spaces raiseWire's status rounds (each asks every node,
+// and waits up to a second for their answers): a cluster waiting for a
+// node of the older release would otherwise ask twice a second for ever.
+const raiseWireEvery = 10 * time.Second
 
 // raiseWire raises the cluster's encoding when every node reads it.
 func (n *Node) raiseWire(ctx context.Context, g *raftfsm.Group, st raftfsm.MetaState) {

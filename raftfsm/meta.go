@@ -117,7 +117,7 @@ func (s *MetaState) Cluster() placement.Cluster {
 
 // Node returns the record of node id.
 func (s *MetaState) Node(id string) (NodeRecord, bool) {
-	i, ok := slices.BinarySearchFunc(s.Nodes, id, func(n NodeRecord, id string) int { return strings.Compare(n.ID, id) })
+	i, ok := s.index(id)
 	if !ok {
 		return NodeRecord{}, false
 	}

@@ -51,23 +51,21 @@ func (s *State) dropOpen(id string) {
 	}
 }
 
-// ownedPending counts the open pending transfers here that belong to o.
+// ownedPending counts the open pending transfers here that belong to o,
+// tracking o's prefixes from now on (apply only: it fills the cache).
 func (s *State) ownedPending(o *transport.Owner) int {
-	total := 0
 	for _, p := range o.Prefixes {
-		n, ok := s.owned.byPrefix[p]
-		if !ok {
-			n = s.countPrefix(p)
-			if s.owned.byPrefix == nil {
-				s.owned.byPrefix = map[string]int{}
-				s.owned.minLen, s.owned.maxLen = len(p), len(p)
-			}
-			s.owned.byPrefix[p] = n
-			s.owned.minLen, s.owned.maxLen = min(s.owned.minLen, len(p)), max(s.owned.maxLen, len(p))
+		if _, ok := s.owned.byPrefix[p]; ok {
+			continue
 		}
-		total += n
+		if s.owned.byPrefix == nil {
+			s.owned.byPrefix = map[string]int{}
+			s.owned.minLen, s.owned.maxLen = len(p), len(p)
+		}
+		s.owned.byPrefix[p] = s.countPrefix(p)
+		s.owned.minLen, s.owned.maxLen = min(s.owned.minLen, len(p)), max(s.owned.maxLen, len(p))
 	}
-	return total
+	return s.PendingHeld(o)
 }
 
 // PendingHeld counts the open pending transfers here that belong to o. It
