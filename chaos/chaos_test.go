@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -109,7 +108,7 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 	t0 := time.Now()
 	c := newCluster(t, bin, 3, 3)
 	formed := time.Since(t0)
-	_, cl := c.connect()
+	_, cl := c.Connect()
 	h := &check.History{}
 	rec := &recorder{start: time.Now()}
 
@@ -141,7 +140,7 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 		go func() {
 			defer wg.Done()
 			crng := rand.New(rand.NewPCG(seed, uint64(i+1)))
-			_, ccl := c.connect()
+			_, ccl := c.Connect()
 			w.client(i+1, crng, ccl, rec, stop)
 		}()
 	}
@@ -158,9 +157,9 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 	h.Ops = rec.ops
 	ids2 := rec.sentIDs()
 	for {
-		c.waitQuiet(cl)
+		c.WaitStatus(cl, c.notWhole, c.notQuiet)
 		h.FinalAccounts, h.FinalTransfers = lookupAccounts(t, cl, ids), lookupTransfers(t, cl, ids2)
-		c.waitQuiet(cl)
+		c.WaitStatus(cl, c.notWhole, c.notQuiet)
 		a, tr := lookupAccounts(t, cl, ids), lookupTransfers(t, cl, ids2)
 		if reflect.DeepEqual(a, h.FinalAccounts) && reflect.DeepEqual(tr, h.FinalTransfers) {
 			break
@@ -172,7 +171,7 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 	t.Logf("formed in %v, faults for %v, quiet and read back in %v, checked in %v",
 		formed.Round(time.Millisecond), faulted.Round(time.Millisecond), t2.Sub(t1.Add(faulted)).Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
 	// Evidence that the data-loss fault took the path it is there for.
-	faults["history-copies"] = c.logged("copied the history for a snapshot")
+	faults["history-copies"] = c.Logged("copied the history for a snapshot")
 	t.Logf("faults %v; %s", faults, report)
 	if err := report.Err(); err != nil {
 		if b, jerr := json.MarshalIndent(h, "", " "); jerr == nil {
@@ -195,31 +194,29 @@ func runFaults(t *testing.T, c *cluster, cl *client.Client, rng *rand.Rand, d ti
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
 		hold := time.Duration(300+rng.IntN(1700)) * time.Millisecond
-		victim := rng.IntN(len(c.nodes))
+		victim := rng.IntN(len(c.Nodes))
 		kind := []string{"kill-leader", "kill-follower", "pause", "partition", "wipe"}[rng.IntN(5)]
 		if kind == "kill-leader" || kind == "kill-follower" {
-			st := c.status(cl)
-			leader := c.leaderOf(st, uint32(1+rng.IntN(c.shards)))
+			leader := c.LeaderOf(c.Status(cl), uint32(1+rng.IntN(c.Shards)))
 			if leader >= 0 {
 				if kind == "kill-leader" {
 					victim = leader
 				} else if victim == leader {
-					victim = (victim + 1) % len(c.nodes)
+					victim = (victim + 1) % len(c.Nodes)
 				}
 			}
 		}
 		count[kind]++
-		t.Logf("fault %s on %s for %v", kind, c.nodes[victim].id, hold)
+		t.Logf("fault %s on %s for %v", kind, c.Nodes[victim].ID, hold)
 		switch kind {
 		case "kill-leader", "kill-follower":
-			c.kill(victim)
+			c.Kill(victim)
 			time.Sleep(hold)
-			c.launch(victim, false)
-			c.waitReady(victim)
+			c.restart(victim, false)
 		case "pause":
-			c.signal(victim, syscall.SIGSTOP)
+			c.Pause(victim)
 			time.Sleep(hold)
-			c.signal(victim, syscall.SIGCONT)
+			c.Resume(victim)
 		case "partition":
 			c.partition(victim, true)
 			time.Sleep(hold)
@@ -234,35 +231,14 @@ func runFaults(t *testing.T, c *cluster, cl *client.Client, rng *rand.Rand, d ti
 			// is a voter the groups have two, so the next fault waits
 			// for the cluster to be whole.
 			join := rng.IntN(2) == 0
-			c.kill(victim)
-			c.wipe(victim)
+			c.Kill(victim)
+			c.Wipe(victim)
 			time.Sleep(hold)
-			c.launch(victim, join)
-			c.waitReady(victim)
-			c.waitVoters(cl)
+			c.restart(victim, join)
+			c.WaitStatus(cl, c.notWhole)
 		}
 	}
 	return count
-}
-
-// waitVoters waits until every node is a voter of the meta group again.
-func (c *cluster) waitVoters(cl *client.Client) {
-	c.t.Helper()
-	deadline := time.Now().Add(quietGuard)
-	for {
-		st := c.status(cl)
-		whole := len(st.Nodes) == len(c.nodes)
-		for _, n := range st.Nodes {
-			whole = whole && n.Health == "up" && len(n.Voters) == len(c.nodes)
-		}
-		if whole {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("a rejoined node is not a voter after %v: %+v", quietGuard, st.Nodes)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // workload is what the clients of one seed send: new transfers on one

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,18 +52,9 @@ const (
 func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T) {
 	rng := crashRNG(t, 0x9e3779b97f4a7c15)
 
-	cl := &cluster{
-		t:        t,
-		bin:      buildLedgerd(t),
-		dataDir:  filepath.Join(t.TempDir(), "data"),
-		natsAddr: testnet.FreePort(t),
-		raftAddr: testnet.FreePort(t),
-		shards:   1,
-		args:     snapshotOften,
-	}
-	t.Cleanup(cl.cleanup)
-	cl.start()
-	nc, c := cl.connect()
+	cl := newCluster(t, 1, 1, snapshotOften...)
+	cl.Start(0)
+	nc, c := cl.Connect()
 	b := setupChains(t, c)
 
 	for cycle := 1; cycle <= chainCycles; cycle++ {
@@ -77,17 +67,17 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 			t.FailNow()
 		}
 
-		cl.start()
+		cl.Start(0)
 		if cycle == 2 {
 			// Once, kill it again while it recovers: right after ready,
 			// when it proposes the expiries that fell due while it was
 			// down.
 			time.Sleep(time.Duration(rng.IntN(30)) * time.Millisecond)
-			cl.kill()
-			cl.start()
+			cl.Kill(0)
+			cl.Start(0)
 		}
-		nc, c = cl.connect()
-		cl.waitQuiet(c)
+		nc, c = cl.Connect()
+		cl.WaitQuiet(c)
 		found := b.verify(t, c, "after restart")
 		b.resend(t, c, unknown, found)
 		b.retryApplied(t, c, rng)
@@ -103,17 +93,17 @@ func TestLinkedChainsAndTwoPhaseTransfersAreAllOrNothingAcrossKill9(t *testing.T
 		}
 	}
 	nc.Close()
-	cl.stop()
+	cl.Stop(0)
 	restored := 0
-	for _, p := range cl.runs[1:] {
-		if p.log.Contains("restored from snapshot") {
+	for _, p := range cl.Nodes[0].Runs[1:] {
+		if p.Log.Contains("restored from snapshot") {
 			restored++
 		}
 	}
 	if restored == 0 {
-		t.Fatalf("no restart of %d restored a snapshot: the test did not reach the snapshot path", len(cl.runs)-1)
+		t.Fatalf("no restart of %d restored a snapshot: the test did not reach the snapshot path", len(cl.Nodes[0].Runs)-1)
 	}
-	t.Logf("%d of %d restarts restored a snapshot", restored, len(cl.runs)-1)
+	t.Logf("%d of %d restarts restored a snapshot", restored, len(cl.Nodes[0].Runs)-1)
 }
 
 // ---------------------------------------------------------------------------
@@ -478,7 +468,7 @@ func (b *chainBook) settle(t *testing.T, ch *chain, res []transport.Result, when
 // runChainLoad runs the clients until killAfter batches are acknowledged,
 // then kills the process killDelay later. It returns each client's batch in
 // flight at the kill.
-func runChainLoad(t *testing.T, cl *cluster, c *client.Client, b *chainBook, cycle int, rng *rand.Rand, killAfter int, killDelay time.Duration) [][]*chain {
+func runChainLoad(t *testing.T, cl *testnet.Cluster, c *client.Client, b *chainBook, cycle int, rng *rand.Rand, killAfter int, killDelay time.Duration) [][]*chain {
 	t.Helper()
 	b.mu.Lock()
 	b.batches = 0
@@ -533,27 +523,7 @@ func runChainLoad(t *testing.T, cl *cluster, c *client.Client, b *chainBook, cyc
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 
-	select {
-	case <-trigger:
-	case <-done:
-		t.Fatalf("every client stopped before the kill")
-	case <-time.After(triggerGuard):
-		killed.Store(true)
-		_ = cl.cur.cmd.Process.Kill()
-		select {
-		case <-done:
-		case <-time.After(2 * requestGuard):
-		}
-		t.Fatalf("%d acknowledged batches not reached after %v", killAfter, triggerGuard)
-	}
-	time.Sleep(killDelay)
-	killed.Store(true)
-	cl.kill()
-	select {
-	case <-done:
-	case <-time.After(2 * requestGuard):
-		t.Fatalf("clients did not stop after the kill")
-	}
+	killWhenTriggered(t, cl, trigger, done, &killed, killAfter, killDelay)
 	return unknown
 }
 
@@ -840,7 +810,7 @@ func (b *chainBook) checkPending(t *testing.T, found map[string]transport.Transf
 // checkBalances replays the transfers found onto zero balances and compares
 // every account, then checks the limits and that debits equal credits, in
 // the accounts and in the status totals.
-func (b *chainBook) checkBalances(t *testing.T, c *client.Client, cl *cluster, found map[string]transport.Transfer) {
+func (b *chainBook) checkBalances(t *testing.T, c *client.Client, cl *testnet.Cluster, found map[string]transport.Transfer) {
 	t.Helper()
 	exp := map[string]*transport.Account{}
 	for _, id := range b.accounts {
@@ -887,7 +857,7 @@ func (b *chainBook) checkBalances(t *testing.T, c *client.Client, cl *cluster, f
 		t.Errorf("accounts sum to debits %d posted %d pending, credits %d posted %d pending",
 			sum.DebitsPosted, sum.DebitsPending, sum.CreditsPosted, sum.CreditsPending)
 	}
-	st := cl.waitQuiet(c)
+	st := cl.WaitQuiet(c)
 	var tot transport.LedgerTotals
 	for _, s := range st.Shards {
 		for _, l := range s.Ledgers {

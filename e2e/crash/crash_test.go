@@ -4,16 +4,13 @@ package crash
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,7 +36,6 @@ const (
 	// Hang guards, not performance bounds.
 	readyGuard   = 60 * time.Second
 	quietGuard   = 60 * time.Second
-	exitGuard    = 30 * time.Second
 	requestGuard = 30 * time.Second
 	triggerGuard = 60 * time.Second
 )
@@ -52,19 +48,11 @@ const (
 func TestAcknowledgedTransfersSurviveKill9(t *testing.T) {
 	rng := crashRNG(t, 0x9e3779b97f4a7c15)
 
-	bin := buildLedgerd(t)
-	cl := &cluster{
-		t:        t,
-		bin:      bin,
-		dataDir:  filepath.Join(t.TempDir(), "data"),
-		natsAddr: testnet.FreePort(t),
-		raftAddr: testnet.FreePort(t),
-	}
-	t.Cleanup(cl.cleanup)
-	cl.start()
+	cl := newCluster(t, 1, shardCount)
+	cl.Start(0)
 
 	m := &model{accounts: map[string]transport.Account{}, applied: map[string]transport.Transfer{}}
-	nc, c := cl.connect()
+	nc, c := cl.Connect()
 	topo := setup(t, c, m)
 	t.Logf("accounts per shard: %v", topo.counts())
 
@@ -79,210 +67,45 @@ func TestAcknowledgedTransfersSurviveKill9(t *testing.T) {
 			t.FailNow()
 		}
 
-		cl.start()
-		nc, c = cl.connect()
-		cl.waitQuiet(c)
+		cl.Start(0)
+		nc, c = cl.Connect()
+		cl.WaitQuiet(c)
 		verifyAfterRestart(t, c, m, topo, load)
-		cl.waitQuiet(c)
+		cl.WaitQuiet(c)
 		checkBalances(t, c, m, cl)
 		if t.Failed() {
 			t.FailNow()
 		}
 	}
 	nc.Close()
-	cl.stop()
+	cl.Stop(0)
 }
 
 // ---------------------------------------------------------------------------
-// The process.
+// The processes.
 
-type cluster struct {
-	t                  *testing.T
-	bin, dataDir       string
-	natsAddr, raftAddr string
-	shards             int      // --shards; 0 means shardCount
-	args               []string // more flags
-	env                []string // more environment, for the next start
-	runs               []*process
-	cur                *process
+// newCluster returns n ledgerd nodes (not started) of a cluster of shards
+// shards, every node started with args too. LEDGERD_CRASH_LOGS=1 prints
+// every process's last lines when the test ends.
+func newCluster(t *testing.T, n, shards int, args ...string) *testnet.Cluster {
+	cl := testnet.NewCluster(t, buildLedgerd(t), n, shards)
+	cl.ReadyGuard, cl.QuietGuard = readyGuard, quietGuard
+	cl.DumpLogs = os.Getenv("LEDGERD_CRASH_LOGS") == "1"
+	cl.Args = slices.Clone(args)
+	// One node, no reconnect: when the process is killed, requests in
+	// flight fail at once with ErrConnectionClosed instead of being
+	// retried against the restarted process by the client.
+	cl.NATSOptions = []nats.Option{nats.NoReconnect(), nats.Timeout(5 * time.Second)}
+	if n > 1 {
+		// Every node holds every shard, as these tests check: a shard has
+		// a voter on each of up to 5 nodes (a node that joins receives a
+		// replica of every shard through replica moves).
+		cl.Args = append(cl.Args, "--replicas", "5")
+		// The client reconnects to another node when one dies.
+		cl.NATSOptions = []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond), nats.Timeout(5 * time.Second)}
+	}
+	return cl
 }
-
-type process struct {
-	cmd     *exec.Cmd
-	log     *logWriter
-	exited  chan struct{}
-	waitErr error
-}
-
-func (cl *cluster) url() string { return "nats://" + cl.natsAddr }
-
-func (cl *cluster) shardsWanted() int {
-	if cl.shards == 0 {
-		return shardCount
-	}
-	return cl.shards
-}
-
-// start runs the binary and waits for its "ledgerd ready" line.
-func (cl *cluster) start() {
-	t := cl.t
-	t.Helper()
-	lw := testnet.NewLog()
-	cmd := exec.Command(cl.bin,
-		"--data-dir", cl.dataDir,
-		"--nats-listen", cl.natsAddr,
-		"--raft-listen", cl.raftAddr,
-		"--node-id", "node-1",
-		"--shards", strconv.Itoa(cl.shardsWanted()),
-		"--log-level", "info",
-	)
-	cmd.Args = append(cmd.Args, cl.args...)
-	cmd.Env = append(testnet.ChildEnv(), cl.env...)
-	cmd.Stdout, cmd.Stderr = lw, lw // the same writer: one pipe, one writer goroutine
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start ledgerd: %v", err)
-	}
-	p := &process{cmd: cmd, log: lw, exited: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.exited)
-	}()
-	cl.runs = append(cl.runs, p)
-	cl.cur = p
-	select {
-	case <-lw.Ready():
-	case <-p.exited:
-		t.Fatalf("ledgerd (run %d) exited before ready: %v", len(cl.runs), p.waitErr)
-	case <-time.After(readyGuard):
-		t.Fatalf("ledgerd (run %d) not ready after %v", len(cl.runs), readyGuard)
-	}
-}
-
-// kill sends SIGKILL and reaps the process.
-func (cl *cluster) kill() {
-	t := cl.t
-	t.Helper()
-	if err := cl.cur.cmd.Process.Kill(); err != nil {
-		t.Fatalf("kill: %v", err)
-	}
-	cl.reapKilled(exitGuard)
-}
-
-// reapKilled waits up to guard for the process to exit, and checks that
-// SIGKILL killed it.
-func (cl *cluster) reapKilled(guard time.Duration) {
-	t := cl.t
-	t.Helper()
-	p := cl.cur
-	select {
-	case <-p.exited:
-	case <-time.After(guard):
-		t.Fatalf("ledgerd did not die within %v", guard)
-	}
-	var ee *exec.ExitError
-	if !errors.As(p.waitErr, &ee) {
-		t.Fatalf("after SIGKILL: wait = %v", p.waitErr)
-	}
-	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Errorf("ledgerd did not die of SIGKILL: %v", p.waitErr)
-	}
-	cl.cur = nil
-}
-
-// stop sends SIGTERM and expects a clean exit with status 0.
-func (cl *cluster) stop() {
-	t := cl.t
-	t.Helper()
-	p := cl.cur
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM: %v", err)
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(exitGuard):
-		t.Fatalf("ledgerd did not exit %v after SIGTERM", exitGuard)
-	}
-	cl.cur = nil
-	if p.waitErr != nil {
-		t.Errorf("ledgerd exit after SIGTERM: %v", p.waitErr)
-	}
-	if !p.log.Contains("stopping") {
-		t.Errorf(`ledgerd exited on SIGTERM without logging "stopping"`)
-	}
-}
-
-// cleanup kills a process left running by a failed test, reports anything
-// alarming in the logs, and dumps the logs when the test failed (or when
-// LEDGERD_CRASH_LOGS=1).
-func (cl *cluster) cleanup() {
-	if p := cl.cur; p != nil {
-		_ = p.cmd.Process.Kill()
-		select {
-		case <-p.exited:
-		case <-time.After(exitGuard):
-		}
-	}
-	for i, p := range cl.runs {
-		for _, bad := range []string{"panic:", "DATA RACE", "fatal error:"} {
-			if p.log.Contains(bad) {
-				cl.t.Errorf("ledgerd run %d logged %q", i+1, bad)
-			}
-		}
-		if n := p.log.Count("level=ERROR"); n > 0 {
-			cl.t.Logf("ledgerd run %d logged %d ERROR lines, e.g.: %s", i+1, n, p.log.First("level=ERROR"))
-		}
-	}
-	if cl.t.Failed() || os.Getenv("LEDGERD_CRASH_LOGS") == "1" {
-		for i, p := range cl.runs {
-			cl.t.Logf("---- ledgerd run %d output (last lines) ----\n%s", i+1, p.log.Tail(60))
-		}
-	}
-}
-
-func (cl *cluster) connect() (*nats.Conn, *client.Client) {
-	cl.t.Helper()
-	// No reconnect: when the process is killed, requests in flight fail at
-	// once with ErrConnectionClosed instead of being retried against the
-	// restarted process by the client.
-	nc, err := nats.Connect(cl.url(), nats.NoReconnect(), nats.Timeout(5*time.Second))
-	if err != nil {
-		cl.t.Fatalf("connect %s: %v", cl.url(), err)
-	}
-	return nc, client.New(nc)
-}
-
-// waitQuiet waits until every shard answers and has empty outbox and inbox:
-// no cross-shard transfer is in flight.
-func (cl *cluster) waitQuiet(c *client.Client) *transport.StatusReply {
-	t := cl.t
-	t.Helper()
-	deadline := time.Now().Add(quietGuard)
-	var last string
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		st, err := c.Status(ctx)
-		cancel()
-		if err == nil {
-			quiet := len(st.Shards) == cl.shardsWanted()
-			for _, s := range st.Shards {
-				quiet = quiet && s.Error == "" && s.OutboxDepth == 0 && s.InboxDepth == 0
-			}
-			if quiet {
-				return st
-			}
-			last = fmt.Sprintf("%+v", st.Shards)
-		} else {
-			last = err.Error()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster not quiet after %v: %s", quietGuard, last)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// logWriter is a process's log (testnet.Log).
-type logWriter = testnet.Log
 
 // buildLedgerd builds ./cmd/ledgerd (LEDGERD_CRASH_RACE=1: with the race
 // detector).
@@ -462,7 +285,7 @@ type loadResult struct {
 	unknownA []transport.Account
 }
 
-func runLoad(t *testing.T, cl *cluster, c *client.Client, tp *topology, cycle int, rng *rand.Rand, killAfter int, killDelay time.Duration) *loadResult {
+func runLoad(t *testing.T, cl *testnet.Cluster, c *client.Client, tp *topology, cycle int, rng *rand.Rand, killAfter int, killDelay time.Duration) *loadResult {
 	t.Helper()
 	lr := &loadResult{
 		ackedT:   map[string]ackedTransfer{},
@@ -571,6 +394,16 @@ func runLoad(t *testing.T, cl *cluster, c *client.Client, tp *topology, cycle in
 	}()
 	go func() { wg.Wait(); close(done) }()
 
+	killWhenTriggered(t, cl, trigger, done, &killed, killAfter, killDelay)
+	return lr
+}
+
+// killWhenTriggered kills the node (SIGKILL) killDelay after the load
+// closes trigger, telling its clients first (killed), and waits until they
+// stop (done). Every client stopping before the trigger, or no trigger
+// within triggerGuard, fails the test.
+func killWhenTriggered(t *testing.T, cl *testnet.Cluster, trigger, done <-chan struct{}, killed *atomic.Bool, killAfter int, killDelay time.Duration) {
+	t.Helper()
 	select {
 	case <-trigger:
 	case <-done:
@@ -578,7 +411,7 @@ func runLoad(t *testing.T, cl *cluster, c *client.Client, tp *topology, cycle in
 	case <-time.After(triggerGuard):
 		// Stop the clients before failing: none may log after the test ends.
 		killed.Store(true)
-		_ = cl.cur.cmd.Process.Kill()
+		_ = cl.Nodes[0].Cur.Cmd.Process.Kill()
 		select {
 		case <-done:
 		case <-time.After(2 * requestGuard):
@@ -587,13 +420,12 @@ func runLoad(t *testing.T, cl *cluster, c *client.Client, tp *topology, cycle in
 	}
 	time.Sleep(killDelay)
 	killed.Store(true)
-	cl.kill()
+	cl.Kill(0)
 	select {
 	case <-done:
 	case <-time.After(2 * requestGuard):
 		t.Fatalf("clients did not stop after the kill")
 	}
-	return lr
 }
 
 // genBatch makes 20 to 60 transfers with ids prefix-i: same-shard and
@@ -818,15 +650,9 @@ func verifyAfterRestart(t *testing.T, c *client.Client, m *model, tp *topology, 
 	}
 }
 
-// quietWaiter is a cluster whose status can be awaited at rest: one process
-// (cluster) or several (multiCluster).
-type quietWaiter interface {
-	waitQuiet(c *client.Client) *transport.StatusReply
-}
-
 // checkBalances compares every account with the model's replay, then checks
 // conservation and the limits, and the status totals.
-func checkBalances(t *testing.T, c *client.Client, m *model, cl quietWaiter) {
+func checkBalances(t *testing.T, c *client.Client, m *model, cl *testnet.Cluster) {
 	t.Helper()
 	exp := m.expected()
 	ids := make([]string, 0, len(exp))
@@ -862,7 +688,7 @@ func checkBalances(t *testing.T, c *client.Client, m *model, cl quietWaiter) {
 		t.Errorf("Σ debits_posted %d != Σ credits_posted %d", sumD, sumC)
 	}
 
-	st := cl.waitQuiet(c)
+	st := cl.WaitQuiet(c)
 	var totD, totC, totDP, totCP uint64
 	for _, s := range st.Shards {
 		for _, l := range s.Ledgers {

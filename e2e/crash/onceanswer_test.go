@@ -25,16 +25,11 @@ import (
 // transfers applied, once each.
 func TestRequestSentOnceIsAnsweredOnceAcrossFailover(t *testing.T) {
 	rng := crashRNG(t, 0x0a5e)
-	mc := newMultiCluster(t, 3, 2)
-	for i := range mc.nodes {
-		mc.launch(i)
-	}
-	for i := range mc.nodes {
-		mc.waitReady(i)
-	}
-	anc, admin := mc.connect()
+	mc := newCluster(t, 3, 2)
+	mc.StartAll()
+	anc, admin := mc.Connect()
 	defer anc.Close()
-	st := mc.status(admin)
+	st := mc.WaitLed(admin)
 	ids := accountsPerShard(t, st, 4) // 4 on the first shard, then 4 on the second
 	createAccounts(t, admin, ids)
 	debits, credits := ids, ids
@@ -102,7 +97,7 @@ func TestRequestSentOnceIsAnsweredOnceAcrossFailover(t *testing.T) {
 		}
 	}
 
-	lnc, _ := mc.connect() // the load's connection: to any node, reconnecting
+	lnc, _ := mc.Connect() // the load's connection: to any node, reconnecting
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 8 {
@@ -121,21 +116,21 @@ func TestRequestSentOnceIsAnsweredOnceAcrossFailover(t *testing.T) {
 	}
 	for k, sig := range []string{"SIGKILL", "SIGTERM"} {
 		time.Sleep(time.Second)
-		st := mc.status(admin)
-		victim := mc.index(st.Shards[k%len(st.Shards)].Leader)
+		st := mc.WaitLed(admin)
+		victim := mc.Index(st.Shards[k%len(st.Shards)].Leader)
 		lastKill.Store(time.Now().UnixNano())
 		if sig == "SIGKILL" {
-			mc.kill(victim)
+			mc.Kill(victim)
 		} else {
-			mc.stop(victim)
+			mc.Stop(victim)
 		}
 		time.Sleep(3 * time.Second)
-		mc.launch(victim)
-		mc.waitReady(victim)
-		mc.waitLeadersSpread(admin) // the balancer hands it a leadership back, under load
+		mc.Launch(victim)
+		mc.WaitReady(victim)
+		mc.WaitLeadersSpread(admin) // the balancer hands it a leadership back, under load
 		lastKill.Store(time.Now().UnixNano())
 		mu.Lock()
-		t.Logf("%s of %s (leader of shard %d), restarted, leaders spread again: first sends so far %d", sig, mc.nodes[victim].id, st.Shards[k%len(st.Shards)].ID, firstSends)
+		t.Logf("%s of %s (leader of shard %d), restarted, leaders spread again: first sends so far %d", sig, mc.Nodes[victim].ID, st.Shards[k%len(st.Shards)].ID, firstSends)
 		mu.Unlock()
 	}
 	time.Sleep(time.Second)
@@ -168,7 +163,7 @@ func TestRequestSentOnceIsAnsweredOnceAcrossFailover(t *testing.T) {
 	if spanning == 0 {
 		t.Fatal("no batch was in flight across a kill and answered: the test proved nothing")
 	}
-	mc.waitQuiet(admin)
+	mc.WaitQuiet(admin)
 	var all []string
 	want := map[string][2]uint64{}
 	for id, x := range sent {

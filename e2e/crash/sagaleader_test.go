@@ -52,26 +52,21 @@ const (
 // restarts and catches up.
 func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 	rng := crashRNG(t, 0x5a6a1ead)
-	mc := newMultiCluster(t, 3, 2)
-	for i := range mc.nodes {
-		mc.launch(i)
-	}
-	for i := range mc.nodes {
-		mc.waitReady(i)
-	}
-	nc0, c0 := mc.connect()
-	st := mc.waitLeadersSpread(c0)
+	mc := newCluster(t, 3, 2)
+	mc.StartAll()
+	nc0, c0 := mc.Connect()
+	st := mc.WaitLeadersSpread(c0)
 	nc0.Close()
 	si := rng.IntN(2)
 	sID, tID := st.Shards[si].ID, st.Shards[1-si].ID
-	x, y := mc.index(st.Shards[si].Leader), mc.index(st.Shards[1-si].Leader)
+	x, y := mc.Index(st.Shards[si].Leader), mc.Index(st.Shards[1-si].Leader)
 	z := 3 - x - y // leads the meta group; neither paused nor killed
-	xID := mc.nodes[x].id
-	t.Logf("shard %d (debits) led by %s, shard %d (credits) by %s, meta by %s", sID, xID, tID, mc.nodes[y].id, mc.nodes[z].id)
+	xID := mc.Nodes[x].ID
+	t.Logf("shard %d (debits) led by %s, shard %d (credits) by %s, meta by %s", sID, xID, tID, mc.Nodes[y].ID, mc.Nodes[z].ID)
 
 	// The clients talk to the node that no fault touches, so that every
 	// request reaches a router; the faults are the shards' leaders'.
-	nc, _ := mc.connectTo(z)
+	nc, _ := mc.ConnectTo(z)
 	defer nc.Close()
 	// Six requests in flight at once, as six providers would send them:
 	// coalesced, the first batch goes alone and the five others wait for
@@ -81,7 +76,7 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 	b := setupSagas(t, c, st, si)
 	batches := b.burst(rng)
 
-	mc.pause(y)
+	mc.Pause(y)
 	pausedAt := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*quietGuard)
 	defer cancel()
@@ -111,16 +106,16 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 		t.Fatalf("every client answered before the kill: no saga was in flight")
 	default:
 	}
-	mc.kill(x)
+	mc.Kill(x)
 	killedAt := time.Now()
-	mc.resume(y)
+	mc.Resume(y)
 
 	// The status until S has a new leader with an empty outbox.
 	var newLeader string
 	var firstAt, drainedAt time.Time
 	var firstDepth uint64
 	for drainedAt.IsZero() {
-		st := mc.status(c)
+		st := mc.WaitLed(c)
 		now := time.Now()
 		for _, s := range st.Shards {
 			if s.ID != sID || s.Leader == xID {
@@ -158,7 +153,7 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 		late, len(outcomes), lastAt.Sub(killedAt).Round(time.Millisecond))
 
 	// The router's status at rest: S led by another node, nothing in flight.
-	st = mc.waitQuiet(c)
+	st = mc.WaitQuiet(c)
 	for _, s := range st.Shards {
 		if s.ID == sID && (s.Leader == xID || s.OutboxDepth != 0) {
 			t.Errorf("status of shard %d at rest: leader %s, outbox %d", sID, s.Leader, s.OutboxDepth)
@@ -168,7 +163,7 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 	// cluster is checked: leaders back off from a peer they cannot reach
 	// (hashicorp/raft: up to about 10 s between tries), so the shorter it
 	// was away, the sooner they try it again.
-	mc.launch(x)
+	mc.Launch(x)
 
 	sg := b.check(t, c, batches, outcomes, killedAt)
 	since := func(ts uint64) time.Duration {
@@ -196,13 +191,13 @@ func TestNewLeaderFinishesSagasOfAKilledLeader(t *testing.T) {
 	}
 
 	// The killed node has caught up.
-	mc.waitReady(x)
-	st = mc.waitCaughtUp(c)
+	mc.WaitReady(x)
+	st = mc.WaitCaughtUp(c)
 	for _, s := range st.Shards {
 		t.Logf("shard %d led by %s: replicas %+v", s.ID, s.Leader, s.Replicas)
 	}
-	for i := range mc.nodes {
-		mc.stop(i)
+	for i := range mc.Nodes {
+		mc.Stop(i)
 	}
 }
 

@@ -39,31 +39,28 @@ func TestTLSClusterMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mc := newMultiCluster(t, 3, 2)
+	mc := newCluster(t, 3, 2)
 	admin := testnet.FreePort(t)
 	const token = "operator-token-of-the-test"
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for i, n := range mc.nodes {
-		n.args = tlsArgs(t, ca, t.TempDir())
+	for i, n := range mc.Nodes {
+		n.Args = tlsArgs(t, ca, t.TempDir())
 		if i == 0 {
-			n.args = append(n.args, "--http-listen", admin, "--http-token-file", tokenFile, "--remove-grace", "2s")
+			n.Args = append(n.Args, "--http-listen", admin, "--http-token-file", tokenFile, "--remove-grace", "2s")
 		}
-		mc.launch(i)
 	}
-	for i := range mc.nodes {
-		mc.waitReady(i)
-	}
-	for i, n := range mc.nodes {
-		if n.cur.log.Contains("no node TLS") {
+	mc.StartAll()
+	for i, n := range mc.Nodes {
+		if n.Cur.Log.Contains("no node TLS") {
 			t.Fatalf("node %d runs without TLS", i+1)
 		}
 	}
-	nc, c := mc.connect()
+	nc, c := mc.Connect()
 	defer nc.Close()
-	st := mc.status(c)
+	st := mc.WaitLed(c)
 	ids := accountsPerShard(t, st, 2)
 	createAccounts(t, c, ids)
 	ctx, cancel := reqCtx()
@@ -80,54 +77,48 @@ func TestTLSClusterMembership(t *testing.T) {
 	// A node killed, its data lost, restarted with its usual flags
 	// (--bootstrap-expect 3, no --join): its peers are members, so it
 	// joins rather than bootstrap, over TLS, and catches up.
-	mc.waitLeadersSpread(c)
-	mc.kill(2)
-	if err := os.RemoveAll(mc.nodes[2].dataDir); err != nil {
-		t.Fatal(err)
+	mc.WaitLeadersSpread(c)
+	mc.Kill(2)
+	mc.Wipe(2)
+	mc.Start(2)
+	if !mc.Nodes[2].Cur.Log.Contains("joining it") || mc.Nodes[2].Cur.Log.Contains("forming the cluster") {
+		t.Fatalf("node-3 without data did not join\n%s", mc.Nodes[2].Cur.Log.Tail(20))
 	}
-	mc.launch(2)
-	mc.waitReady(2)
-	if !mc.nodes[2].cur.log.Contains("joining it") || mc.nodes[2].cur.log.Contains("forming the cluster") {
-		t.Fatalf("node-3 without data did not join\n%s", mc.nodes[2].cur.log.Tail(20))
-	}
-	mc.waitCaughtUp(c)
+	mc.WaitCaughtUp(c)
 
 	// A fourth node of the CA joins.
-	mc.add(true)
-	mc.nodes[3].args = tlsArgs(t, ca, t.TempDir())
-	mc.launch(3)
-	mc.waitReady(3)
-	mc.waitCaughtUp(c)
+	mc.Add(true).Args = tlsArgs(t, ca, t.TempDir())
+	mc.Start(3)
+	mc.WaitCaughtUp(c)
 
 	// A node of another CA, told every route, joins nothing.
 	other, err := nodetls.NewCA("impostor CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mc.add(true)
-	imp := mc.nodes[4]
-	imp.args = tlsArgs(t, other, filepath.Join(t.TempDir()))
-	mc.launch(4)
+	imp := mc.Add(true)
+	imp.Args = tlsArgs(t, other, filepath.Join(t.TempDir()))
+	mc.Launch(4)
 	deadline := time.Now().Add(quietGuard)
-	for imp.cur.log.Count("joining: retrying") < 10 {
+	for imp.Cur.Log.Count("joining: retrying") < 10 {
 		select {
-		case <-imp.cur.exited:
-			t.Fatalf("the impostor exited: %v\n%s", imp.cur.waitErr, imp.cur.log.Tail(20))
+		case <-imp.Cur.Exited:
+			t.Fatalf("the impostor exited: %v\n%s", imp.Cur.WaitErr, imp.Cur.Log.Tail(20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the impostor never tried to join\n%s", imp.cur.log.Tail(20))
+			t.Fatalf("the impostor never tried to join\n%s", imp.Cur.Log.Tail(20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if imp.cur.log.Contains("ledgerd ready") || imp.cur.log.Contains("joined") {
-		t.Fatalf("a node of another CA joined\n%s", imp.cur.log.Tail(20))
+	if imp.Cur.Log.Contains("ledgerd ready") || imp.Cur.Log.Contains("joined") {
+		t.Fatalf("a node of another CA joined\n%s", imp.Cur.Log.Tail(20))
 	}
-	st = mc.status(c)
+	st = mc.WaitLed(c)
 	var nodes []string
 	for _, n := range st.Nodes {
 		nodes = append(nodes, n.ID)
-		if n.Health != "up" || slices.Contains(n.Voters, imp.id) {
+		if n.Health != "up" || slices.Contains(n.Voters, imp.ID) {
 			t.Fatalf("node %s: %+v", n.ID, n)
 		}
 	}
@@ -136,7 +127,7 @@ func TestTLSClusterMembership(t *testing.T) {
 	}
 	for _, s := range st.Shards {
 		for _, r := range s.Replicas {
-			if r.Node == imp.id {
+			if r.Node == imp.ID {
 				t.Fatalf("shard %d has a replica on the impostor", s.ID)
 			}
 		}
@@ -164,16 +155,16 @@ func TestTLSClusterMembership(t *testing.T) {
 	remove("", http.StatusBadRequest)
 	remove("node-4", http.StatusConflict) // it runs
 	remove("node-1", http.StatusConflict) // the node asked
-	remove(imp.id, http.StatusNotFound)   // never a member
+	remove(imp.ID, http.StatusNotFound)   // never a member
 	if resp, err := http.Get("http://" + admin + "/admin/remove-node?id=node-4"); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("GET removed a node: %v %v", err, resp)
 	}
-	mc.kill(3)
+	mc.Kill(3)
 	if got := remove("node-4", http.StatusOK); !strings.Contains(got, "removed node-4 from 3 groups") {
 		t.Fatalf("remove: %q", got)
 	}
 	remove("node-4", http.StatusNotFound) // once
-	st = mc.status(c)
+	st = mc.WaitLed(c)
 	nodes = nodes[:0]
 	for _, n := range st.Nodes {
 		nodes = append(nodes, n.ID)

@@ -3,7 +3,6 @@ package crash
 import (
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -24,32 +23,27 @@ import (
 // exactly the posted ones, with debits = credits per ledger.
 func TestTwoPhaseAcrossShardsSurvivesKill9(t *testing.T) {
 	rng := crashRNG(t, 0x51ed2)
-	cl := &cluster{
-		t: t, bin: buildLedgerd(t), dataDir: filepath.Join(t.TempDir(), "data"),
-		natsAddr: testnet.FreePort(t), raftAddr: testnet.FreePort(t), shards: 2,
-		args: snapshotOften,
-	}
-	t.Cleanup(cl.cleanup)
-	cl.start()
-	nc, c := cl.connect()
+	cl := newCluster(t, 1, 2, snapshotOften...)
+	cl.Start(0)
+	nc, c := cl.Connect()
 	b := setupTwoPhase(t, c)
 	for cycle := 1; cycle <= 3; cycle++ {
 		unknown := b.load(t, cl, c, rng, cycle, 20+rng.IntN(40), time.Duration(rng.IntN(15))*time.Millisecond)
 		nc.Close()
-		cl.start()
-		nc, c = cl.connect()
+		cl.Start(0)
+		nc, c = cl.Connect()
 		for _, batch := range unknown { // the clients retry with the same ids
 			b.send(t, c, batch, true)
 		}
 		b.waitExpiries(t, c)
-		cl.waitQuiet(c)
+		cl.WaitQuiet(c)
 		b.check(t, c, cycle)
 		if t.Failed() {
 			t.FailNow()
 		}
 	}
 	nc.Close()
-	cl.stop()
+	cl.Stop(0)
 }
 
 type tpHold struct {
@@ -194,7 +188,7 @@ func (b *tpBook) send(t *testing.T, c *client.Client, batch []transport.Transfer
 
 // load runs 3 clients until killAfter batches were answered, kills the
 // process killDelay later, and returns the batches whose fate is unknown.
-func (b *tpBook) load(t *testing.T, cl *cluster, c *client.Client, rng *rand.Rand, cycle, killAfter int, killDelay time.Duration) [][]transport.Transfer {
+func (b *tpBook) load(t *testing.T, cl *testnet.Cluster, c *client.Client, rng *rand.Rand, cycle, killAfter int, killDelay time.Duration) [][]transport.Transfer {
 	var mu sync.Mutex
 	answered, stop := 0, make(chan struct{})
 	var unknown [][]transport.Transfer
@@ -238,7 +232,7 @@ func (b *tpBook) load(t *testing.T, cl *cluster, c *client.Client, rng *rand.Ran
 		time.Sleep(2 * time.Millisecond)
 	}
 	time.Sleep(killDelay)
-	cl.kill()
+	cl.Kill(0)
 	close(stop)
 	wg.Wait()
 	t.Logf("cycle %d: killed after %d answered batches (+%v); %d batches in flight", cycle, killAfter, killDelay, len(unknown))

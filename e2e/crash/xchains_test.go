@@ -3,13 +3,11 @@ package crash
 import (
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
-	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/transport"
 )
@@ -27,43 +25,38 @@ import (
 // the legs found; debits equal credits.
 func TestChainsAcrossShardsAtEveryStepOfKill9(t *testing.T) {
 	rng := crashRNG(t, 0xc4a1)
-	cl := &cluster{
-		t: t, bin: buildLedgerd(t), dataDir: filepath.Join(t.TempDir(), "data"),
-		natsAddr: testnet.FreePort(t), raftAddr: testnet.FreePort(t), shards: 2,
-		args: snapshotOften,
-	}
-	t.Cleanup(cl.cleanup)
-	cl.start()
-	nc, c := cl.connect()
+	cl := newCluster(t, 1, 2, snapshotOften...)
+	cl.Start(0)
+	nc, c := cl.Connect()
 	b := setupCrossChains(t, c)
 	for step, point := range node.CrashPoints {
 		n := 1 + rng.IntN(4)
 		nc.Close()
-		cl.stop()
-		cl.env = []string{fmt.Sprintf("LEDGERD_TEST_CRASH_AT=%s:%d", point, n)}
-		cl.start()
-		nc, c = cl.connect()
-		run := cl.cur
-		unknown := b.load(t, c, rng, step, run.exited)
-		cl.reapKilled(2 * quietGuard)
+		cl.Stop(0)
+		cl.Nodes[0].Env = []string{fmt.Sprintf("LEDGERD_TEST_CRASH_AT=%s:%d", point, n)}
+		cl.Start(0)
+		nc, c = cl.Connect()
+		run := cl.Nodes[0].Cur
+		unknown := b.load(t, c, rng, step, run.Exited)
+		cl.ReapKilled(0, 2*quietGuard)
 		nc.Close()
-		if !run.log.Contains("test crash point reached") {
+		if !run.Log.Contains("test crash point reached") {
 			t.Fatalf("%s: the process died without reaching its crash point", point)
 		}
-		cl.env = nil
-		cl.start()
-		nc, c = cl.connect()
+		cl.Nodes[0].Env = nil
+		cl.Start(0)
+		nc, c = cl.Connect()
 		for _, ch := range unknown {
 			b.send(t, c, ch, true)
 		}
-		cl.waitQuiet(c)
+		cl.WaitQuiet(c)
 		b.check(t, c, point)
 		if t.Failed() {
 			t.FailNow()
 		}
 	}
 	nc.Close()
-	cl.stop()
+	cl.Stop(0)
 }
 
 type xChain struct {

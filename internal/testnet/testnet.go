@@ -1,4 +1,5 @@
-// Package testnet gives the tests that run ledgerd processes their ports.
+// Package testnet runs ledgerd processes for the tests: their ports, the
+// binary, their logs, and clusters of them (Cluster).
 package testnet
 
 import (
