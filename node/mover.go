@@ -26,14 +26,24 @@ import (
 //     (placement.go): s's leader adds it as a nonvoter, Raft sends it a
 //     snapshot and the log, and A asks to be promoted once it is within
 //     promoteLagMax entries (discover.go);
-//  2. the driver waits until s's leader lists A as a voter;
+//  2. the driver waits until s's leader lists A as a voter. It cancels the
+//     move instead (movecancel.go) if A is gone (no longer registered,
+//     draining, or out of the meta group's configuration), at once, or if
+//     A is not a voter yet and has answered none of the meta leader's
+//     status rounds for moveStall (2 minutes): the driver asks s's leader
+//     to remove A if it was added, then records the move cancelled
+//     (CancelMove). The placement stays as it was, A deletes its copy if
+//     it runs, and placement.Next may plan another move for s, never onto
+//     a node that is silent. If A is a voter and R is out already, the
+//     move is finished (3, 4), never cancelled;
 //  3. R hands on s's leadership if it holds it (placement.go), and the
 //     driver asks s's leader to remove R (removeFrom);
 //  4. the driver records the move done (EndMove): the placement now lists
 //     A, not R, and R closes s and deletes its copy.
 //
 // A shard therefore never has fewer voters than its replication factor:
-// the new voter counts before the old one goes.
+// the new voter counts before the old one goes, and a cancel removes only
+// the voter the move added while the one it replaces is still there.
 
 // driveEvery is how often the meta leader plans: a move starts within it.
 const driveEvery = 500 * time.Millisecond
@@ -83,6 +93,10 @@ func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 	t := time.NewTicker(driveEvery)
 	var wireTried time.Time // the last status round of raiseWire
 	defer t.Stop()
+	live := newLiveness(moveStall())
+	if n.metaM.State().Replicas > 0 { // the slot map exists: serveMeta made it
+		go live.watch(ctx, n)
+	}
 	driving := map[uint32]bool{}
 	ended := make(chan uint32)
 	for {
@@ -107,7 +121,9 @@ func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 			continue
 		}
 		busy := func(s uint32) bool { _, ok := st.Moving[s]; return ok }
-		for _, m := range placement.Next(projected(st), st.Cluster(), busy) {
+		c := st.Cluster()
+		c.Unready = unready(st, metaMembers(g), live, time.Now())
+		for _, m := range placement.Next(projected(st), c, busy) {
 			n.log.Info("replica move: start", "shard", m.Shard, "add", m.Add, "remove", m.Remove)
 			if err := n.proposeMeta(ctx, g, &raftfsm.MetaCommand{StartMove: &m}); err != nil {
 				n.log.Warn("replica move: record the start", "shard", m.Shard, "err", err)
@@ -120,7 +136,7 @@ func (n *Node) drive(ctx context.Context, g *raftfsm.Group) {
 			}
 			driving[id] = true
 			go func() {
-				n.driveMove(ctx, g, m)
+				n.driveMove(ctx, g, m, live)
 				select {
 				case ended <- id:
 				case <-ctx.Done():
@@ -176,16 +192,54 @@ func (n *Node) register(ctx context.Context, g *raftfsm.Group, st raftfsm.MetaSt
 	return nil
 }
 
-// driveMove drives move m to its end, or until the term ends (the next
-// leader resumes it).
-func (n *Node) driveMove(ctx context.Context, g *raftfsm.Group, m placement.Move) {
+// driveMove drives move m to its end, or cancels it (movecancel.go), or
+// stops when the term ends (the next leader resumes it).
+func (n *Node) driveMove(ctx context.Context, g *raftfsm.Group, m placement.Move, live *liveness) {
 	start := time.Now()
-	if m.Add != "" {
-		if err := n.waitVoter(ctx, m.Shard, m.Add); err != nil {
+	if m.Add == "" {
+		n.finishMove(ctx, g, m, start)
+		return
+	}
+	for !n.moveRound(ctx, g, m, live, start) {
+		if !sleepCtx(ctx, moveStepEvery) {
 			return
 		}
-		n.log.Info("replica move: added node is a voter", "shard", m.Shard, "node", m.Add, "took", time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// moveRound takes move m's next step (nextStep), and reports whether its
+// driver is done with it: ended, cancelled, or failed (the next plan
+// round drives it again).
+func (n *Node) moveRound(ctx context.Context, g *raftfsm.Group, m placement.Move, live *liveness, start time.Time) bool {
+	st := n.metaM.State()
+	if st.Moving[m.Shard] != m {
+		return true // ended or cancelled already
+	}
+	var cur members
+	if err := n.request(ctx, n.subjects.Shard(m.Shard), opMembers, nil, &cur); err != nil || cur.Retry != "" {
+		return false
+	}
+	a := addedNode{gone: goneWhy(st, metaMembers(g), m.Add), silent: live.silent(m.Add, time.Now()), answers: live.heardSince(m.Add, start)}
+	switch nextStep(m, cur, a) {
+	case stepFinish:
+		n.log.Info("replica move: added node is a voter", "shard", m.Shard, "node", m.Add, "took", time.Since(start).Round(time.Millisecond))
+		n.finishMove(ctx, g, m, start)
+		return true
+	case stepCancel:
+		why := a.gone
+		if why == "" {
+			why = "silent for " + live.stall.String() + " before it became a voter"
+		}
+		n.cancelMove(ctx, g, m, cur, why, start)
+		return true
+	case stepAdopt:
+		n.adopt(ctx, st, m)
+	}
+	return false
+}
+
+// finishMove removes m's replaced node, if any, and records the move done.
+func (n *Node) finishMove(ctx context.Context, g *raftfsm.Group, m placement.Move, start time.Time) {
 	if m.Remove != "" {
 		if err := n.removeFrom(ctx, m.Shard, m.Remove); err != nil {
 			n.log.Warn("replica move: remove", "shard", m.Shard, "node", m.Remove, "err", err)
@@ -197,20 +251,6 @@ func (n *Node) driveMove(ctx context.Context, g *raftfsm.Group, m placement.Move
 		return
 	}
 	n.log.Info("replica move: done", "shard", m.Shard, "add", m.Add, "remove", m.Remove, "took", time.Since(start).Round(time.Millisecond))
-}
-
-// waitVoter waits until shard id's leader lists node as a voter.
-func (n *Node) waitVoter(ctx context.Context, id uint32, node string) error {
-	for {
-		var m members
-		err := n.request(ctx, n.subjects.Shard(id), opMembers, nil, &m)
-		if err == nil && m.Retry == "" && slices.Contains(m.Voters, node) {
-			return nil
-		}
-		if !sleepCtx(ctx, moveStepEvery) {
-			return fmt.Errorf("wait for %s to vote in shard %d: %w", node, id, ctx.Err())
-		}
-	}
 }
 
 // metaSeats moves the meta group's voting seats off draining nodes: the

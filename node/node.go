@@ -382,6 +382,7 @@ func (n *Node) serveMeta(ctx context.Context) {
 		return
 	}
 	defer ops.Unsubscribe()
+	defer n.serveMetaView(g)()
 	n.drive(ctx, g) // until the term ends
 }
 

@@ -37,6 +37,11 @@ type Cluster struct {
 	// Replicas is the replication factor (--replicas): each shard has this
 	// many voters, or one per node while the cluster has fewer nodes.
 	Replicas int
+	// Unready nodes receive no new replica for now (the meta leader has
+	// not heard from them for a while): a move to one would only wait for
+	// it. They still count towards the replication factor, and the
+	// replicas they hold stay. Read by Next only.
+	Unready []string
 }
 
 // eligible returns the nodes that may receive replicas, sorted.
@@ -48,6 +53,12 @@ func (c Cluster) eligible() []string {
 
 // want is how many voters each shard should have.
 func (c Cluster) want() int { return min(c.Replicas, len(c.eligible())) }
+
+// targets returns the nodes that may receive a replica now: the eligible
+// ones that are not unready.
+func (c Cluster) targets() []string {
+	return slices.DeleteFunc(c.eligible(), func(n string) bool { return slices.Contains(c.Unready, n) })
+}
 
 // Initial places new shards on the eligible nodes so that every node holds
 // as many replicas as any other, ±1, counting the replicas p already
@@ -84,9 +95,11 @@ func Initial(p Placement, shards []uint32, c Cluster) Placement {
 //   - while one node holds 2 or more replicas more than another, a replica
 //     moves from the most to the least loaded (one move per plan, so that
 //     loads are recounted from what really moved).
+//
+// No move adds a replica to an unready node.
 func Next(p Placement, c Cluster, busy func(shard uint32) bool) []Move {
-	nodes := c.eligible()
-	load := loads(p, nodes)
+	nodes := c.targets()
+	load := loads(p, c.eligible())
 	want := c.want()
 	var moves []Move
 	moving := map[uint32]bool{}

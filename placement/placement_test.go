@@ -224,3 +224,50 @@ func TestMetaVoters(t *testing.T) {
 		}
 	}
 }
+
+// An unready node (silent: a move to it would only wait) receives nothing,
+// whether a shard lacks a voter, a draining node's replica is replaced or
+// the spread is evened out; the others still receive theirs. It still
+// counts towards the replication factor, so no shard loses a voter for it,
+// and once it is ready again it receives its share.
+func TestUnreadyNodesReceiveNothing(t *testing.T) {
+	c := Cluster{Nodes: names(3), Replicas: 3}
+	p := Initial(nil, ids(4), c)
+	// node-4 and node-5 join; node-4 is silent.
+	c.Nodes, c.Unready = names(5), []string{"node-4"}
+	for round := 0; ; round++ {
+		ms := Next(p, c, nil)
+		if len(ms) == 0 {
+			break
+		}
+		if round > 100 {
+			t.Fatalf("no convergence: %v", p)
+		}
+		for _, m := range ms {
+			if m.Add == "node-4" {
+				t.Fatalf("a replica planned on an unready node: %+v", m)
+			}
+			p = Apply(p, m)
+		}
+	}
+	load := loads(p, c.eligible())
+	if load["node-4"] != 0 || load["node-5"] != 3 {
+		t.Fatalf("loads %v: node-5 should have received its share, node-4 nothing", load)
+	}
+	// In three nodes with one unready, every shard keeps its 3 voters.
+	small := Cluster{Nodes: names(3), Replicas: 3, Unready: []string{"node-3"}}
+	if ms := Next(Initial(nil, ids(4), Cluster{Nodes: names(3), Replicas: 3}), small, nil); len(ms) != 0 {
+		t.Fatalf("an unready node made shards lose voters: %v", ms)
+	}
+	// A draining node's replicas go to ready nodes only, or wait.
+	drain := Cluster{Nodes: names(4), Replicas: 3, Draining: []string{"node-1"}, Unready: []string{"node-4"}}
+	if ms := Next(Initial(nil, ids(2), Cluster{Nodes: names(3), Replicas: 3}), drain, nil); len(ms) != 0 {
+		t.Fatalf("the only node to receive is unready, yet moves were planned: %v", ms)
+	}
+	// Ready again, node-4 receives its share.
+	c.Unready = nil
+	p, _ = settle(t, p, c)
+	if load := balanced(t, p, c); load["node-4"] == 0 {
+		t.Fatalf("node-4, ready again, received nothing: %v", load)
+	}
+}

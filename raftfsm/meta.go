@@ -55,9 +55,9 @@ func (s *SlotMap) Shards() []uint32 {
 
 // MetaCommand changes the meta state. Every field is optional; a command
 // sets one, and one that does not apply to the state (a node already
-// registered, a move of a shard already moving) changes nothing, so every
-// node may propose it safely and a leader may propose it again after a
-// failover.
+// registered, a move of a shard already moving, the end or cancel of a move
+// not under way) changes nothing, so every node may propose it safely and
+// a leader may propose it again after a failover.
 type MetaCommand struct {
 	// InitShards, when the map is empty, spreads the slots over shards
 	// 1..InitShards (slot i to shard i%n+1), and with Replicas set places
@@ -73,8 +73,13 @@ type MetaCommand struct {
 	Forget string `msgpack:"forget,omitempty"`
 	// StartMove records a replica move as under way; EndMove records it
 	// done: the shard's voters are then Placement's after the move.
-	StartMove *placement.Move `msgpack:"start_move,omitempty"`
-	EndMove   *placement.Move `msgpack:"end_move,omitempty"`
+	// CancelMove records it given up (its added node is gone, or never
+	// caught up): the placement stays as it was before the move, and the
+	// shard is free for another. Both apply only to the move under way,
+	// exactly as recorded.
+	StartMove  *placement.Move `msgpack:"start_move,omitempty"`
+	EndMove    *placement.Move `msgpack:"end_move,omitempty"`
+	CancelMove *placement.Move `msgpack:"cancel_move,omitempty"`
 	// Wire raises the internal encoding every node writes
 	// (transport.WireVersion): with InitShards, that of a new cluster; alone,
 	// once every node of an older cluster reads it. It never goes down.
@@ -202,6 +207,12 @@ func (s *MetaState) apply(c *MetaCommand) {
 		}
 		delete(s.Moving, m.Shard)
 		s.Placement = placement.Apply(s.Placement, m)
+	case c.CancelMove != nil:
+		m := *c.CancelMove
+		if s.Moving[m.Shard] != m {
+			return
+		}
+		delete(s.Moving, m.Shard)
 	}
 }
 

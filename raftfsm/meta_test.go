@@ -149,3 +149,61 @@ func TestMetaWireOnlyGoesUp(t *testing.T) {
 		t.Fatalf("a new cluster's Wire after a snapshot: %d", back.Wire)
 	}
 }
+
+// A cancelled move leaves the placement as it was before the move and
+// frees the shard for another. A cancel applies only to the move under
+// way as recorded: repeated, of another move, of a shard not moving, or
+// after the move ended, it changes nothing.
+func TestMetaCancelMove(t *testing.T) {
+	var m MetaMachine
+	nodes := []NodeRecord{{ID: "n1", RaftAddr: "a1"}, {ID: "n2", RaftAddr: "a2"}, {ID: "n3", RaftAddr: "a3"}}
+	applyMeta(t, &m, MetaCommand{InitShards: 2, Replicas: 3, Nodes: nodes}, MetaCommand{Register: &NodeRecord{ID: "n4", RaftAddr: "a4"}})
+	before := m.State()
+	mv := placement.Move{Shard: 1, Add: "n4", Remove: "n3"}
+	other := placement.Move{Shard: 1, Add: "n5", Remove: "n3"}
+	notMoving := placement.Move{Shard: 2, Add: "n4", Remove: "n1"}
+	applyMeta(t, &m, MetaCommand{CancelMove: &notMoving}, MetaCommand{StartMove: &mv}, MetaCommand{CancelMove: &other})
+	if got := m.State().Moving[1]; got != mv {
+		t.Fatalf("a cancel of another move touched the move under way: moving %+v", m.State().Moving)
+	}
+	if len(m.State().Moving) != 1 {
+		t.Fatalf("a cancel of a shard not moving recorded something: %+v", m.State().Moving)
+	}
+	applyMeta(t, &m, MetaCommand{CancelMove: &mv}, MetaCommand{CancelMove: &mv})
+	st := m.State()
+	if len(st.Moving) != 0 {
+		t.Fatalf("cancelled, yet moving %+v", st.Moving)
+	}
+	for id, voters := range before.Placement {
+		if !slices.Equal(st.Placement[id], voters) {
+			t.Fatalf("shard %d on %v after a cancel, was %v", id, st.Placement[id], voters)
+		}
+	}
+	if st.holds("n4") {
+		t.Fatal("the node of a cancelled move still counts as holding a replica")
+	}
+	// An end of the cancelled move is ignored too: n4 never became a voter.
+	applyMeta(t, &m, MetaCommand{EndMove: &mv})
+	if slices.Contains(m.State().Placement[1], "n4") {
+		t.Fatalf("the end of a cancelled move placed n4: %v", m.State().Placement[1])
+	}
+	// The shard is free: another move starts, and a cancel of the first
+	// (a driver of an earlier term, late) leaves it alone.
+	again := placement.Move{Shard: 1, Add: "n4", Remove: "n2"}
+	applyMeta(t, &m, MetaCommand{StartMove: &again}, MetaCommand{CancelMove: &mv})
+	if got := m.State().Moving[1]; got != again {
+		t.Fatalf("moving %+v, want %+v", m.State().Moving, again)
+	}
+	// After the move ended, its cancel changes nothing.
+	applyMeta(t, &m, MetaCommand{EndMove: &again}, MetaCommand{CancelMove: &again})
+	st = m.State()
+	if want := []string{"n1", "n3", "n4"}; len(st.Moving) != 0 || !slices.Equal(st.Placement[1], want) {
+		t.Fatalf("after the end then a cancel: moving %+v, shard 1 on %v, want %v", st.Moving, st.Placement[1], want)
+	}
+	// A cancel survives a snapshot as any change does.
+	applyMeta(t, &m, MetaCommand{StartMove: &notMoving}, MetaCommand{CancelMove: &notMoving})
+	back := restoreMeta(t, persistMeta(t, &m)).State()
+	if len(back.Moving) != 0 || !slices.Equal(back.Placement[2], before.Placement[2]) {
+		t.Fatalf("restored moving %+v, shard 2 on %v", back.Moving, back.Placement[2])
+	}
+}

@@ -142,7 +142,7 @@ func newRootCmd(a *app) *cobra.Command {
 	pf.StringVar(&a.creds.TLSCA, "tls-ca", "", "PEM `file` of the CA of the cluster's client port (TLS)")
 	pf.StringVar(&a.creds.TLSCert, "tls-cert", "", "PEM `file` of this client's certificate, for a cluster that asks for one")
 	pf.StringVar(&a.creds.TLSKey, "tls-key", "", "PEM `file` of the key of --tls-cert")
-	root.AddCommand(newAccountCmd(a), newTransferCmd(a), newStatusCmd(a), newNodesCmd(a), newBenchCmd(a), newVersionCmd(a))
+	root.AddCommand(newAccountCmd(a), newTransferCmd(a), newStatusCmd(a), newShardsCmd(a), newNodesCmd(a), newBenchCmd(a), newVersionCmd(a))
 	return root
 }
 
@@ -228,6 +228,12 @@ func (a *app) guard(ctx context.Context) (context.Context, context.CancelFunc) {
 // When the cluster does not answer in time it asks the cluster's status
 // why (a shard without a leader).
 func (a *app) do(ctx context.Context, fn func(ctx context.Context, c *client.Client) error) error {
+	return a.doConn(ctx, func(ctx context.Context, _ *nats.Conn, c *client.Client) error { return fn(ctx, c) })
+}
+
+// doConn is do with the connection too, for the requests the client does
+// not make (the meta leader's operator subjects, node/nodeops).
+func (a *app) doConn(ctx context.Context, fn func(ctx context.Context, nc *nats.Conn, c *client.Client) error) error {
 	nc, err := a.dial()
 	if err != nil {
 		return err
@@ -240,7 +246,7 @@ func (a *app) do(ctx context.Context, fn func(ctx context.Context, c *client.Cli
 	}
 	rctx, rcancel := context.WithTimeout(ctx, a.timeout)
 	defer rcancel()
-	err = fn(rctx, a.client(nc))
+	err = fn(rctx, nc, a.client(nc))
 	return a.explain(ctx, nc, err)
 }
 

@@ -9,12 +9,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/node/nodeops"
 	"github.com/ledgerd/ledgerd/transport"
 )
+
+// metaStatusWait bounds `status`'s question to the meta leader: the status
+// is shown without the moves rather than wait for an election.
+const metaStatusWait = 2 * time.Second
 
 // Conservation states of one ledger, as `status` shows them.
 const (
@@ -36,6 +43,43 @@ type statusView struct {
 	*transport.StatusReply
 	Shards  []shardView     `json:"shards"` // shadows StatusReply.Shards in JSON
 	Ledgers []ledgerBalance `json:"ledgers"`
+	// From the meta leader (withMeta): the replica moves under way and the
+	// draining nodes, both null with MetaError when it did not answer.
+	Moves     []nodeops.Move `json:"moves"`
+	Draining  []drainingNode `json:"draining"`
+	MetaError string         `json:"meta_error,omitempty"`
+}
+
+// drainingNode is a node that ledgerctl nodes drain marked, with the
+// replicas the placement still lists on it.
+type drainingNode struct {
+	Node     string `json:"node"`
+	Replicas int    `json:"replicas"`
+}
+
+// withMeta adds the meta state's moves and draining nodes to v; meta nil:
+// the meta leader did not answer, for the reason merr gives.
+func (v statusView) withMeta(meta *nodeops.Meta, merr error) statusView {
+	if meta == nil {
+		if merr != nil {
+			v.MetaError = merr.Error()
+		}
+		return v
+	}
+	v.Moves, v.Draining = append([]nodeops.Move{}, meta.Moves...), []drainingNode{}
+	for _, n := range meta.Nodes {
+		if !n.Draining {
+			continue
+		}
+		d := drainingNode{Node: n.ID}
+		for _, s := range meta.Shards {
+			if slices.Contains(s.Placement, n.ID) {
+				d.Replicas++
+			}
+		}
+		v.Draining = append(v.Draining, d)
+	}
+	return v
 }
 
 func newStatusView(st *transport.StatusReply) statusView {
@@ -76,18 +120,22 @@ func newStatusCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "Show the cluster's shards, nodes and per-ledger conservation",
-		Long: `Show the cluster's shards, nodes and per-ledger conservation.
+		Long: `Show the cluster's shards, nodes and per-ledger conservation, and, from the
+meta group's leader, the replica moves in progress and the draining nodes.
 
 Shards report one at a time, not at one instant, so under load a ledger may
 show UNBALANCED for a moment; a real imbalance persists at quiescence.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.do(cmd.Context(), func(ctx context.Context, c *client.Client) error {
+			return a.doConn(cmd.Context(), func(ctx context.Context, nc *nats.Conn, c *client.Client) error {
 				st, err := c.Status(ctx)
 				if err != nil {
 					return err
 				}
-				v := newStatusView(st)
+				mctx, cancel := context.WithTimeout(ctx, metaStatusWait)
+				meta, merr := a.askMeta(mctx, nc, nodeops.MetaRequest{})
+				cancel()
+				v := newStatusView(st).withMeta(meta, merr)
 				if err := a.print(v, func(w io.Writer) { statusTable(w, v) }); err != nil {
 					return err
 				}
@@ -163,8 +211,23 @@ func statusTable(w io.Writer, v statusView) {
 			fmt.Fprintf(w, "shard %d: %s\n", s.ID, s.Error)
 		}
 	}
+	if v.MetaError != "" {
+		fmt.Fprintf(w, "meta: %s\n", v.MetaError)
+	}
+	if len(v.Moves) > 0 {
+		fmt.Fprintln(w, "\nMOVING SHARD\tADDING\tREMOVING")
+		for _, m := range v.Moves {
+			fmt.Fprintf(w, "%d\t%s\t%s\n", m.Shard, m.Add, m.Remove)
+		}
+	}
 	fmt.Fprintln(w)
 	nodesTable(w, v.Nodes)
+	if len(v.Draining) > 0 {
+		fmt.Fprintln(w, "\nDRAINING NODE\tREPLICAS LEFT")
+		for _, d := range v.Draining {
+			fmt.Fprintf(w, "%s\t%d\n", d.Node, d.Replicas)
+		}
+	}
 	fmt.Fprintln(w, "\nLEDGER\tDEBITS_POSTED\tCREDITS_POSTED\tDEBITS_PENDING\tCREDITS_PENDING\tCONSERVATION")
 	for _, l := range v.Ledgers {
 		sums := l.Sums() // exact, past 2^64 too
