@@ -707,3 +707,28 @@ func checkRow(key, value []byte) error {
 	}
 	return fmt.Errorf("account row %q of no known kind", value[:min(len(value), 1)])
 }
+
+// Checkpoint copies the store, as of every entry committed so far, into a
+// new store in dir (hard links to the same sstables where the file system
+// allows), and records that the copy covers the log up to durable: an
+// index of the log of the group that will open it. It is how a split gives
+// the new shard its history (raftfsm.WriteGenesis): the parent's, as of
+// the split's entry. dir must not exist.
+func (s *Store) Checkpoint(dir string, durable uint64) error {
+	if err := s.Drain(); err != nil {
+		return err
+	}
+	// The store writes no WAL: what is in the memtables reaches the copy
+	// only as sstables.
+	if err := s.db.Flush(); err != nil {
+		return fmt.Errorf("history: flush: %w", s.check(err))
+	}
+	if err := s.db.Checkpoint(dir); err != nil {
+		return fmt.Errorf("history: checkpoint to %s: %w", dir, s.check(err))
+	}
+	c, err := Open(dir, Options{Logger: s.log})
+	if err != nil {
+		return err
+	}
+	return errors.Join(c.Sync(durable), c.Close())
+}

@@ -20,6 +20,7 @@ type Groups interface {
 // hot path but the apply batches, under the lock Apply holds anyway.
 type nodeCollector struct {
 	groups Groups
+	meta   []gauge
 	raft   []gauge // damaged among them
 	// damaged is the one series of a group closed to be repaired.
 	damaged gauge
@@ -47,6 +48,7 @@ func NodeCollector(groups Groups, nodeID string) prometheus.Collector {
 		groups: groups, damaged: damaged,
 		raft:  append(raftGauges(desc), damaged),
 		shard: shardGauges(desc),
+		meta:  metaGauges(desc),
 		batch: desc("shard", "apply_batch_commands",
 			"Commands per Raft entry applied (the leader's batches), counted since this process started."),
 	}
@@ -86,6 +88,23 @@ func shardGauges(desc descFunc) []gauge {
 	}
 }
 
+// metaGauges are the meta state's, on the meta group's series (shard
+// "meta"): every node's view of it, as applied there.
+func metaGauges(desc descFunc) []gauge {
+	return []gauge{
+		{desc("meta", "slot_map_epoch", "Epoch of the slot map: it grows with each split."),
+			func(g *node.GroupStats) float64 { return float64(g.Meta.Epoch) }},
+		{desc("meta", "shards", "Shards the slot map has."),
+			func(g *node.GroupStats) float64 { return float64(g.Meta.Shards) }},
+		{desc("meta", "shards_wanted", "Shards the cluster splits shards until it has (ledgerctl shards add); 0: never asked."),
+			func(g *node.GroupStats) float64 { return float64(g.Meta.ShardsWanted) }},
+		{desc("meta", "splits_in_progress", "1 while a shard split is under way (its slots frozen, or its new shard starting)."),
+			func(g *node.GroupStats) float64 { return float64(g.Meta.Splitting) }},
+		{desc("meta", "replica_moves_in_progress", "Replica moves under way."),
+			func(g *node.GroupStats) float64 { return float64(g.Meta.Moving) }},
+	}
+}
+
 func flag(b bool) float64 {
 	if b {
 		return 1
@@ -94,7 +113,7 @@ func flag(b bool) float64 {
 }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, gauges := range [][]gauge{c.raft, c.shard} {
+	for _, gauges := range [][]gauge{c.raft, c.shard, c.meta} {
 		for _, g := range gauges {
 			ch <- g.desc
 		}
@@ -115,6 +134,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, m := range c.raft {
 			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, m.value(&g), label)
+		}
+		if g.Meta != nil {
+			for _, m := range c.meta {
+				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, m.value(&g), label)
+			}
 		}
 		if g.Shard == nil {
 			continue

@@ -113,6 +113,19 @@ func (d *dispatcher) send(ctx context.Context, rows []shard.OutboxRow, now time.
 // the run loop waiting for a free slot cannot deadlock with it. Errors are
 // dropped: the rows stay in the outbox and the scan resends.
 func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) {
+	d.sendAttempt(ctx, to, cmd, 0)
+}
+
+// Sends to a shard without a leader (no responders: nothing delivered) are
+// tried again this often, this many times, before the rows wait for the
+// scan to resend them (resendAfter): a split's new shard, a failover, take
+// well under a second to elect.
+const (
+	noLeaderRetryEvery = 25 * time.Millisecond
+	noLeaderRetries    = 40
+)
+
+func (d *dispatcher) sendAttempt(ctx context.Context, to uint32, cmd shard.Command, attempt int) {
 	select {
 	case d.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -121,11 +134,19 @@ func (d *dispatcher) sendOne(ctx context.Context, to uint32, cmd shard.Command) 
 	go func() {
 		defer func() { <-d.sem }()
 		var reply wire.Reply
-		if err := d.s.n.sagaRequest(ctx, to, &cmd, &reply); err != nil || reply.Retry != "" || reply.Invalid != "" {
+		err := d.s.n.sagaRequest(ctx, to, &cmd, &reply)
+		if errors.Is(err, nats.ErrNoResponders) && attempt < noLeaderRetries {
+			time.AfterFunc(noLeaderRetryEvery, func() { d.sendAttempt(ctx, to, cmd, attempt+1) })
+			return
+		}
+		if err != nil || reply.Retry != "" || reply.Invalid != "" {
 			return
 		}
 		if ans := saga.Answers(reply.Answers); len(ans) > 0 {
 			d.resolve(ans)
+		}
+		for _, m := range saga.Moved(to, cmd, reply.Answers, d.s.n.shardOf) {
+			go d.sendOne(ctx, m.To, m.Cmd) // once this one's slot is free
 		}
 	}()
 }

@@ -29,6 +29,14 @@ type GroupStats struct {
 	Damaged error
 	// Shard is the shard's machine, nil for the meta group.
 	Shard *ShardStats
+	// Meta is the meta state as applied on this node, for the meta group.
+	Meta *MetaStats
+}
+
+// MetaStats is the meta state's slot map and splits.
+type MetaStats struct {
+	Epoch, Shards, ShardsWanted uint64
+	Splitting, Moving           uint64 // splits and replica moves under way
 }
 
 // IsMeta reports whether g is the meta group.
@@ -52,7 +60,15 @@ func (n *Node) GroupStats() []GroupStats {
 	}
 	n.mu.Unlock()
 	out := make([]GroupStats, 0, 1+len(ids))
-	out = append(out, n.groupStats(metaGroupID, n.metaGroup()))
+	meta := n.groupStats(metaGroupID, n.metaGroup())
+	if meta.Open {
+		st := n.metaM.State()
+		meta.Meta = &MetaStats{Epoch: st.Epoch, Shards: uint64(len(st.Shards())), ShardsWanted: uint64(st.ShardsWanted), Moving: uint64(len(st.Moving))}
+		if st.Splitting != nil {
+			meta.Meta.Splitting = 1
+		}
+	}
+	out = append(out, meta)
 	for i, s := range shards {
 		if s == nil {
 			out = append(out, GroupStats{ID: ids[i]})

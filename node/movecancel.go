@@ -218,6 +218,11 @@ func nextStep(m placement.Move, cur members, a addedNode) moveStep {
 // cancelMove removes m's added node from the shard's configuration cur if
 // it is there, then records the move cancelled; why is logged.
 func (n *Node) cancelMove(ctx context.Context, g *raftfsm.Group, m placement.Move, cur members, why string, start time.Time) {
+	if n.metaM.State().Wire < transport.WireVersion {
+		// A node of the release before would not apply the cancel and
+		// would keep the move: wait until every node runs this one.
+		return
+	}
 	if cur.has(m.Add) {
 		if err := n.removeFrom(ctx, m.Shard, m.Add); err != nil {
 			n.log.Warn("replica move: cancel: remove the added node", "shard", m.Shard, "node", m.Add, "err", err)

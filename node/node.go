@@ -103,6 +103,8 @@ type Node struct {
 	// of it while it is repaired. Guarded by mu.
 	shards map[uint32]*shardServer
 	ids    []uint32
+	// kick makes followPlacement look at once (a split wrote a group).
+	kick chan struct{}
 }
 
 // Start opens the meta group, waits for the slot map, then opens every
@@ -130,7 +132,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	mux.DialVia = raftDialVia
 	n := &Node{
 		cfg: cfg, nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix},
-		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{},
+		log: cfg.Logger, mux: mux, metaM: &raftfsm.MetaMachine{}, shards: map[uint32]*shardServer{}, kick: make(chan struct{}, 1),
 	}
 	self := transport.NodeInfo{ID: cfg.NodeID, RaftAddr: mux.Addr().String()}
 	n.self = self
@@ -166,7 +168,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if all := slots.Shards(); cfg.Shards != 0 && uint32(len(all)) != cfg.Shards {
-		n.log.Warn("shard count is fixed at cluster creation; ignoring the flag", "configured", cfg.Shards, "cluster", len(all))
+		n.log.Info("--shards counts only when a cluster is created; this one has its own (ledgerctl shards add adds more)", "configured", cfg.Shards, "cluster", len(all))
 	}
 	ids := n.placedHere(n.metaM.State())
 	for _, id := range ids {
@@ -248,6 +250,7 @@ func (n *Node) openShard(ctx, bg context.Context, id uint32) (*shardServer, erro
 	life, cancel := context.WithCancel(bg)
 	s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax), cancel: cancel}
 	s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(life, applied) })
+	s.m.SetSplits(n.writeSplit)
 	if s.history, err = s.serveHistory(); err != nil {
 		cancel()
 		store.Close()
@@ -302,16 +305,17 @@ func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLe
 		trans, servers = gate, nil
 	}
 	g, err := raftfsm.Open(raftfsm.GroupConfig{
-		ID:        id,
-		Dir:       filepath.Join(n.cfg.DataDir, dir),
-		NodeID:    n.cfg.NodeID,
-		Transport: trans,
-		Servers:   servers,
-		Machine:   m,
-		Logger:    n.log,
-		OnLeader:  onLeader,
-		Snapshots: n.cfg.Snapshots,
-		Salvage:   n.salvage(),
+		QuickFirstElection: n.newSplitGroup(id),
+		ID:                 id,
+		Dir:                filepath.Join(n.cfg.DataDir, dir),
+		NodeID:             n.cfg.NodeID,
+		Transport:          trans,
+		Servers:            servers,
+		Machine:            m,
+		Logger:             n.log,
+		OnLeader:           onLeader,
+		Snapshots:          n.cfg.Snapshots,
+		Salvage:            n.salvage(),
 	})
 	if err != nil || !rejoin {
 		return g, err
@@ -383,6 +387,8 @@ func (n *Node) serveMeta(ctx context.Context) {
 	}
 	defer ops.Unsubscribe()
 	defer n.serveMetaView(g)()
+	defer n.serveShardsAdd(g)()
+	go n.driveSplits(ctx, g)
 	n.drive(ctx, g) // until the term ends
 }
 

@@ -43,6 +43,9 @@ func (n *Node) placedHere(st raftfsm.MetaState) []uint32 {
 			ids = append(ids, id)
 		}
 	}
+	if child, ok := n.splitWritten(&st); ok {
+		ids = append(ids, child)
+	}
 	slices.Sort(ids)
 	return ids
 }
@@ -65,6 +68,9 @@ func (n *Node) bootstrapServers(id uint32) []raft.Server {
 	st := n.metaM.State()
 	if id == metaGroupID || st.Replicas == 0 {
 		return n.servers
+	}
+	if splitChild(&st, id) {
+		return nil // started by the split, or sent a snapshot by its leader
 	}
 	var out []raft.Server
 	for _, v := range st.Placement[id] {
@@ -92,6 +98,7 @@ func (n *Node) followPlacement(bg context.Context) {
 			delete(opening, id)
 			continue
 		case <-t.C:
+		case <-n.kick:
 		}
 		st := n.metaM.State()
 		transport.SetWireV2(st.Wire >= 2)
@@ -120,6 +127,14 @@ func (n *Node) followPlacement(bg context.Context) {
 			}
 		}
 		n.shedLeaderships(st)
+	}
+}
+
+// kickPlacement makes followPlacement look at the placement now.
+func (n *Node) kickPlacement() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
 	}
 }
 

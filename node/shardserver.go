@@ -203,6 +203,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		go func() { respond(msg, joinReply(s.g, msg.Data)) }()
 	case wire.OpRemove:
 		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
+	case wire.OpSplit:
+		go s.handleSplit(msg)
 	case opMembers:
 		go respondMembers(msg, s.g)
 	default:
@@ -220,6 +222,10 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 	kind, err := shard.PeekKind(msg.Data)
 	if err != nil {
 		respond(msg, &wire.Reply{Invalid: err.Error()})
+		return
+	}
+	if kind == shard.KindFreeze || kind == shard.KindSplit {
+		respond(msg, &wire.Reply{Invalid: "slots are frozen and split by the shard's leader itself (OpSplit)"})
 		return
 	}
 	if kind == shard.KindCreateTransfers {
@@ -252,6 +258,10 @@ func (s *shardServer) handleCommand(msg *nats.Msg) {
 // applied runs on the group's completer goroutine, in log order.
 func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output) {
 	crashPoints(kind, msg.Data, out)
+	if m, moved := out.Moved[0]; moved {
+		respond(msg, &wire.Reply{Moved: &wire.Moved{Epoch: m.Epoch, Frozen: m.Frozen}})
+		return
+	}
 	switch kind {
 	case shard.KindCreateAccounts:
 		respond(msg, &wire.Reply{Results: saga.Results(out.Events[0])})
@@ -342,11 +352,18 @@ func (s *shardServer) handleLookup(msg *nats.Msg) {
 	defer s.recoverDamage(msg)
 	var reply wire.Reply
 	s.m.Read(func(st *shard.State, _ uint64) {
-		if msg.Header.Get(wire.OpHeader) == wire.OpLookupAccounts {
-			reply.Accounts = st.LookupAccounts(req.IDs)
-		} else {
+		reply.Epoch = st.Epoch()
+		if msg.Header.Get(wire.OpHeader) != wire.OpLookupAccounts {
 			reply.Transfers = st.LookupTransfers(req.IDs)
+			return
 		}
+		for _, id := range req.IDs {
+			if !st.Serves(id) {
+				reply.Moved = &wire.Moved{Epoch: reply.Epoch}
+				return
+			}
+		}
+		reply.Accounts = st.LookupAccounts(req.IDs)
 	})
 	respond(msg, &reply)
 }
@@ -390,6 +407,12 @@ func (s *shardServer) handleHistory(msg *nats.Msg, op string) {
 		return
 	}
 	var reply wire.Reply
+	var serves bool
+	s.m.Read(func(st *shard.State, _ uint64) { serves, reply.Epoch = st.Serves(f.AccountID), st.Epoch() })
+	if !serves {
+		respond(msg, &wire.Reply{Moved: &wire.Moved{Epoch: reply.Epoch}})
+		return
+	}
 	var err error
 	if op == wire.OpAccountTransfers {
 		reply.Transfers, err = s.m.History().AccountTransfers(&f, historyReplyBytesMax)

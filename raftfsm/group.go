@@ -56,6 +56,12 @@ type GroupConfig struct {
 	OnLeader func(ctx context.Context)
 	// Snapshots: when to take them; zero values take the defaults.
 	Snapshots SnapshotPolicy
+	// QuickFirstElection: the group is new and all its replicas open at
+	// once (a split made it): the first election waits for the leader
+	// lease (500 ms) rather than Raft's heartbeat timeout (1 s, up to twice
+	// that with the jitter), and the defaults come back once a leader is
+	// known. Clients of the split's slots wait for that election.
+	QuickFirstElection bool
 	// Salvage starts a group whose files are damaged from the last good
 	// state instead of refusing (ErrDamaged): damaged snapshots are moved
 	// to damaged/, log entries past the first damaged one dropped. Entries
@@ -184,6 +190,10 @@ func (g *Group) start(cfg GroupConfig, hlog hclog.Logger, snaps raft.SnapshotSto
 		return err
 	}
 	rc := raftConfig(cfg.NodeID, hlog, cfg.Snapshots.withDefaults())
+	defaults := *rc
+	if cfg.QuickFirstElection {
+		rc.HeartbeatTimeout, rc.ElectionTimeout = rc.LeaderLeaseTimeout, rc.LeaderLeaseTimeout
+	}
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
 		store.Close()
@@ -211,7 +221,33 @@ func (g *Group) start(cfg GroupConfig, hlog hclog.Logger, snaps raft.SnapshotSto
 	}
 	g.raft, g.store = r, store
 	go g.watchDamage()
+	if cfg.QuickFirstElection {
+		go g.restoreTimeouts(defaults)
+	}
 	return nil
+}
+
+// restoreTimeouts gives Raft back its default timeouts once the group has
+// a leader (QuickFirstElection).
+func (g *Group) restoreTimeouts(defaults raft.Config) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for g.raft.Leader() == "" {
+		select {
+		case <-g.halted:
+			return
+		case <-t.C:
+		}
+		if g.raft.State() == raft.Shutdown {
+			return
+		}
+	}
+	var rc raft.ReloadableConfig
+	rc.TrailingLogs, rc.SnapshotInterval, rc.SnapshotThreshold = defaults.TrailingLogs, defaults.SnapshotInterval, defaults.SnapshotThreshold
+	rc.HeartbeatTimeout, rc.ElectionTimeout = defaults.HeartbeatTimeout, defaults.ElectionTimeout
+	if err := g.raft.ReloadConfig(rc); err != nil {
+		g.log.Warn("restore Raft's timeouts after the first election", "err", err)
+	}
 }
 
 func openBoltStore(path string) (*raftboltdb.BoltStore, error) {

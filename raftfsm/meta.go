@@ -80,6 +80,12 @@ type MetaCommand struct {
 	StartMove  *placement.Move `msgpack:"start_move,omitempty"`
 	EndMove    *placement.Move `msgpack:"end_move,omitempty"`
 	CancelMove *placement.Move `msgpack:"cancel_move,omitempty"`
+	// Split records a split as under way (one at a time); EndSplit
+	// records it done: its slots go to the new shard, placed where its
+	// parent is (metasplit.go). Grow raises the number of shards wanted.
+	Split    *Split `msgpack:"split,omitempty"`
+	EndSplit *Split `msgpack:"end_split,omitempty"`
+	Grow     uint32 `msgpack:"grow,omitempty"`
 	// Wire raises the internal encoding every node writes
 	// (transport.WireVersion): with InitShards, that of a new cluster; alone,
 	// once every node of an older cluster reads it. It never goes down.
@@ -106,6 +112,11 @@ type MetaState struct {
 	// Wire: the internal encoding every node writes (0 or 1: the maps of
 	// the releases before transport.WireVersion 2).
 	Wire uint32 `msgpack:"wire,omitempty"`
+	// Splits (metasplit.go): the one under way, the parent of every shard
+	// a split made, and the number of shards wanted.
+	Splitting    *Split            `msgpack:"splitting,omitempty"`
+	SplitFrom    map[uint32]uint32 `msgpack:"split_from,omitempty"`
+	ShardsWanted uint32            `msgpack:"shards_wanted,omitempty"`
 }
 
 // Cluster is the placement input of the state.
@@ -148,6 +159,11 @@ func (s *MetaState) clone() MetaState {
 	c := MetaState{
 		SlotMap:  SlotMap{Epoch: s.Epoch, Slots: slices.Clone(s.Slots)},
 		Replicas: s.Replicas, Nodes: slices.Clone(s.Nodes), Moving: maps.Clone(s.Moving), Wire: s.Wire,
+		SplitFrom: maps.Clone(s.SplitFrom), ShardsWanted: s.ShardsWanted,
+	}
+	if s.Splitting != nil {
+		sp := s.Splitting.clone()
+		c.Splitting = &sp
 	}
 	if s.Placement != nil {
 		c.Placement = placement.Placement{}
@@ -193,7 +209,7 @@ func (s *MetaState) apply(c *MetaCommand) {
 		}
 	case c.StartMove != nil:
 		m := *c.StartMove
-		if _, moving := s.Moving[m.Shard]; moving || s.Placement == nil || s.Placement[m.Shard] == nil {
+		if _, moving := s.Moving[m.Shard]; moving || s.Placement == nil || s.Placement[m.Shard] == nil || s.splitting(m.Shard) {
 			return
 		}
 		if s.Moving == nil {
@@ -207,6 +223,8 @@ func (s *MetaState) apply(c *MetaCommand) {
 		}
 		delete(s.Moving, m.Shard)
 		s.Placement = placement.Apply(s.Placement, m)
+	case c.Split != nil, c.EndSplit != nil, c.Grow != 0:
+		s.applySplit(c)
 	case c.CancelMove != nil:
 		m := *c.CancelMove
 		if s.Moving[m.Shard] != m {

@@ -26,6 +26,8 @@ type ShardMachine struct {
 	fetch func(applied uint64) error
 	// batches counts the entries applied by size, for metrics.
 	batches ApplyBatches
+	// splits receives the shards splits make (split.go).
+	splits SplitSink
 }
 
 // SetFetch sets how Restore fills a history store that does not cover a
@@ -89,6 +91,11 @@ func (m *ShardMachine) apply(index, ts uint64, cmds [][]byte) []any {
 	}
 	m.applied = index
 	m.batches.observe(len(cmds))
+	for _, r := range results {
+		if out, ok := r.(*shard.Output); ok && out.Split != nil && out.Split.Child != nil && m.splits != nil {
+			m.splits(out.Split, m.store)
+		}
+	}
 	return results
 }
 

@@ -21,11 +21,16 @@ func (r *Router) createAccounts(ctx context.Context, caller *auth.Identity, body
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	m, err := r.slotMap(ctx)
+	request := newRequestID()
+	var p *plan.Plan
+	err := r.withSlots(ctx, func(m slotMap) error {
+		p = plan.Accounts(req.Accounts, m.shardOf, caller.Owner)
+		return r.sendParts(ctx, p, request)
+	})
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	return r.sendParts(ctx, plan.Accounts(req.Accounts, m.shardOf, caller.Owner))
+	return &transport.ResultsReply{Results: p.Results}
 }
 
 func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, body []byte) any {
@@ -33,19 +38,32 @@ func (r *Router) createTransfers(ctx context.Context, caller *auth.Identity, bod
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	m, err := r.slotMap(ctx)
+	request := newRequestID()
+	var p *plan.Plan
+	err := r.withSlots(ctx, func(m slotMap) error {
+		debitOf, err := r.locatePending(ctx, m, req.Transfers)
+		if err != nil {
+			return err
+		}
+		p = plan.Transfers(req.Transfers, m.shardOf, debitOf, caller.Owner)
+		if err := r.preflightPending(ctx, caller.Owner, p); err != nil {
+			return err
+		}
+		return r.sendParts(ctx, p, request)
+	})
 	if err != nil {
 		return &transport.ResultsReply{Error: requestError(ctx, err)}
 	}
-	debitOf, err := r.locatePending(ctx, m, req.Transfers)
-	if err != nil {
-		return &transport.ResultsReply{Error: requestError(ctx, err)}
-	}
-	p := plan.Transfers(req.Transfers, m.shardOf, debitOf, caller.Owner)
-	if err := r.preflightPending(ctx, caller.Owner, p); err != nil {
-		return &transport.ResultsReply{Error: requestError(ctx, err)}
-	}
-	return r.sendParts(ctx, p)
+	return &transport.ResultsReply{Results: p.Results}
+}
+
+// newRequestID is the id of one client request, the same on every re-send
+// (and re-plan, after a split), so that a shard answers a re-send as it
+// answered the first (shard/requests.go).
+func newRequestID() shard.RequestID {
+	var id shard.RequestID
+	_, _ = rand.Read(id[:]) // crypto/rand never fails
+	return id
 }
 
 // preflightPending asks, before anything is sent, every shard on which a
@@ -102,23 +120,15 @@ func (r *Router) locatePending(ctx context.Context, m slotMap, transfers []trans
 // client's order. If any shard does not answer by the deadline the whole
 // request is answered timeout: the client retries it, and the parts that
 // were applied answer exists.
-func (r *Router) sendParts(ctx context.Context, p *plan.Plan) any {
-	// One id for the client's request, the same on every re-send, so a
-	// shard answers a re-send as it answered the first (shard/requests.go).
-	var request shard.RequestID
-	_, _ = rand.Read(request[:]) // crypto/rand never fails
+func (r *Router) sendParts(ctx context.Context, p *plan.Plan, request shard.RequestID) error {
 	parts := make(map[uint32]*plan.Part, len(p.Parts))
 	for _, pt := range p.Parts {
 		pt.Cmd.Request = request[:]
 		parts[pt.Shard] = pt
 	}
-	err := scatter(parts, func(_ uint32, pt *plan.Part) error {
+	return scatter(parts, func(_ uint32, pt *plan.Part) error {
 		return r.sendPart(ctx, pt, p.Results)
 	})
-	if err != nil {
-		return &transport.ResultsReply{Error: requestError(ctx, err)}
-	}
-	return &transport.ResultsReply{Results: p.Results}
 }
 
 // commandBytesMax bounds a command sent to a shard. A shard's part of a
@@ -190,11 +200,11 @@ func lookup[T any](r *Router, ctx context.Context, body []byte, op string,
 	if err := transport.Unmarshal(body, &req); err != nil {
 		return nil, requestError(ctx, err)
 	}
-	m, err := r.slotMap(ctx)
-	if err != nil {
-		return nil, requestError(ctx, err)
-	}
-	found, err := find(r, ctx, m, req.IDs, op, shardsOf, records, idOf)
+	var found map[string]T
+	err := r.withSlots(ctx, func(m slotMap) (err error) {
+		found, err = find(r, ctx, m, req.IDs, op, shardsOf, records, idOf)
+		return err
+	})
 	if err != nil {
 		return nil, requestError(ctx, err)
 	}
@@ -234,6 +244,9 @@ func find[T any](r *Router, ctx context.Context, m slotMap, ids []string, op str
 			if err != nil {
 				return err
 			}
+			if reply.Epoch > m.Epoch { // a split the map does not show yet
+				return &movedError{shard: id, epoch: reply.Epoch}
+			}
 			mu.Lock()
 			for _, rec := range records(reply) {
 				found[idOf(&rec)] = rec
@@ -254,7 +267,12 @@ func (r *Router) status(ctx context.Context, caller *auth.Identity, body []byte)
 	if !caller.Operator() {
 		return &transport.StatusReply{Error: &transport.Error{Code: transport.ErrUnauthorizedCode, Message: "cluster status is for operators"}}
 	}
-	m, err := r.slotMap(ctx)
+	// The map as the meta leader holds it now: status lists a shard a
+	// split has just made (the cached one is refreshed every 5 s).
+	m, err := r.fetchSlots(ctx)
+	if err != nil {
+		m, err = r.slotMap(ctx)
+	}
 	if err != nil {
 		return &transport.StatusReply{Error: requestError(ctx, err)}
 	}
@@ -347,20 +365,22 @@ func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte
 	if err := f.Check(); err != nil {
 		return nil, &transport.Error{Code: transport.ErrMalformedCode, Message: err.Error()}
 	}
-	m, err := r.slotMap(ctx)
-	if err != nil {
-		return nil, requestError(ctx, err)
-	}
-	if !caller.Operator() {
-		if ok, err := r.owns(ctx, caller, m, f.AccountID); err != nil || !ok {
-			return &wire.Reply{}, err
-		}
-	}
 	b, err := transport.Marshal(&f)
 	if err != nil {
 		return nil, requestError(ctx, err)
 	}
-	reply, err := r.callShard(ctx, m.shardOf(f.AccountID), op, b)
+	var reply *wire.Reply
+	err = r.withSlots(ctx, func(m slotMap) error {
+		if !caller.Operator() {
+			if ok, err := r.owns(ctx, caller, m, f.AccountID); err != nil || !ok {
+				reply = &wire.Reply{}
+				return err
+			}
+		}
+		var err error
+		reply, err = r.callShard(ctx, m.shardOf(f.AccountID), op, b)
+		return err
+	})
 	if err != nil {
 		return nil, requestError(ctx, err)
 	}
@@ -369,7 +389,7 @@ func (r *Router) history(ctx context.Context, caller *auth.Identity, body []byte
 
 // owns reports whether the caller owns the account: its id and, looked up,
 // its ledger.
-func (r *Router) owns(ctx context.Context, caller *auth.Identity, m slotMap, id string) (bool, *transport.Error) {
+func (r *Router) owns(ctx context.Context, caller *auth.Identity, m slotMap, id string) (bool, error) {
 	if !caller.Owner.Owns(id) {
 		return false, nil
 	}
@@ -378,7 +398,7 @@ func (r *Router) owns(ctx context.Context, caller *auth.Identity, m slotMap, id 
 		func(rep *wire.Reply) []transport.Account { return rep.Accounts },
 		func(a *transport.Account) string { return a.ID })
 	if err != nil {
-		return false, requestError(ctx, err)
+		return false, err
 	}
 	a, ok := found[id]
 	return ok && caller.Owner.OwnsAccount(&a), nil

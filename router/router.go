@@ -275,6 +275,44 @@ var (
 	errOverLimit = errors.New("over a limit of the provider")
 )
 
+// movedError: a shard answered that its slots changed after the map the
+// request was routed with (a split): nothing of the command was applied.
+type movedError struct {
+	shard uint32
+	epoch uint64
+}
+
+func (e *movedError) Error() string {
+	return fmt.Sprintf("shard %d: slots moved at epoch %d", e.shard, e.epoch)
+}
+
+// withSlots runs fn with the current slot map and, each time fn finds the
+// map older than a shard's slots (movedError), fetches it again until it
+// is that new and runs fn again: a split stays invisible to the client.
+// fn must be safe to run again: commands carry their request id, and what
+// the first run applied is answered as first.
+func (r *Router) withSlots(ctx context.Context, fn func(m slotMap) error) error {
+	for {
+		m, err := r.slotMap(ctx)
+		if err != nil {
+			return err
+		}
+		err = fn(m)
+		var moved *movedError
+		if !errors.As(err, &moved) {
+			return err
+		}
+		for m.Epoch < moved.epoch {
+			if m, err = r.fetchSlots(ctx); err != nil && !sleep(ctx, 10*time.Millisecond) {
+				return fmt.Errorf("fetch the slot map of epoch %d: %w", moved.epoch, err)
+			}
+			if m.Epoch < moved.epoch && !sleep(ctx, 10*time.Millisecond) {
+				return fmt.Errorf("no slot map of epoch %d yet: %w", moved.epoch, ctx.Err())
+			}
+		}
+	}
+}
+
 // refreshSlots keeps the slot map fresh.
 func (r *Router) refreshSlots() {
 	t := time.NewTicker(slotMapRefresh)
@@ -383,9 +421,14 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			if reply.Refused != "" {
 				return nil, fmt.Errorf("%w: %s", errOverLimit, reply.Refused)
 			}
-			if reply.Retry == "" {
+			if reply.Moved != nil && !reply.Moved.Frozen {
+				return nil, &movedError{shard: id, epoch: reply.Moved.Epoch}
+			}
+			if reply.Retry == "" && reply.Moved == nil {
 				return &reply, nil
 			}
+			// Frozen for a split: nothing applied; the split takes
+			// milliseconds, so the backoff starts small.
 			unknown = unknown || reply.Unknown
 		}
 		// No leader yet, queue full, leadership lost, or no answer in time.
@@ -395,9 +438,15 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			}
 			return nil, errNoLeader
 		}
-		backoff = min(2*backoff, 200*time.Millisecond)
+		backoff = min(2*backoff, backoffMax)
 	}
 }
+
+// backoffMax bounds the wait between a shard's retries. A shard without a
+// leader answers at once (no responders), so retrying often costs little,
+// and a client waits no longer than this past a new leader (a split's new
+// shard, a failover).
+const backoffMax = 50 * time.Millisecond
 
 // scatter runs one call per shard in parallel and waits for all.
 func scatter[T any](shards map[uint32]T, call func(id uint32, part T) error) error {

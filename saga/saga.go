@@ -81,7 +81,7 @@ func (d *Dispatch) Messages(rows []shard.OutboxRow, now uint64) []Message {
 	credits, aborts := map[uint32][]shard.Credit{}, map[uint32][]shard.Credit{}
 	for _, r := range rows {
 		d.sentAt[r.Transfer.ID] = now
-		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.Shard, Part: r.Part}
+		c := shard.Credit{Transfer: r.Transfer, DebitShard: d.Shard, Part: r.Part, Origin: r.Origin}
 		if now > r.Transfer.Timestamp && now-r.Transfer.Timestamp > d.AbortAfter {
 			aborts[r.CreditShard] = append(aborts[r.CreditShard], c)
 		} else {
@@ -108,9 +108,37 @@ func (d *Dispatch) Messages(rows []shard.OutboxRow, now uint64) []Message {
 func Answers(reply []shard.Answer) []shard.Answer {
 	var out []shard.Answer
 	for _, a := range reply {
-		if a.Outcome != shard.OutcomeStale {
+		if a.Outcome != shard.OutcomeStale && a.Outcome != shard.OutcomeMoved {
 			out = append(out, a)
 		}
+	}
+	return out
+}
+
+// Moved returns what to send again at once of a message sent to shard to:
+// the credits answered OutcomeMoved (a split took their account away before
+// anything was decided there), grouped by the shard that now owns their
+// account (ownerOf: the slot map). A credit whose owner is still to (a map
+// older than the split) waits for the next scan, which sends it to its
+// recorded credit shard, is answered moved again, and looks again.
+func Moved(to uint32, sent shard.Command, answers []shard.Answer, ownerOf func(account string) uint32) []Message {
+	byShard := map[uint32][]shard.Credit{}
+	for i, a := range answers {
+		if a.Outcome != shard.OutcomeMoved || i >= len(sent.Credits) {
+			continue
+		}
+		c := sent.Credits[i]
+		account := c.Transfer.CreditAccountID
+		if c.Part != nil && c.Part.Debit {
+			account = c.Transfer.DebitAccountID
+		}
+		if owner := ownerOf(account); owner != 0 && owner != to {
+			byShard[owner] = append(byShard[owner], c)
+		}
+	}
+	var out []Message
+	for _, id := range slices.Sorted(maps.Keys(byShard)) {
+		out = append(out, Message{To: id, Cmd: shard.Command{Kind: sent.Kind, Credits: byShard[id]}})
 	}
 	return out
 }

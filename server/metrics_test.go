@@ -181,6 +181,12 @@ func TestMetricsOfARealNode(t *testing.T) {
 			t.Errorf("shard %s: ledgerd_raft_leader %v on the only node, want 1", shard, leader)
 		}
 	}
+	for name, want := range map[string]float64{"ledgerd_meta_slot_map_epoch": 1, "ledgerd_meta_shards": shards,
+		"ledgerd_meta_splits_in_progress": 0, "ledgerd_meta_replica_moves_in_progress": 0} {
+		if got, ok := series(after, name, map[string]string{"shard": "meta", "node": "n1"}); !ok || got != want {
+			t.Errorf("%s: %v (present %v), want %v", name, got, ok, want)
+		}
+	}
 	for c := transport.Code(0); ; c++ {
 		if _, known := transport.ParseCode(c.String()); !known {
 			break

@@ -312,6 +312,14 @@ func (s *State) chainPart(now uint64, c *Credit, abort bool) Answer {
 		}
 		// A later chain under the same id: the earlier one is over.
 	}
+	account := t.CreditAccountID
+	if p.Debit {
+		account = t.DebitAccountID
+	}
+	if !s.owns(account) {
+		ans.Outcome = OutcomeMoved // a split took the account away: its new shard decides
+		return ans
+	}
 	row := &InboxRow{ID: t.ID, DebitShard: c.DebitShard, Attempt: t.Timestamp}
 	switch {
 	case p.Finish: // never refused, not even by an abort: the coordinator decided

@@ -41,6 +41,13 @@ const (
 	// the entry's timestamp. The leader proposes it; replicas never read
 	// their own clock.
 	KindExpire Kind = 7
+	// KindFreeze refuses, until the split, the client commands that name an
+	// account of the slots given (Output.Moved, Frozen), so that what is in
+	// flight for them ends (slots.go). No slots: thaw.
+	KindFreeze Kind = 8
+	// KindSplit moves the slots given, with everything of their accounts,
+	// to a new shard whose first state it outputs (Output.Split).
+	KindSplit Kind = 9
 )
 
 // Command is one state transition. Which fields are set depends on Kind.
@@ -69,6 +76,8 @@ type Command struct {
 	// Request, on a create command: the id of the client request it is
 	// part of (RequestIDBytes), the same on every re-send (requests.go).
 	Request []byte `msgpack:"rq,omitempty"`
+	// Slots for KindFreeze and KindSplit.
+	Slots *SlotCommand `msgpack:"sl,omitempty"`
 }
 
 // Credit asks a credit shard to apply (or abort) one attempt of a
@@ -82,6 +91,9 @@ type Credit struct {
 	// Part: a part of a linked chain across shards (chains.go); DebitShard
 	// is then the chain's coordinator.
 	Part *ChainPart `msgpack:"p,omitempty"`
+	// Origin, on the settlement of a pending transfer a split moved to
+	// DebitShard: the shard its credit half is keyed by (0: DebitShard).
+	Origin uint32 `msgpack:"og,omitempty"`
 }
 
 // Outcome is the credit shard's recorded decision for an attempt.
@@ -98,6 +110,10 @@ const (
 	// OutcomeStale: the attempt is below the forget watermark: it was
 	// resolved long ago and this message is a late duplicate. Ignore.
 	OutcomeStale Outcome = 4
+	// OutcomeMoved: the account left this shard in a split before anything
+	// was decided here: send the message to its slot's shard. Never
+	// recorded, never applied.
+	OutcomeMoved Outcome = 5
 )
 
 // Answer is the credit shard's reply to a Credit, and the input of a

@@ -26,10 +26,12 @@ func (s *State) LookupAccounts(ids []string) []transport.Account {
 
 // LookupTransfers returns the transfers debited on this shard, in ids
 // order. A cross-shard transfer in flight is not visible until it is final.
+// A transfer debited on an account a split moved away is its new shard's to
+// answer (the history store holds it on both sides).
 func (s *State) LookupTransfers(ids []string) []transport.Transfer {
 	out := make([]transport.Transfer, 0, len(ids))
 	for _, id := range ids {
-		if t, ok := s.lookupTransfer(id); ok {
+		if t, ok := s.lookupTransfer(id); ok && s.owns(t.DebitAccountID) {
 			out = append(out, t)
 		}
 	}
@@ -111,6 +113,7 @@ func (s *State) Clone() *State {
 		watermarks: maps.Clone(s.watermarks),
 		expiring:   maps.Clone(s.expiring),
 		remote:     maps.Clone(s.remote),
+		origins:    maps.Clone(s.origins),
 
 		pendingCredits: maps.Clone(s.pendingCredits),
 		chains:         maps.Clone(s.chains),
@@ -120,6 +123,10 @@ func (s *State) Clone() *State {
 		cp := *a
 		c.accounts[id] = &cp
 	}
+	if s.slots != nil {
+		sl := *s.slots
+		c.slots = &sl
+	}
 	return c
 }
 
@@ -127,8 +134,9 @@ func (s *State) Clone() *State {
 // transfers live in the archive, not in the snapshot. Version 3: two-phase
 // transfers across shards (remote, pendingCredits). Version 4: linked
 // chains across shards (chains, heldIDs). Version 5: the recent client
-// requests (requests.go). Read takes 2 to 4 as well.
-const snapshotVersion = 5
+// requests (requests.go). Version 6: the slots owned and the origins of
+// remote pending transfers (slots.go). Read takes 2 to 5 as well.
+const snapshotVersion = 6
 
 // WriteTo encodes the in-memory state deterministically (every table sorted
 // by key), so equal states encode to equal bytes. The archive is not part
@@ -138,7 +146,14 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	bw := bufio.NewWriterSize(cw, 1<<16)
 	enc := msgpack.NewEncoder(bw)
 	fail := func(err error) (int64, error) { return cw.n, fmt.Errorf("encode shard %d: %w", s.id, err) }
-	if err := enc.EncodeMulti(uint8(snapshotVersion), s.id, s.last, s.stored); err != nil {
+	// A shard that never split writes version 5, which the release before
+	// splits reads (a snapshot sent to one of its nodes in a rolling
+	// upgrade); splits wait until every node runs this release.
+	version := uint8(5)
+	if s.slots != nil || len(s.origins) > 0 {
+		version = snapshotVersion
+	}
+	if err := enc.EncodeMulti(version, s.id, s.last, s.stored); err != nil {
 		return fail(err)
 	}
 	if err := enc.EncodeArrayLen(len(s.accounts)); err != nil {
@@ -195,6 +210,11 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	}
 	if err := s.encodeRequests(enc); err != nil {
 		return fail(err)
+	}
+	if version == snapshotVersion {
+		if err := s.encodeSlots(enc); err != nil {
+			return fail(err)
+		}
 	}
 	if err := bw.Flush(); err != nil {
 		return fail(err)
@@ -311,6 +331,12 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	}
 	if err := s.decodeRequests(dec); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot requests: %w", err)
+	}
+	if version < 6 {
+		return s, nil
+	}
+	if err := s.decodeSlots(dec); err != nil {
+		return nil, fmt.Errorf("decode shard snapshot slots: %w", err)
 	}
 	return s, nil
 }

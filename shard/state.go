@@ -36,6 +36,12 @@ type State struct {
 	// id), until their post, void or expiry settles them.
 	remote         map[string]uint32
 	pendingCredits map[string]*Credit
+	// origins: of the remote pending transfers a split brought here, the
+	// shard their credit half is keyed by (slots.go); absent: this one.
+	origins map[string]uint32
+	// slots: the hash slots owned, once the shard took part in a split
+	// (slots.go); nil before: it serves what the router sends it.
+	slots *slotState
 	// Linked chains across shards (chains.go). chains: on the coordinator,
 	// the chains in progress by id. heldIDs: on a debit shard, the ids of
 	// legs held for a chain, to the part's key.
@@ -55,6 +61,9 @@ type State struct {
 type OutboxRow struct {
 	Transfer    transport.Transfer `msgpack:"t"` // Timestamp is the attempt
 	CreditShard uint32             `msgpack:"cs"`
+	// Origin: the shard the credit half of the settled transfer is keyed
+	// by on CreditShard, when a split moved the transfer here (0: this one).
+	Origin uint32 `msgpack:"og,omitempty"`
 	// Part: a part of a linked chain coordinated here, sent to CreditShard
 	// (which is then the participant, debit or credit side).
 	Part *ChainPart `msgpack:"p,omitempty"`
@@ -87,6 +96,7 @@ func New(id uint32, archive Archive) *State {
 		watermarks: make(map[uint32]uint64),
 		expiring:   make(map[string]uint64),
 		remote:     make(map[string]uint32),
+		origins:    make(map[string]uint32),
 
 		pendingCredits: make(map[string]*Credit),
 		chains:         make(map[string]*ChainRow),
@@ -134,6 +144,11 @@ type Output struct {
 	// Refused: why a create command was refused as a whole, by command
 	// index (nil if none was): it changed nothing (owned.go).
 	Refused map[int]string
+	// Moved: the create commands refused as a whole because an account
+	// they name is not (or not now) served here (slots.go).
+	Moved map[int]Moved
+	// Split: the result of a KindSplit.
+	Split *SplitResult
 }
 
 // Apply applies every command of e in order. It never fails: malformed or
@@ -146,6 +161,13 @@ func (s *State) Apply(e *Entry) *Output {
 	}
 	for i := range e.Commands {
 		c := &e.Commands[i]
+		if m, moved := s.moved(c); moved {
+			if out.Moved == nil {
+				out.Moved = map[int]Moved{}
+			}
+			out.Moved[i] = m
+			continue
+		}
 		switch c.Kind {
 		case KindCreateAccounts:
 			from := s.last
@@ -176,6 +198,10 @@ func (s *State) Apply(e *Entry) *Output {
 			}
 		case KindExpire:
 			s.expire(e.Timestamp, out)
+		case KindFreeze:
+			s.freeze(c.Slots)
+		case KindSplit:
+			out.Split = s.split(c.Slots)
 		}
 	}
 	return out
@@ -571,6 +597,10 @@ func (s *State) credit(now uint64, c *Credit, abort bool) Answer {
 		}
 		// A newer attempt after a refusal or abort: decide afresh below.
 	}
+	if !s.owns(t.CreditAccountID) { // a split moved it: decided by its new shard
+		ans.Outcome = OutcomeMoved
+		return ans
+	}
 	row := &InboxRow{ID: t.ID, DebitShard: c.DebitShard, Attempt: t.Timestamp}
 	switch {
 	case abort:
@@ -644,7 +674,7 @@ func (s *State) resolve(now uint64, answers []Answer, out *Output) {
 	for i := range answers {
 		a := &answers[i]
 		row, ok := s.outbox[a.ID]
-		if !ok || row.Transfer.Timestamp != a.Attempt || a.Outcome == OutcomeStale {
+		if !ok || row.Transfer.Timestamp != a.Attempt || a.Outcome == OutcomeStale || a.Outcome == OutcomeMoved {
 			continue
 		}
 		t := &row.Transfer

@@ -71,12 +71,21 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer, chained bool) 
 	delete(s.expiring, p.ID)
 	s.recordBalance(dr, stored.Timestamp)
 	if remote {
-		delete(s.remote, p.ID)
-		s.outbox[t.ID] = &OutboxRow{Transfer: stored, CreditShard: creditShard}
+		s.outbox[t.ID] = s.settlement(p.ID, &stored, creditShard)
 		return EventResult{InFlight: true, ID: t.ID, Attempt: stored.Timestamp}
 	}
 	s.recordBalance(cr, stored.Timestamp)
 	return EventResult{Code: transport.CodeOK, Timestamp: stored.Timestamp}
+}
+
+// settlement is the outbox row that settles the remote pending transfer
+// pending on its credit shard: the post, void or expiry t. The transfer is
+// no longer remote here.
+func (s *State) settlement(pending string, t *transport.Transfer, creditShard uint32) *OutboxRow {
+	row := &OutboxRow{Transfer: *t, CreditShard: creditShard, Origin: s.origins[pending]}
+	delete(s.remote, pending)
+	delete(s.origins, pending)
+	return row
 }
 
 // settle applies, on the credit shard, the post, void or expiry of a
@@ -85,9 +94,12 @@ func (s *State) resolvePending(now uint64, t *transport.Transfer, chained bool) 
 func (s *State) settle(now uint64, c *Credit) Answer {
 	t := &c.Transfer
 	ans := Answer{ID: t.ID, Attempt: t.Timestamp, Outcome: OutcomeCredited}
-	key := inboxKey(c.DebitShard, t.PendingID)
+	key := inboxKey(cmp.Or(c.Origin, c.DebitShard), t.PendingID)
 	pc, ok := s.pendingCredits[key]
 	if !ok {
+		if !s.owns(t.CreditAccountID) { // a split took the credit half away
+			ans.Outcome = OutcomeMoved
+		}
 		return ans
 	}
 	p := &pc.Transfer
@@ -167,12 +179,11 @@ func (s *State) expire(now uint64, out *Output) {
 		if creditShard, remote := s.remote[id]; remote {
 			// The credit shard voids its half when the settlement
 			// arrives: a void under the pending transfer's own id.
-			delete(s.remote, id)
 			closeAccounts(p, dr, nil, false)
 			settle := transport.Transfer{ID: id, PendingID: id, Flags: transport.TransferVoidPendingTransfer,
 				DebitAccountID: p.DebitAccountID, CreditAccountID: p.CreditAccountID, Ledger: p.Ledger, Code: p.Code,
 				Amount: p.Amount, Timestamp: ts, State: transport.StateExpired}
-			row := &OutboxRow{Transfer: settle, CreditShard: creditShard}
+			row := s.settlement(id, &settle, creditShard)
 			s.outbox[id] = row
 			out.Reserved = append(out.Reserved, *row)
 			continue

@@ -41,7 +41,7 @@ func PeekKind(data []byte) (Kind, error) {
 func (c *Command) commandFields() int {
 	n := 1 // k
 	for _, set := range []bool{len(c.Accounts) > 0, len(c.Transfers) > 0, len(c.CreditShards) > 0,
-		len(c.DebitShards) > 0, len(c.Credits) > 0, len(c.Answers) > 0, c.Forget != nil, c.Owner != nil, len(c.Request) > 0} {
+		len(c.DebitShards) > 0, len(c.Credits) > 0, len(c.Answers) > 0, c.Forget != nil, c.Owner != nil, len(c.Request) > 0, c.Slots != nil} {
 		if set {
 			n++
 		}
@@ -74,6 +74,7 @@ func (c *Command) EncodeMsgpack(enc *msgpack.Encoder) error {
 		{"f", c.Forget != nil, func() error { return enc.Encode(c.Forget) }},
 		{"o", c.Owner != nil, func() error { return enc.Encode(c.Owner) }},
 		{"rq", len(c.Request) > 0, func() error { return enc.EncodeBytes(c.Request) }},
+		{"sl", c.Slots != nil, func() error { return enc.Encode(c.Slots) }},
 	}
 	for _, f := range fields {
 		if !f.set {
@@ -173,6 +174,8 @@ func (c *Command) decodeField(dec *msgpack.Decoder, key string) error {
 		return dec.Decode(&c.Owner)
 	case "rq":
 		return dec.Decode(&c.Request)
+	case "sl":
+		return dec.Decode(&c.Slots)
 	}
 	return dec.Skip()
 }

@@ -235,10 +235,11 @@ func (r *Result) decodePair(dec *msgpack.Decoder) error {
 // upgrade keeps working.
 var wireV2 atomic.Bool
 
-// WireVersion is the newest internal encoding this release reads and, once
+// WireVersion is the newest internal protocol this release reads and, once
 // the cluster's meta state says every node reads it, writes: 2, the
-// compact forms.
-const WireVersion = 2
+// compact forms; 3, splits (shard.KindFreeze, shard.KindSplit and the
+// fields they add), which an older node would not apply.
+const WireVersion = 3
 
 // SetWireV2 makes this process write the compact internal encodings.
 func SetWireV2(on bool) { wireV2.Store(on) }

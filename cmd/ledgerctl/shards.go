@@ -34,7 +34,7 @@ const (
 )
 
 func newShardsCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "shards",
 		Short: "List the shards: slots, replicas, leader, accounts and transfers",
 		Long: `List every shard: how many hash slots it owns (they sum to 4096), its
@@ -63,6 +63,8 @@ meta group's leader did not answer (what they did answer is shown).`,
 			})
 		},
 	}
+	cmd.AddCommand(newShardsAddCmd(a))
+	return cmd
 }
 
 // askMeta asks the meta leader for its state, again while none serves the

@@ -34,6 +34,10 @@ const (
 	// OpRemove: the body is a Remove; the leader removes that node from
 	// its group.
 	OpRemove = "remove"
+	// OpSplit: the body is a shard.SlotCommand; the leader freezes the
+	// slots, splits them off once nothing of theirs is in flight, and
+	// answers an empty Reply (done) or Retry (node/split.go).
+	OpSplit = "split"
 )
 
 // Join is the body of OpJoin: a node without data asks a group's leader to
@@ -76,4 +80,19 @@ type Reply struct {
 	Refused string `msgpack:"refused,omitempty"`
 	// PendingHeld answers OpPendingHeld.
 	PendingHeld uint32 `msgpack:"ph,omitempty"`
+	// Moved is set when a create command was refused as a whole because an
+	// account it names is not served by this shard (a split moved it: the
+	// router's slot map is older than Moved.Epoch) or not now (Frozen, for
+	// a split: send it again shortly). Nothing of it was applied.
+	Moved *Moved `msgpack:"mv,omitempty"`
+	// Epoch, on a read's reply: the slot map epoch of the shard's last
+	// split (0: never split). A router whose map is older fetches it again
+	// and asks again: a shard the split made may hold what it asks for.
+	Epoch uint64 `msgpack:"ep,omitempty"`
+}
+
+// Moved is Reply.Moved.
+type Moved struct {
+	Epoch  uint64 `msgpack:"e"`
+	Frozen bool   `msgpack:"f,omitempty"`
 }

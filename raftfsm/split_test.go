@@ -1,0 +1,155 @@
+package raftfsm
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ledgerd/ledgerd/history"
+	"github.com/ledgerd/ledgerd/shard"
+	"github.com/ledgerd/ledgerd/transport"
+	"github.com/ledgerd/ledgerd/transport/raftmux"
+)
+
+// TestSplitStartsTheNewShardsGroup splits a running shard group: the
+// replica writes the new group's directory from the split's entry, and
+// the new group opens from it with no bootstrap, elects its voter, holds
+// the accounts and the history of the slots that left, serves them, and
+// keeps what it applied across a restart. The parent refuses those
+// accounts from the split on.
+func TestSplitStartsTheNewShardsGroup(t *testing.T) {
+	parent := openTestGroup(t, t.TempDir())
+	defer parent.close(t)
+	leaving := []string{"m1", "m2"}
+	var slots shard.SlotSet
+	for _, id := range leaving {
+		slots.Add(transport.Slot(id))
+	}
+	stay := []string{}
+	for i := 0; len(stay) < 2; i++ {
+		if id := fmt.Sprintf("k%d", i); !slots.Has(transport.Slot(id)) {
+			stay = append(stay, id)
+		}
+	}
+	createAccounts(t, parent.g, append(stay, leaving...)...)
+	for i := range 20 {
+		if c := transfer(t, parent.g, fmt.Sprintf("t%d", i), stay[0], leaving[i%2], 10); c != transport.CodeOK {
+			t.Fatalf("transfer %d: %v", i, c)
+		}
+	}
+	if c := transfer(t, parent.g, "out", leaving[0], stay[1], 3); c != transport.CodeOK {
+		t.Fatalf("transfer out: %v", c)
+	}
+	childDir := filepath.Join(t.TempDir(), "shard-2")
+	wrote := make(chan error, 1)
+	parent.m.SetSplits(func(r *shard.SplitResult, store *history.Store) {
+		wrote <- WriteGenesis(childDir, r, store)
+	})
+	all := make([]uint16, transport.SlotCount)
+	for i := range all {
+		all[i] = uint16(i)
+	}
+	// A single voter never dials itself: its address is not used.
+	addr := "127.0.0.1:1"
+	split := shard.Command{Kind: shard.KindSplit, Slots: &shard.SlotCommand{Epoch: 2, Slots: slots.Slots(), Owned: all, To: 2,
+		Voters: []shard.Voter{{ID: "n1", Addr: addr}}}}
+	res, err := parent.g.ProposeWait(context.Background(), encode(t, &split))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.(*shard.Output).Split; r == nil || r.Refused != "" {
+		t.Fatalf("split: %+v", r)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(childDir + ".split"); !os.IsNotExist(err) {
+		t.Fatalf("the temporary directory is left: %v", err)
+	}
+	after := shard.Command{Kind: shard.KindCreateTransfers, Transfers: []transport.Transfer{
+		{ID: "after", DebitAccountID: stay[0], CreditAccountID: leaving[0], Amount: 1, Ledger: 1, Code: 1}}, CreditShards: []uint32{1}}
+	res, err = parent.g.ProposeWait(context.Background(), encode(t, &after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := res.(*shard.Output); out.Moved[0].Epoch != 2 || out.Events[0] != nil {
+		t.Fatalf("the parent, given a transfer to an account that left: %+v", out)
+	}
+
+	parent.m.Read(func(st *shard.State, _ uint64) {
+		if ts := st.LookupTransfers([]string{"out", "t3"}); len(ts) != 1 || ts[0].ID != "t3" {
+			t.Fatalf("the parent's lookup of out and t3: %+v", ts)
+		}
+	})
+	child := openChild(t, childDir)
+	check := func(g *Group, m *ShardMachine) {
+		t.Helper()
+		m.Read(func(st *shard.State, _ uint64) {
+			as := st.LookupAccounts(leaving)
+			if len(as) != 2 || as[0].CreditsPosted+as[1].CreditsPosted < 200 {
+				t.Fatalf("the child's accounts: %+v", as)
+			}
+			// The child answers for the transfers debited on its
+			// accounts, from the history it started with.
+			if ts := st.LookupTransfers([]string{"out", "t3"}); len(ts) != 1 || ts[0].ID != "out" || ts[0].Amount != 3 {
+				t.Fatalf("the child's lookup of out and t3: %+v", ts)
+			}
+		})
+	}
+	check(child.g, child.m)
+	// The child serves its accounts: a transfer between them.
+	c := shard.Command{Kind: shard.KindCreateTransfers, Transfers: []transport.Transfer{
+		{ID: "on-child", DebitAccountID: leaving[0], CreditAccountID: leaving[1], Amount: 5, Ledger: 1, Code: 1}}, CreditShards: []uint32{2}}
+	out, err := child.g.ProposeWait(context.Background(), encode(t, &c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out.(*shard.Output).Events[0][0].Code; got != transport.CodeOK {
+		t.Fatalf("transfer on the child: %v", got)
+	}
+	hash, applied := child.hash()
+	child.close(t)
+	child = openChild(t, childDir)
+	defer child.close(t)
+	if h, a := child.hash(); h != hash || a != applied {
+		t.Fatalf("restarted child at %d (hash %x), was at %d (%x)", a, h, applied, hash)
+	}
+	check(child.g, child.m)
+}
+
+// openChild opens shard 2's group from dir, with no configuration of its
+// own, and waits for it to lead.
+func openChild(t *testing.T, dir string) *testGroup {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	mux, err := raftmux.Listen("127.0.0.1:0", nil, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := mux.Group(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := history.Open(filepath.Join(dir, "history"), history.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewShardMachine(2, store)
+	g, err := Open(GroupConfig{ID: 2, Dir: dir, NodeID: "n1", Transport: raftmux.NewTransport(layer, log), Machine: m, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !g.IsLeader(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the child elects no leader") // hang guard
+		}
+	}
+	if err := g.Raft().Barrier(0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	return &testGroup{g: g, m: m, mux: mux}
+}
