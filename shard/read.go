@@ -118,6 +118,7 @@ func (s *State) Clone() *State {
 		pendingCredits: maps.Clone(s.pendingCredits),
 		chains:         maps.Clone(s.chains),
 		heldIDs:        maps.Clone(s.heldIDs),
+		requests:       s.requests.clone(),
 	}
 	for id, a := range s.accounts {
 		cp := *a

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -38,61 +39,97 @@ const (
 	requestsMax = 1 << 19
 )
 
-// requestRecord: the timestamps ticked by a request's first application,
-// (From, To], and the shard's clock then.
+// requestRecord: the timestamps ticked by one application of a request,
+// (From, To]. A request applied more than once (a re-send that applied
+// what its first application refused) has a record per application.
 type requestRecord struct {
 	ID       RequestID
 	From, To uint64
+	prev     int // the index in order of the request's previous record, -1 if none; derived
 }
 
-// requests are the records in the order they were made, and an index.
+// requests are the records in the order they were made, and an index of
+// each request's latest one. The index is derived from order (index), so
+// a Clone that copies order alone answers as the original.
 type requests struct {
 	order []requestRecord // oldest first; To increases
 	byID  map[RequestID]int
 	head  int // order[:head] are forgotten
 }
 
-func (r *requests) find(id RequestID) (requestRecord, bool) {
+// mine reports whether timestamp ts was ticked by an application of
+// request id.
+func (r *requests) mine(id RequestID, ts uint64) bool {
+	r.index()
 	i, ok := r.byID[id]
-	if !ok {
-		return requestRecord{}, false
+	for ok && i >= r.head {
+		if rec := r.order[i]; ts > rec.From && ts <= rec.To {
+			return true
+		}
+		i = r.order[i].prev
 	}
-	return r.order[i], true
+	return false
+}
+
+func (r *requests) known(id RequestID) bool {
+	r.index()
+	_, ok := r.byID[id]
+	return ok
+}
+
+// index builds byID and the prev links from order if they are missing.
+func (r *requests) index() {
+	if r.byID != nil {
+		return
+	}
+	r.byID = make(map[RequestID]int, len(r.order)-r.head)
+	for i := r.head; i < len(r.order); i++ {
+		r.link(i)
+	}
+}
+
+func (r *requests) link(i int) {
+	rec := &r.order[i]
+	rec.prev = -1
+	if p, ok := r.byID[rec.ID]; ok {
+		rec.prev = p
+	}
+	r.byID[rec.ID] = i
 }
 
 func (r *requests) add(rec requestRecord) {
-	if r.byID == nil {
-		r.byID = map[RequestID]int{}
-	}
-	if _, dup := r.byID[rec.ID]; dup {
-		return // the re-send of a request applied earlier: its first span stands
-	}
-	r.byID[rec.ID] = len(r.order)
+	r.index()
 	r.order = append(r.order, rec)
+	r.link(len(r.order) - 1)
 }
 
 // forget drops the records older than the retention before now, and the
 // oldest past the count bound.
 func (r *requests) forget(now uint64) {
+	r.index()
 	for r.head < len(r.order) {
 		rec := r.order[r.head]
 		if len(r.order)-r.head <= requestsMax && rec.To+requestsRetention >= now {
 			break
 		}
-		delete(r.byID, rec.ID)
+		if r.byID[rec.ID] == r.head { // its latest record: the request is gone
+			delete(r.byID, rec.ID)
+		}
 		r.head++
 	}
 	if r.head > len(r.order)/2 && r.head > 1024 { // compact, amortised
-		live := r.order[r.head:]
-		r.order = append(make([]requestRecord, 0, len(live)), live...)
-		for i, rec := range r.order {
-			r.byID[rec.ID] = i
-		}
-		r.head = 0
+		r.order = append(make([]requestRecord, 0, len(r.order)-r.head), r.order[r.head:]...)
+		r.head, r.byID = 0, nil
+		r.index()
 	}
 }
 
 func (r *requests) live() []requestRecord { return r.order[r.head:] }
+
+// clone copies the live records; the index is rebuilt when first used.
+func (r *requests) clone() requests {
+	return requests{order: slices.Clone(r.live())}
+}
 
 // requestID returns the command's request id, if it carries a valid one.
 func (c *Command) requestID() (RequestID, bool) {
@@ -116,14 +153,22 @@ func (s *State) answerAsFirst(c *Command, from uint64, res []EventResult) {
 		return
 	}
 	s.requests.forget(s.last)
-	if rec, ok := s.requests.find(id); ok {
-		mine := func(ts uint64) bool { return ts > rec.From && ts <= rec.To }
+	if s.requests.known(id) {
+		// An event sent twice in the request was answered ok once, then
+		// exists: only its first copy answering exists here was the one.
+		answered := map[string]bool{}
+		first := func(i int) bool {
+			event := c.eventID(i)
+			was := answered[event]
+			answered[event] = true
+			return !was
+		}
 		for i := range res {
 			r := &res[i]
 			switch {
-			case r.Code == transport.CodeExists && mine(r.Timestamp):
+			case r.Code == transport.CodeExists && s.requests.mine(id, r.Timestamp) && first(i):
 				r.Code = transport.CodeOK
-			case r.InFlight && r.Retry && mine(r.Attempt):
+			case r.InFlight && r.Retry && s.requests.mine(id, r.Attempt) && first(i):
 				r.Retry = false
 			}
 		}
@@ -131,6 +176,17 @@ func (s *State) answerAsFirst(c *Command, from uint64, res []EventResult) {
 	if s.last > from {
 		s.requests.add(requestRecord{ID: id, From: from, To: s.last})
 	}
+}
+
+// eventID is the id of the command's event i.
+func (c *Command) eventID(i int) string {
+	switch {
+	case c.Kind == KindCreateAccounts && i < len(c.Accounts):
+		return c.Accounts[i].ID
+	case i < len(c.Transfers):
+		return c.Transfers[i].ID
+	}
+	return ""
 }
 
 // encodeRequests writes the live records, oldest first.

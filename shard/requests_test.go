@@ -2,6 +2,7 @@ package shard
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/ledgerd/ledgerd/transport"
@@ -116,8 +117,45 @@ func TestRequestRecordsSnapshotAndForget(t *testing.T) {
 		t.Fatalf("%d live, %d indexed, oldest %+v", n, len(q.byID), q.live()[0])
 	}
 	for i, rec := range q.live() {
-		if got, ok := q.find(rec.ID); !ok || got != rec {
-			t.Fatalf("record %d: %+v, found %+v %v", i, rec, got, ok)
+		if !q.mine(rec.ID, rec.To) || q.mine(rec.ID, rec.From) {
+			t.Fatalf("record %d: %+v not found by its span", i, rec)
 		}
+	}
+}
+
+// TestRequestAnsweredAsFirstAfterCloneAndEveryApplication: the records
+// survive a Clone (every snapshot is written from one); a request applied
+// again by a re-send (what its first application refused) is answered ok
+// for what either application created; an event sent twice in a request
+// is answered ok once, exists after, on every re-send.
+func TestRequestAnsweredAsFirstAfterCloneAndEveryApplication(t *testing.T) {
+	c := &clock{}
+	s := New(1, nil)
+	mustCreateAccounts(t, c, s, acct("a", 1, 0), acct("b", 1, 0))
+	req := bytes.Repeat([]byte{7}, RequestIDBytes)
+	cmd := Command{Kind: KindCreateTransfers, Request: req, Transfers: []transport.Transfer{
+		xfer("t1", "a", "b", 1), xfer("t1", "a", "b", 1), xfer("t2", "a", "late", 1)}}
+	codes := func(rs []EventResult) []transport.Code {
+		var out []transport.Code
+		for _, r := range rs {
+			out = append(out, r.Code)
+		}
+		return out
+	}
+	want := func(got []EventResult, w ...transport.Code) {
+		t.Helper()
+		if !slices.Equal(codes(got), w) {
+			t.Fatalf("answers %v, want %v", codes(got), w)
+		}
+	}
+	want(c.apply(s, cmd).Events[0], transport.CodeOK, transport.CodeExists, transport.CodeCreditAccountNotFound)
+	if s.Clone().Hash() != s.Hash() {
+		t.Fatal("a clone hashes differently: it lost the request records")
+	}
+	mustCreateAccounts(t, c, s, acct("late", 1, 0))
+	// The re-send applies t2 now: a second application.
+	want(c.apply(s, cmd).Events[0], transport.CodeOK, transport.CodeExists, transport.CodeOK)
+	for _, st := range []*State{s, restored(t, s.Clone())} {
+		want(c.apply(st, cmd).Events[0], transport.CodeOK, transport.CodeExists, transport.CodeOK)
 	}
 }

@@ -362,11 +362,7 @@ func (s *State) splitOff(to uint32, leaving *SlotSet) *State {
 	}
 	// The recent requests are the child's too: a router's re-send of a
 	// request applied here before the split is answered as first there.
-	c.requests.order = slices.Clone(s.requests.live())
-	c.requests.byID = make(map[RequestID]int, len(c.requests.order))
-	for i, rec := range c.requests.order {
-		c.requests.byID[rec.ID] = i
-	}
+	c.requests = s.requests.clone()
 	c.stored = uint64(len(c.transfers))
 	s.owned = ownedCounts{} // derived: refilled on first use
 	return c

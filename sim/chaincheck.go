@@ -162,15 +162,20 @@ func (c *Checker) chainBegun(g *Group, cmd *shard.Command, events []shard.EventR
 	w := c.w
 	legs := cmd.Transfers[i:j]
 	inFlight, joined := 0, 0
+	attempt := events[i].Attempt
+	// A re-send by the same request joins its own attempt answered as
+	// that attempt (Retry off, shard/requests.go): the checks know it
+	// begun.
+	ch := c.ch.chains[resvKey{g.id, legs[0].ID, attempt}]
+	again := c.w.reqIDs && ch != nil && ch.stage != chainOver
 	for k := i; k < j; k++ {
 		if events[k].InFlight {
 			inFlight++
-			if events[k].Retry {
+			if events[k].Retry || again {
 				joined++
 			}
 		}
 	}
-	attempt := events[i].Attempt
 	for k := i; k < j && inFlight > 0; k++ {
 		if e := events[k]; !e.InFlight || e.ID != cmd.Transfers[k].ID || e.Attempt != attempt {
 			c.bad("chain", "%s: chain %s..%s across shards answered in part in flight: %+v", what(), legs[0].ID, legs[len(legs)-1].ID, events[i:j])
@@ -182,7 +187,6 @@ func (c *Checker) chainBegun(g *Group, cmd *shard.Command, events []shard.EventR
 		w.reached["chain across shards refused by its coordinator"]++
 		return true
 	case joined == len(legs):
-		ch := c.ch.chains[resvKey{g.id, legs[0].ID, attempt}]
 		same := ch != nil && ch.stage != chainOver && len(ch.legs) == len(legs)
 		for k := 0; same && k < len(legs); k++ {
 			same = sameFields(&ch.legs[k], &legs[k]) && ch.ds[k] == cmd.DebitShards[i+k] && ch.cs[k] == cmd.CreditShards[i+k]
@@ -211,7 +215,7 @@ func (c *Checker) chainBegun(g *Group, cmd *shard.Command, events []shard.EventR
 			return false
 		}
 	}
-	ch := &chainRec{co: g.id, attempt: attempt, legs: slices.Clone(legs), ds: slices.Clone(cmd.DebitShards[i:j]), cs: slices.Clone(cmd.CreditShards[i:j]),
+	ch = &chainRec{co: g.id, attempt: attempt, legs: slices.Clone(legs), ds: slices.Clone(cmd.DebitShards[i:j]), cs: slices.Clone(cmd.CreditShards[i:j]),
 		votes: make([]shard.Answer, 2*len(legs)), holds: make([]*partRec, 2*len(legs)), stage: chainHolding, waiting: 2 * len(legs)}
 	c.ch.chains[resvKey{g.id, legs[0].ID, attempt}] = ch
 	c.ch.order = append(c.ch.order, ch)

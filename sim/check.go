@@ -159,10 +159,19 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 			c.bad("output", "%s: %d results for %d accounts", what(), len(events), len(cmd.Accounts))
 			return
 		}
-		for _, e := range events {
-			if e.Code == transport.CodeOK {
-				stamps = append(stamps, e.Timestamp)
+		for i, e := range events {
+			if e.Code != transport.CodeOK {
+				continue
 			}
+			if c.answeredAsFirst(g, e) {
+				a := st.LookupAccounts([]string{cmd.Accounts[i].ID})
+				if len(a) != 1 || a[0].Timestamp != e.Timestamp {
+					c.bad("output", "%s: account %s answered ok at %d as its request's first application, but stored as %+v", what(), cmd.Accounts[i].ID, rel(e.Timestamp), a)
+					return
+				}
+				continue
+			}
+			stamps = append(stamps, e.Timestamp)
 		}
 	case shard.KindCreateTransfers:
 		events := out.Events[0]
@@ -190,8 +199,19 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				continue
 			}
+			// A re-send by the same request joins its own attempt answered
+			// as that attempt, without Retry (shard/requests.go): the
+			// checks know the attempt.
+			joined := e.InFlight && (e.Retry || c.w.reqIDs && c.resv[resvKey{g.id, t.ID, e.Attempt}] != nil)
+			if c.answeredAsFirst(g, e) {
+				if f := st.LookupTransfers([]string{t.ID}); len(f) != 1 || f[0].Timestamp != e.Timestamp {
+					c.bad("output", "%s: %s answered ok at %d as its request's first application, but stored as %+v", what(), t.ID, rel(e.Timestamp), f)
+					return
+				}
+				continue
+			}
 			switch {
-			case e.InFlight && !e.Retry && t.Flags&resolves != 0:
+			case e.InFlight && !joined && t.Flags&resolves != 0:
 				// A post or void of a pending transfer across shards:
 				// applied on the debit side now, its settlement in flight.
 				if reserved >= len(out.Reserved) {
@@ -213,7 +233,7 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 				}
 				stamps = append(stamps, e.Attempt)
 				touched = append(touched, p.t.DebitAccountID)
-			case e.InFlight && !e.Retry:
+			case e.InFlight && !joined:
 				key := resvKey{g.id, t.ID, e.Attempt}
 				if t.Flags&^(transport.TransferPending|balancing) != 0 {
 					c.bad("two-phase", "%s: %s (flags %d) went in flight", what(), t.ID, t.Flags)
@@ -584,6 +604,14 @@ func (c *Checker) command(g *Group, ts uint64, cmd *shard.Command, out *shard.Ou
 	ticks := uint64(len(cmd.Accounts) + len(cmd.Transfers) + len(cmd.Credits) + len(cmd.Answers) + len(touched))
 	c.logLow[i] = c.lastTS[i]
 	c.logHigh[i] = max(c.logHigh[i], ts, c.logLow[i]) + ticks
+}
+
+// answeredAsFirst: with request ids, event e is answered ok with a
+// timestamp the shard had ticked before this command: not applied now, but
+// found applied by the same request's earlier application and answered as
+// that one (shard/requests.go).
+func (c *Checker) answeredAsFirst(g *Group, e shard.EventResult) bool {
+	return c.w.reqIDs && !e.InFlight && e.Code == transport.CodeOK && e.Timestamp <= c.lastTS[g.id-1]
 }
 
 // resolution checks a post or void applied ok at ts: it names a pending

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -74,6 +75,21 @@ func (c *Client) next() {
 
 func (c *Client) name() string { return "client" + itoa(c.id) }
 
+// newRequestID is router.newRequestID, drawn without the random streams
+// (a seed's draws stay as they were): the world's count of tries and the
+// client, 16 bytes; nil without Options.RequestIDs (a command without one,
+// as before the router gave them).
+func (w *World) newRequestID(c *Client) []byte {
+	if !w.reqIDs {
+		return nil
+	}
+	w.requests++
+	id := make([]byte, shard.RequestIDBytes)
+	binary.BigEndian.PutUint64(id, w.requests)
+	binary.BigEndian.PutUint64(id[8:], uint64(c.id)+1)
+	return id
+}
+
 // attempt runs the router for one try of the current request: find the
 // shard of every post or void that names no debit account, then split the
 // batch by shard.
@@ -82,7 +98,10 @@ func (c *Client) attempt() {
 	req := c.cur
 	c.tries++
 	w.stats.Requests++
-	call := &routerCall{c: c, req: req}
+	call := &routerCall{c: c, req: req, id: w.newRequestID(c)}
+	if call.id != nil {
+		w.ref.calls[string(call.id)] = call
+	}
 	if w.tracing() {
 		var b []byte
 		if req.kind == shard.KindCreateAccounts {
@@ -180,6 +199,7 @@ func (c *Client) route(call *routerCall, debitOf map[string]string) {
 	}
 	call.results = pl.Results
 	for _, pp := range pl.Parts {
+		pp.Cmd.Request = call.id // router.sendParts: the request's id, on every re-send
 		call.parts = append(call.parts, &part{Part: *pp, call: call, backoff: 5 * ms})
 	}
 	call.left = len(call.parts)
@@ -240,8 +260,12 @@ func (c *Client) replied(call *routerCall) {
 }
 
 type routerCall struct {
-	c       *Client
-	req     *request
+	c   *Client
+	req *request
+	// id is the router's request id (router.newRequestID): one per try of
+	// the client (a client's retry is a new request), the same on every
+	// re-send of a part.
+	id      []byte
 	results []transport.Result
 	parts   []*part
 	left    int
@@ -254,6 +278,7 @@ type part struct {
 	backoff uint64
 	sends   int
 	sentAt  uint64
+	firstAt uint64 // the first send of this try
 	logAt   uint64 // the shard's log time (a lower bound) at the last send
 	done    bool
 }
@@ -267,6 +292,9 @@ func (p *part) sendNow() {
 	p.sends++
 	n := p.sends
 	p.sentAt, p.logAt = w.now, w.chk.logLow[p.Shard-1]
+	if n == 1 {
+		p.firstAt = w.now
+	}
 	w.ref.sending(p)
 	// One attempt may take the whole deadline (router.callShard): a shard
 	// answers late while a cross-shard transfer resolves.

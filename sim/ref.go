@@ -47,6 +47,35 @@ type Ref struct {
 	chains [][]transport.Transfer
 	// balancings: the balancing transfers drawn, to be sent again.
 	balancings []transport.Transfer
+	// calls: the router's tries by request id, to tell which request
+	// delivered each copy.
+	calls map[string]*routerCall
+}
+
+// senders remembers which router tries delivered copies of an event (the
+// first two distinct ones are all the checks need) and whether one command
+// carried it twice: exists is right only for a copy another request
+// delivered, or the other copy of the same command (one answer per
+// request, docs/protocol.md).
+type senders struct {
+	by1, by2 *routerCall
+	twice    bool
+}
+
+func (s *senders) add(c *routerCall, n int) {
+	switch {
+	case c == nil:
+	case s.by1 == nil:
+		s.by1 = c
+	case s.by1 != c && s.by2 == nil:
+		s.by2 = c
+	}
+	s.twice = s.twice || n > 1
+}
+
+// other: a copy came from a try other than c, or twice in one command.
+func (s *senders) other(c *routerCall) bool {
+	return s.twice || s.by1 != nil && s.by1 != c || s.by2 != nil && s.by2 != c
 }
 
 type refAccount struct {
@@ -55,6 +84,7 @@ type refAccount struct {
 	created bool
 	ts      uint64
 	copies  int // deliveries of the account's creation
+	senders
 	// Acknowledged posted sums (a lower bound of what is posted), and sums
 	// over every transfer delivered at least once, pending ones included
 	// (an upper bound on what can be posted and pending).
@@ -83,10 +113,11 @@ type refTransfer struct {
 
 // refVariant is one set of fields sent under a key.
 type refVariant struct {
-	key       refKey
-	t         transport.Transfer
-	field     transport.Code // the code its fields alone earn (ok when valid)
-	copies    int            // deliveries to a shard
+	key    refKey
+	t      transport.Transfer
+	field  transport.Code // the code its fields alone earn (ok when valid)
+	copies int            // deliveries to a shard
+	senders
 	firstSend uint64
 	sent      bool
 	// At the first send: whether each account's creation was acknowledged,
@@ -102,7 +133,7 @@ type refVariant struct {
 
 func newRef(w *World) *Ref {
 	ref := &Ref{w: w, accounts: map[string]*refAccount{}, transfers: map[refKey]*refTransfer{},
-		pendingByID: map[string]transport.Transfer{}, resolutionOf: map[refKey][]refKey{}}
+		pendingByID: map[string]transport.Transfer{}, resolutionOf: map[refKey][]refKey{}, calls: map[string]*routerCall{}}
 	r := w.rngWork
 	for i := range w.p.Accounts {
 		a := transport.Account{ID: fmt.Sprintf("a%d", i), Code: 1 + uint16(r.IntN(3))}
@@ -349,10 +380,12 @@ func (ref *Ref) sending(p *part) {
 
 // delivered: a client command reached shard to's leader.
 func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
+	call := ref.calls[string(cmd.Request)]
 	for i := range cmd.Accounts {
 		a := &cmd.Accounts[i]
 		if ra := ref.accounts[a.ID]; ra != nil && sameAccount(&ra.canon, a) {
 			ra.copies++
+			ra.add(call, countAccounts(cmd, a))
 		}
 	}
 	for i := range cmd.Transfers {
@@ -363,6 +396,7 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 			continue
 		}
 		v.copies++
+		v.add(call, countTransfers(cmd, t))
 		// A leg of a chain across shards sent again holds its credit on
 		// its credit shard again, even once the chain committed (the
 		// hold is released at the finish): every copy counts in the
@@ -384,6 +418,28 @@ func (ref *Ref) delivered(to uint32, cmd *shard.Command) {
 			}
 		}
 	}
+}
+
+// countAccounts counts a's copies in cmd.
+func countAccounts(cmd *shard.Command, a *transport.Account) int {
+	n := 0
+	for i := range cmd.Accounts {
+		if cmd.Accounts[i].ID == a.ID {
+			n++
+		}
+	}
+	return n
+}
+
+// countTransfers counts t's copies (its id) in cmd.
+func countTransfers(cmd *shard.Command, t *transport.Transfer) int {
+	n := 0
+	for i := range cmd.Transfers {
+		if cmd.Transfers[i].ID == t.ID {
+			n++
+		}
+	}
+	return n
 }
 
 // keyShard is the shard whose ids transfer i of cmd, sent to shard to, is
@@ -417,7 +473,14 @@ func (ref *Ref) check(call *routerCall) {
 			if call.req.kind == shard.KindCreateTransfers {
 				ks = keyShard(&p.Cmd, j, p.Shard)
 			}
-			at[i] = sent{ks, p.Shard, p.sentAt, p.logAt}
+			sentAt := p.sentAt
+			if ref.w.reqIDs {
+				// A re-send carries the request's id and is answered as
+				// its first application: ok for what the request created
+				// before this send.
+				sentAt = p.firstAt
+			}
+			at[i] = sent{ks, p.Shard, sentAt, p.logAt}
 		}
 	}
 	var inChain []bool
@@ -429,15 +492,15 @@ func (ref *Ref) check(call *routerCall) {
 	}
 	for i, res := range call.results {
 		if call.req.kind == shard.KindCreateAccounts {
-			ref.checkAccount(&call.req.accounts[i], res)
+			ref.checkAccount(call, &call.req.accounts[i], res)
 		} else if inChain[i] {
 			continue // judged as its chain
 		} else if v := ref.find(at[i].shard, &call.req.transfers[i]); v == nil {
 			ref.bad("transfer %s: answered by shard %d, where it was never sent", call.req.transfers[i].ID, at[i].shard)
 		} else if ref.reach(v, res.Code); isResolution(&v.t) && v.field == transport.CodeOK {
-			ref.checkResolution(v, res, at[i].sentAt, at[i].logAt)
+			ref.checkResolution(call, v, res, at[i].sentAt, at[i].logAt)
 		} else {
-			ref.checkTransfer(v, res, at[i].sentAt)
+			ref.checkTransfer(call, v, res, at[i].sentAt)
 		}
 		if ref.w.failure != nil {
 			return
@@ -541,7 +604,7 @@ func (ref *Ref) checkChains(call *routerCall, sentTo func(i int) uint32) []bool 
 	return judged
 }
 
-func (ref *Ref) checkAccount(a *transport.Account, res transport.Result) {
+func (ref *Ref) checkAccount(call *routerCall, a *transport.Account, res transport.Result) {
 	want := accountFieldCode(a)
 	ra := ref.accounts[a.ID]
 	switch {
@@ -567,6 +630,9 @@ func (ref *Ref) checkAccount(a *transport.Account, res transport.Result) {
 	case res.Code == transport.CodeExists:
 		if !ra.created && ra.copies < 2 {
 			ref.bad("account %s: exists, but no earlier copy was delivered", a.ID)
+		}
+		if ref.w.reqIDs && !ra.other(call) {
+			ref.bad("account %s: exists, but every copy delivered was this request's (one answer per request)", a.ID)
 		}
 		if ra.created && ra.ts != res.Timestamp {
 			ref.bad("account %s: exists with timestamp %d, created at %d", a.ID, res.Timestamp, ra.ts)
@@ -637,7 +703,7 @@ func (ref *Ref) validForOK(v *refVariant) string {
 	return ""
 }
 
-func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64) {
+func (ref *Ref) checkTransfer(call *routerCall, v *refVariant, res transport.Result, sentAt uint64) {
 	rt := ref.transfers[v.key]
 	t := &v.t
 	known := rt.applied != nil && rt.appliedAt < sentAt // applied before this copy was sent
@@ -679,6 +745,10 @@ func (ref *Ref) checkTransfer(v *refVariant, res transport.Result, sentAt uint64
 			} else if rt.ts != res.Timestamp {
 				ref.bad("transfer %s (shard %d): ok at %d, but it was applied at %d (applied twice)", t.ID, v.key.ds, res.Timestamp, rt.ts)
 			}
+			return
+		}
+		if ref.w.reqIDs && !otherRequest(rt, call) {
+			ref.bad("transfer %s (shard %d): exists, but every copy delivered was this request's (one answer per request)", t.ID, v.key.ds)
 			return
 		}
 		if rt.applied == nil {
@@ -807,6 +877,12 @@ func clampable(a, b *transport.Transfer) bool {
 	return isBalancing(a) && sameFields(&s, b)
 }
 
+// otherRequest: a copy of some fields under rt's key was delivered by a
+// try other than call (or twice in one command).
+func otherRequest(rt *refTransfer, call *routerCall) bool {
+	return slices.ContainsFunc(rt.variants, func(u *refVariant) bool { return u.other(call) })
+}
+
 // clampableCopies counts the deliveries under v's key of v's fields, or of
 // a balancing transfer's fields with any amount.
 func (ref *Ref) clampableCopies(rt *refTransfer, v *refVariant) int {
@@ -888,7 +964,7 @@ func deadline(p *transport.Transfer, ts uint64) uint64 {
 // checkResolution judges the reply to a post or void with valid fields,
 // from shard v.key.ds. sentAt is when the router sent this copy, logAt the
 // shard's log time then (a lower bound of when it applies).
-func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, logAt uint64) {
+func (ref *Ref) checkResolution(call *routerCall, v *refVariant, res transport.Result, sentAt, logAt uint64) {
 	rt := ref.transfers[v.key]
 	t := &v.t
 	pk := refKey{v.key.ds, t.PendingID}
@@ -942,6 +1018,10 @@ func (ref *Ref) checkResolution(v *refVariant, res transport.Result, sentAt, log
 		}
 		if !ref.couldBeStored(rt, v, ps, true) {
 			ref.bad("%s: exists, but no copy it repeats was delivered earlier", what)
+			return
+		}
+		if ref.w.reqIDs && !otherRequest(rt, call) {
+			ref.bad("%s: exists, but every copy delivered was this request's (one answer per request)", what)
 			return
 		}
 		if !rt.tsKnown {

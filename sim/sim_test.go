@@ -24,6 +24,7 @@ var (
 	flagMutation = flag.String("sim.mutation", "", "inject a known bug into the leader-side model (see Mutations)")
 	flagBase     = flag.String("sim.base", "", "base of the fresh seeds (default: from `git rev-parse HEAD`)")
 	flagWorkers  = flag.Int("sim.workers", 0, "parallel worlds (default GOMAXPROCS)")
+	flagReqIDs   = flag.Bool("sim.request-ids", false, "the router gives every try a request id; one answer per request is checked (finds open bugs in shard: docs/simulation.md)")
 )
 
 // budget is the flag, or the SIM_BUDGET environment variable (so that a
@@ -47,6 +48,9 @@ func replayHint(seed uint64, m Mutation) string {
 	if m != "" {
 		mut = " -mutation " + string(m)
 	}
+	if *flagReqIDs {
+		mut += " -request-ids"
+	}
 	return fmt.Sprintf("go run ./sim/cmd/simrun -seed %d -trace%s   (or: go test ./sim -run TestSeeds -seed %d -v)", seed, mut, seed)
 }
 
@@ -55,7 +59,7 @@ func replayHint(seed uint64, m Mutation) string {
 func report(t *testing.T, r Result, m Mutation) {
 	t.Helper()
 	var tail bytes.Buffer
-	Run(Options{Seed: r.Seed, Mutation: m, Trace: &tail})
+	Run(Options{Seed: r.Seed, Mutation: m, Trace: &tail, RequestIDs: *flagReqIDs})
 	lines := strings.Split(strings.TrimRight(tail.String(), "\n"), "\n")
 	lines = lines[max(0, len(lines)-40):]
 	t.Errorf("FAIL seed %d\n  %s\n  %v\n  replay: %s\n  trace tail:\n    %s",
@@ -79,7 +83,7 @@ func TestSeeds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := Run(Options{Seed: seed, Mutation: m, Trace: os.Stdout})
+		r := Run(Options{Seed: seed, Mutation: m, Trace: os.Stdout, RequestIDs: *flagReqIDs})
 		fmt.Printf("stats %+v\n", r.Stats)
 		if r.Err != nil {
 			t.Fatalf("FAIL seed %d\n  %s\n  %v", seed, r.Params, r.Err)
@@ -94,7 +98,7 @@ func TestSeeds(t *testing.T) {
 		}
 		base, from = b, "-sim.base"
 	}
-	o := SweepOptions{Base: base, Count: *flagSeeds, Budget: budget(t), Workers: *flagWorkers, Mutation: m}
+	o := SweepOptions{Base: base, Count: *flagSeeds, Budget: budget(t), Workers: *flagWorkers, Mutation: m, RequestIDs: *flagReqIDs}
 	if o.Count == 0 && o.Budget == 0 {
 		o.Count = 100
 		if testing.Short() {

@@ -40,6 +40,8 @@ type SweepOptions struct {
 	Budget   time.Duration // stop starting seeds after this long (0: no limit)
 	Workers  int           // parallel worlds (0: GOMAXPROCS)
 	Mutation Mutation
+	// RequestIDs: Options.RequestIDs for every seed.
+	RequestIDs bool
 	// StopAtFailure stops at the first failing seed.
 	StopAtFailure bool
 	// MutationOnly, with a Mutation, counts a failing seed only if it
@@ -87,7 +89,7 @@ func Sweep(o SweepOptions) SweepResult {
 				if o.Count > 0 && i >= o.Count || o.Budget > 0 && time.Since(start) > o.Budget {
 					return
 				}
-				r := Run(Options{Seed: SeedAt(o.Base, i), Mutation: o.Mutation})
+				r := Run(Options{Seed: SeedAt(o.Base, i), Mutation: o.Mutation, RequestIDs: o.RequestIDs})
 				ran.Add(1)
 				events.Add(r.Stats.Events)
 				mu.Lock()
@@ -99,7 +101,7 @@ func Sweep(o SweepOptions) SweepResult {
 				}
 				mu.Unlock()
 				if r.Err != nil && o.MutationOnly && o.Mutation != "" {
-					if clean := Run(Options{Seed: r.Seed}); clean.Err != nil {
+					if clean := Run(Options{Seed: r.Seed, RequestIDs: o.RequestIDs}); clean.Err != nil {
 						mu.Lock()
 						res.FailsAnyway = append(res.FailsAnyway, r)
 						mu.Unlock()

@@ -30,6 +30,12 @@ type Options struct {
 	Trace    io.Writer
 	// Tweak, when set, may change the drawn parameters before the run.
 	Tweak func(*Params)
+	// RequestIDs: the router gives every try a request id (Command.Request,
+	// router.newRequestID), and the reference model requires one answer
+	// per request: exists only for a copy another request delivered. Off
+	// by default until the open bugs it finds in shard are fixed
+	// (docs/simulation.md, "Bugs it found").
+	RequestIDs bool
 }
 
 // Stats count what a run did.
@@ -127,9 +133,10 @@ func (q *eventQueue) pop() event {
 
 // World is one simulated cluster with its clients.
 type World struct {
-	p    Params
-	seed uint64
-	mut  Mutation
+	p      Params
+	seed   uint64
+	mut    Mutation
+	reqIDs bool // Options.RequestIDs
 
 	now uint64
 	q   eventQueue
@@ -149,6 +156,7 @@ type World struct {
 	failure    *Failure
 	trace      io.Writer
 	stats      Stats
+	requests   uint64 // router request ids handed out
 	digest     uint64
 	reached    map[string]int
 }
@@ -156,7 +164,7 @@ type World struct {
 func stream(seed, n uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15*n+1)) }
 
 func newWorld(o Options) *World {
-	w := &World{seed: o.Seed, mut: o.Mutation, trace: o.Trace, reached: map[string]int{}}
+	w := &World{seed: o.Seed, mut: o.Mutation, reqIDs: o.RequestIDs, trace: o.Trace, reached: map[string]int{}}
 	w.p = drawParams(stream(o.Seed, 1))
 	if o.Tweak != nil {
 		o.Tweak(&w.p)

@@ -27,6 +27,7 @@ func main() {
 	workers := flag.Int("workers", 0, "parallel worlds (default GOMAXPROCS)")
 	mutation := flag.String("mutation", "", "inject a known bug into the leader-side model")
 	mutationOnly := flag.Bool("mutation-only", false, "with -mutation: count only seeds that pass without it")
+	requestIDs := flag.Bool("request-ids", false, "the router gives every try a request id; one answer per request is checked (finds open bugs in shard: docs/simulation.md)")
 	showReached := flag.Bool("reached", false, "with a sweep: print how often each two-phase outcome was reached")
 	flag.Parse()
 	mut, err := sim.ParseMutation(*mutation)
@@ -38,7 +39,7 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		o := sim.Options{Seed: s, Mutation: mut}
+		o := sim.Options{Seed: s, Mutation: mut, RequestIDs: *requestIDs}
 		if *trace {
 			o.Trace = os.Stdout
 		}
@@ -75,7 +76,7 @@ func main() {
 			reached[k] += v
 		}
 		if r.Err != nil {
-			fmt.Printf("FAIL seed %d: %v\n  replay: go run ./sim/cmd/simrun -seed %d -trace\n", r.Seed, r.Err, r.Seed)
+			fmt.Printf("FAIL seed %d: %v\n  replay: go run ./sim/cmd/simrun -seed %d -trace%s\n", r.Seed, r.Err, r.Seed, map[bool]string{true: " -request-ids"}[*requestIDs])
 			if f, ok := r.Err.(*sim.Failure); ok {
 				byCheck[f.Check]++
 			}
@@ -84,7 +85,7 @@ func main() {
 			fmt.Printf("... %d seeds in %s\n", done, time.Since(start).Round(time.Second))
 		}
 	}
-	res := sim.Sweep(sim.SweepOptions{Base: b, Count: *seeds, Budget: *budget, Workers: *workers, Mutation: mut,
+	res := sim.Sweep(sim.SweepOptions{Base: b, Count: *seeds, Budget: *budget, Workers: *workers, Mutation: mut, RequestIDs: *requestIDs,
 		MutationOnly: *mutationOnly, OnResult: onResult})
 	if *showReached {
 		for _, k := range slices.Sorted(maps.Keys(reached)) {
