@@ -53,3 +53,57 @@ func TestCheckpointCopiesEveryCommittedRow(t *testing.T) {
 		t.Fatalf("source's durable index %d, %v; want 500", d, err)
 	}
 }
+
+// TestMaxTimestampCoversCommittedAndCopiedRows: the newest timestamp of the
+// rows a store holds counts rows committed (written or not), survives a
+// reopen, and counts rows copied from a peer (Import).
+func TestMaxTimestampCoversCommittedAndCopiedRows(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Begin()
+	s.PutTransfer(&transport.Transfer{ID: "a", Amount: 1, Ledger: 1, Code: 1, Timestamp: 7}, 9)
+	s.PutBalance("x", &transport.Balance{Timestamp: 11})
+	if err := s.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.MaxTimestamp(); got != 11 {
+		t.Fatalf("newest %d after a commit, want 11", got)
+	}
+	if err := s.Sync(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.MaxTimestamp(); got != 11 {
+		t.Fatalf("newest %d after a reopen, want 11", got)
+	}
+	peer, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peer.Begin()
+	peer.PutAccountTransferRef("y", 40, "b")
+	peer.PutTransfer(&transport.Transfer{ID: "b", Amount: 1, Ledger: 1, Code: 1, Timestamp: 30}, 35)
+	if err := peer.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	rows, _, err := peer.Export(nil, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Import(rows); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.MaxTimestamp(); got != 40 {
+		t.Fatalf("newest %d after a copy, want 40", got)
+	}
+}

@@ -63,6 +63,11 @@ const (
 
 var keyDurable = []byte{prefixMeta, 'd'} // -> applied index covered by the last Sync
 
+// keyNewest -> the newest timestamp of a row the store holds (written by
+// the writer, or copied from a peer): whether it holds rows of entries the
+// state has not applied yet (MaxTimestamp).
+var keyNewest = []byte{prefixMeta, 'n'}
+
 // ErrDamaged is wrapped by every error that reports damaged storage (a
 // checksum that fails). It is also raftfsm.ErrDamaged.
 var ErrDamaged = errors.New("storage damaged")
@@ -104,6 +109,10 @@ type Store struct {
 	byID    map[string]unwrittenTransfer
 	seq     uint64 // entries committed
 	w       writer
+	// entryNewest is the newest timestamp of the entry's rows (Apply's);
+	// newest, of every row committed, written or copied (MaxTimestamp).
+	entryNewest uint64
+	newest      atomic.Uint64
 	// writeFault, a test's, fails a write as a failing disk would.
 	writeFault func() error
 }
@@ -233,6 +242,12 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.enc = msgpack.NewEncoder(&s.rows)
+	if v, closer, err := s.db.Get(keyNewest); err == nil {
+		if len(v) == 8 {
+			s.newest.Store(binary.BigEndian.Uint64(v))
+		}
+		closer.Close()
+	}
 	// A batch stays below Pebble's large-batch threshold (half a
 	// memtable), beyond which it would become a memtable of its own.
 	s.w.init(o, int(o.MemTableBytes/4))
@@ -272,7 +287,7 @@ func (s *Store) Close() error { return errors.Join(s.w.close(), s.db.Close(), s.
 // Begin starts an entry: Apply's writes are kept until Commit. The entries
 // written since the last Begin leave memory.
 func (s *Store) Begin() {
-	s.applying = true
+	s.applying, s.entryNewest = true, 0
 	s.trim()
 }
 
@@ -335,6 +350,7 @@ func mustDecodeTransfer(id string, v []byte) (transport.Transfer, uint64, bool) 
 
 // PutTransfer implements shard.Archive.
 func (s *Store) PutTransfer(t *transport.Transfer, at uint64) {
+	s.entryNewest = max(s.entryNewest, at)
 	r := &s.rows
 	key := len(r.buf)
 	r.buf = appendTransferKey(r.buf, t.ID)
@@ -346,6 +362,7 @@ func (s *Store) PutTransfer(t *transport.Transfer, at uint64) {
 
 // PutAccountTransfer implements shard.Archive.
 func (s *Store) PutAccountTransfer(account string, ts uint64, t *transport.Transfer) {
+	s.entryNewest = max(s.entryNewest, ts)
 	r := &s.rows
 	key := len(r.buf)
 	r.buf = appendAccountKey(r.buf, prefixAccount, account, ts)
@@ -357,6 +374,7 @@ func (s *Store) PutAccountTransfer(account string, ts uint64, t *transport.Trans
 
 // PutAccountTransferRef implements shard.Archive.
 func (s *Store) PutAccountTransferRef(account string, ts uint64, id string) {
+	s.entryNewest = max(s.entryNewest, ts)
 	r := &s.rows
 	key := len(r.buf)
 	r.buf = appendAccountKey(r.buf, prefixAccount, account, ts)
@@ -367,6 +385,7 @@ func (s *Store) PutAccountTransferRef(account string, ts uint64, id string) {
 
 // PutBalance implements shard.Archive.
 func (s *Store) PutBalance(account string, b *transport.Balance) {
+	s.entryNewest = max(s.entryNewest, b.Timestamp)
 	r := &s.rows
 	key := len(r.buf)
 	r.buf = appendAccountKey(r.buf, prefixBalance, account, b.Timestamp)
@@ -668,8 +687,39 @@ func (s *Store) Import(rows []Row) error {
 		if err := b.Set(r.Key, r.Value, nil); err != nil {
 			return fmt.Errorf("history: import: %w", err)
 		}
+		s.raiseNewest(rowTimestamp(r.Key, r.Value))
+	}
+	if err := b.Set(keyNewest, binary.BigEndian.AppendUint64(nil, s.newest.Load()), nil); err != nil {
+		return fmt.Errorf("history: import: %w", err)
 	}
 	return b.Commit(pebble.NoSync)
+}
+
+// raiseNewest raises the newest timestamp the store holds to ts.
+func (s *Store) raiseNewest(ts uint64) {
+	for {
+		old := s.newest.Load()
+		if ts <= old || s.newest.CompareAndSwap(old, ts) {
+			return
+		}
+	}
+}
+
+// MaxTimestamp is the newest timestamp of a row the store holds: rows
+// Apply committed (written or not), rows copied from a peer. A store newer
+// than the state that uses it holds rows of entries the state has not
+// applied yet (a restart from an older snapshot; a copy from a peer that
+// was ahead), which Apply ignores until it reaches them.
+func (s *Store) MaxTimestamp() uint64 { return s.newest.Load() }
+
+// rowTimestamp is the timestamp of a row checkRow accepted: an account
+// or balance row's key ends with it; a transfer row's value starts with
+// the timestamp it was put at.
+func rowTimestamp(key, value []byte) uint64 {
+	if key[0] == prefixTransfer {
+		return binary.BigEndian.Uint64(value)
+	}
+	return binary.BigEndian.Uint64(key[len(key)-8:])
 }
 
 // checkRow checks that a row copied from a peer has the shape its writer

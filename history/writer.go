@@ -2,6 +2,7 @@ package history
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,10 +51,11 @@ const rowsBytesPresizeMax = 4 << 20
 // never modified afterwards: queries read it without a lock while the
 // writer writes it.
 type entry struct {
-	seq  uint64
-	rows rows     // in the order Apply wrote them (the writer sorts an index)
-	ids  []string // the transfers it put, to drop from byID once written
-	size int      // bytes held, counted against the bound
+	seq    uint64
+	newest uint64   // the newest timestamp of its rows
+	rows   rows     // in the order Apply wrote them (the writer sorts an index)
+	ids    []string // the transfers it put, to drop from byID once written
+	size   int      // bytes held, counted against the bound
 	// memtableBytes is what Pebble counts its rows (memtableRowBytes).
 	memtableBytes int
 }
@@ -261,6 +263,17 @@ func (s *Store) write(b *pebble.Batch, batch []*entry, m *runMerger) error {
 		}
 		size += row
 	}
+	newest := uint64(0)
+	for _, e := range batch {
+		newest = max(newest, e.newest)
+	}
+	if newest > 0 { // with the rows, so that a crash keeps both or neither
+		// Never below what a copy from a peer brought (Import).
+		if err := b.Set(keyNewest, binary.BigEndian.AppendUint64(nil, max(newest, s.newest.Load())), nil); err != nil {
+			return s.check(fmt.Errorf("history: write: %w", err))
+		}
+		size++
+	}
 	if size == 0 {
 		return nil
 	}
@@ -286,7 +299,8 @@ func (s *Store) publish() error {
 		return s.w.failed()
 	}
 	s.seq++
-	e := &entry{seq: s.seq, rows: r, ids: make([]string, 0, len(s.written)),
+	s.raiseNewest(s.entryNewest)
+	e := &entry{seq: s.seq, rows: r, newest: s.entryNewest, ids: make([]string, 0, len(s.written)),
 		size: len(r.buf) + len(r.rows)*rowIndexBytes, memtableBytes: len(r.buf) + len(r.rows)*memtableRowBytes}
 	s.mu.Lock()
 	for id, i := range s.written {

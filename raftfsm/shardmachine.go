@@ -81,7 +81,11 @@ func (m *ShardMachine) apply(index, ts uint64, cmds [][]byte) []any {
 			// stops instead, on every replica alike.
 			panic(fmt.Sprintf("shard %d log index %d: command %d of %d does not decode: %v", m.st.ID(), index, i, len(cmds), err))
 		}
-		results[i] = m.st.Apply(&entry)
+		out := m.st.Apply(&entry)
+		results[i] = out
+		if out.Split != nil && out.Split.Child != nil && m.splits != nil {
+			m.split(index, out.Split)
+		}
 	}
 	if err := m.store.Commit(); err != nil {
 		// The history of this entry, or of one before it, could not be
@@ -91,11 +95,6 @@ func (m *ShardMachine) apply(index, ts uint64, cmds [][]byte) []any {
 	}
 	m.applied = index
 	m.batches.observe(len(cmds))
-	for _, r := range results {
-		if out, ok := r.(*shard.Output); ok && out.Split != nil && out.Split.Child != nil && m.splits != nil {
-			m.splits(out.Split, m.store)
-		}
-	}
 	return results
 }
 

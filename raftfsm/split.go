@@ -44,6 +44,17 @@ func (m *ShardMachine) SetSplits(sink SplitSink) {
 	m.splits = sink
 }
 
+// split hands a split's result to the sink with the history of every
+// command before it, and of none after it, in the store: the entry so far
+// is committed first, and the rest of it goes on as an entry of its own.
+func (m *ShardMachine) split(index uint64, r *shard.SplitResult) {
+	if err := m.store.Commit(); err != nil {
+		panic(fmt.Sprintf("shard %d log index %d: %v", m.st.ID(), index, err))
+	}
+	m.splits(r, m.store)
+	m.store.Begin()
+}
+
 // WriteGenesis writes dir, the group directory of the shard r made: its
 // first snapshot and its history store. It writes a temporary directory
 // renamed into place, so that a crash leaves nothing or the whole; a dir
@@ -55,6 +66,12 @@ func WriteGenesis(dir string, r *shard.SplitResult, parent *history.Store) error
 	}
 	if _, err := os.Stat(dir); err == nil {
 		return nil
+	}
+	// Rows of the parent's later entries (a restart from an older snapshot,
+	// a history copied from a peer that was ahead) would be the child's
+	// history on this replica alone: its replica starts empty instead.
+	if newest, last := parent.MaxTimestamp(), r.Child.LastTimestamp(); newest > last {
+		return fmt.Errorf("the history store holds rows of entries after the split (timestamp %d, the split's %d): this replica of shard %d starts empty and is sent a snapshot", newest, last, r.To)
 	}
 	tmp := dir + ".split"
 	if err := os.RemoveAll(tmp); err != nil {

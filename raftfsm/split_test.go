@@ -153,3 +153,44 @@ func openChild(t *testing.T, dir string) *testGroup {
 	}
 	return &testGroup{g: g, m: m, mux: mux}
 }
+
+// TestGenesisRefusesAStoreAheadOfTheSplit: a replica whose history store
+// holds rows of the parent's later entries (restarted from an older
+// snapshot, or copied from a peer that was ahead) writes no directory for
+// the child: those rows would be its history on this replica alone.
+func TestGenesisRefusesAStoreAheadOfTheSplit(t *testing.T) {
+	st := shard.New(1, shard.NewMemArchive())
+	st.Apply(&shard.Entry{Timestamp: 100, Commands: []shard.Command{{Kind: shard.KindCreateAccounts,
+		Accounts: []transport.Account{{ID: "m1", Ledger: 1, Code: 1}, {ID: "k1", Ledger: 1, Code: 1}}}}})
+	var leaving shard.SlotSet
+	leaving.Add(transport.Slot("m1"))
+	if leaving.Has(transport.Slot("k1")) {
+		t.Fatal("pick other ids")
+	}
+	all := make([]uint16, transport.SlotCount)
+	for i := range all {
+		all[i] = uint16(i)
+	}
+	out := st.Apply(&shard.Entry{Timestamp: 200, Commands: []shard.Command{{Kind: shard.KindSplit,
+		Slots: &shard.SlotCommand{Epoch: 2, Slots: leaving.Slots(), Owned: all, To: 2, Voters: []shard.Voter{{ID: "n1", Addr: "127.0.0.1:1"}}}}}})
+	if out.Split == nil || out.Split.Child == nil {
+		t.Fatalf("split: %+v", out.Split)
+	}
+	store, err := history.Open(t.TempDir(), history.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	store.Begin()
+	store.PutBalance("k1", &transport.Balance{Timestamp: out.Split.Child.LastTimestamp() + 1})
+	if err := store.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "shard-2")
+	if err := WriteGenesis(dir, out.Split, store); err == nil {
+		t.Fatal("a genesis written from a store ahead of the split")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the child's directory exists: %v", err)
+	}
+}

@@ -140,6 +140,9 @@ func (s *State) Slots() (owned SlotSet, epoch uint64, ok bool) {
 // a shard that never split): reads of another account are answered moved.
 func (s *State) Serves(account string) bool { return s.owns(account) }
 
+// LastTimestamp is the timestamp of the last event applied.
+func (s *State) LastTimestamp() uint64 { return s.last }
+
 // Epoch is the slot map epoch of the shard's last split (0: never split).
 func (s *State) Epoch() uint64 {
 	if s.slots == nil {
