@@ -15,6 +15,7 @@ import (
 
 	"github.com/ledgerd/ledgerd/chaos/check"
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/node/nodeops"
 	"github.com/ledgerd/ledgerd/transport"
 )
 
@@ -23,6 +24,7 @@ var (
 	flagSeed   = flag.Uint64("chaos.seed", 0, "run this one seed")
 	flagFaults = flag.Duration("chaos.faults", 3*time.Second, "how long each seed injects faults")
 	flagBudget = flag.Duration("chaos.budget", 0, "run seeds until this much time has passed (overrides -chaos.seeds)")
+	flagSplits = flag.Bool("chaos.splits", true, "split shards (ledgerctl shards add) during the faults of two seeds in three")
 )
 
 // Workload and fault sizes of one seed.
@@ -145,8 +147,23 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 		}()
 	}
 	t1 := time.Now()
+	splitsDone := make(chan int, 1)
+	if *flagSplits && rng.IntN(3) > 0 {
+		// Shards are added at a random moment of the faults, by an
+		// operator who asks again until the meta leader answers.
+		to := uint32(c.Shards + 1 + rng.IntN(2))
+		after := time.Duration(rng.Int64N(int64(*flagFaults)))
+		go func() { splitsDone <- addShards(c, to, after) }()
+	} else {
+		splitsDone <- c.Shards
+	}
 	faults := runFaults(t, c, cl, rng, *flagFaults)
 	faulted := time.Since(t1)
+	shards := <-splitsDone
+	if shards == 0 {
+		t.Fatal("the shards asked for were never all there")
+	}
+	faults["split"] = shards - c.Shards
 	close(stop)
 	wg.Wait()
 
@@ -183,6 +200,27 @@ func runSeed(t *testing.T, bin string, seed uint64) runResult {
 		t.Fatal(err)
 	}
 	return runResult{faults: faults, report: report}
+}
+
+// addShards waits after, then asks the meta leader for to shards until
+// they are all there and serve (nodeops.ShardsProgress.Done); it returns
+// the shards the cluster has, or 0 past the guard.
+func addShards(c *cluster, to uint32, after time.Duration) int {
+	time.Sleep(after)
+	nc, _ := c.Connect()
+	subject := nodeops.ShardsAddSubject(transport.Subjects{Prefix: transport.DefaultPrefix})
+	body, _ := transport.Marshal(&nodeops.ShardsAddRequest{To: to})
+	for deadline := time.Now().Add(c.QuietGuard); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		msg, err := nc.Request(subject, body, requestTimeout)
+		if err != nil {
+			continue // no meta leader this moment (a fault): ask again
+		}
+		var p nodeops.ShardsProgress
+		if transport.Unmarshal(msg.Data, &p) == nil && p.Done {
+			return p.Shards
+		}
+	}
+	return 0
 }
 
 // runFaults injects one fault at a time, drawn from rng, for d; every fault

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -126,7 +128,35 @@ func (n *Node) followPlacement(bg context.Context) {
 				n.leave(id)
 			}
 		}
+		n.dropStaleCopies(st, want, opening)
 		n.shedLeaderships(st)
+	}
+}
+
+// dropStaleCopies deletes the directories of shards the placement puts on
+// other nodes that this node neither holds nor opens: a copy left by a
+// replica move cancelled while the node was down, which no later move
+// would use whole (a move joins afresh). A shard the meta state does not
+// place yet (a split's child being written) is left alone.
+func (n *Node) dropStaleCopies(st raftfsm.MetaState, want []uint32, opening map[uint32]bool) {
+	entries, err := os.ReadDir(n.cfg.DataDir)
+	if err != nil {
+		return
+	}
+	held := n.heldIDs()
+	for _, e := range entries {
+		id64, err := strconv.ParseUint(strings.TrimPrefix(e.Name(), "shard-"), 10, 32)
+		id := uint32(id64)
+		if err != nil || !e.IsDir() || e.Name() != groupDir(id) || st.Placement[id] == nil ||
+			slices.Contains(want, id) || slices.Contains(held, id) || opening[id] {
+			continue
+		}
+		dir := filepath.Join(n.cfg.DataDir, e.Name())
+		if err := os.RemoveAll(dir); err != nil {
+			n.log.Warn("delete a stale copy of a shard placed elsewhere", "shard", id, "dir", dir, "err", err)
+			continue
+		}
+		n.log.Info("deleted a stale copy of a shard placed elsewhere", "shard", id)
 	}
 }
 
