@@ -75,7 +75,7 @@ func TestShardsAddedUnderLoad(t *testing.T) {
 	accounts := []transport.Account{acct("bank", 0)}
 	for i := range users {
 		users[i] = fmt.Sprintf("user-%02d", i)
-		accounts = append(accounts, acct(users[i], 0))
+		accounts = append(accounts, acct(users[i], transport.AccountHistory))
 	}
 	c.mustCreateAccounts(accounts...)
 	m := newModel(append([]string{"bank"}, users...)...)
@@ -187,6 +187,7 @@ func TestShardsAddedUnderLoad(t *testing.T) {
 		t.Fatalf("the transfer from before the splits, sent again: %v %v", res, err)
 	}
 	st := c.quiesce()
+	checkHistories(t, c, m, users)
 	if len(st.Shards) != 4 {
 		t.Fatalf("status lists %d shards", len(st.Shards))
 	}
@@ -419,4 +420,45 @@ func shardsProgressOf(ctx context.Context, t *testing.T, nc *nats.Conn) nodeops.
 		t.Fatal(err)
 	}
 	return p
+}
+
+// checkHistories checks that each user's history reads in full after the
+// splits, from whichever shard now holds it: every transfer acknowledged
+// that touches it is listed, once, and its newest balance row is its
+// balances now.
+func checkHistories(t *testing.T, c *cluster, m *ledgerModel, users []string) {
+	t.Helper()
+	ctx := c.ctx()
+	for _, u := range users {
+		var listed []transport.Transfer
+		f := transport.AccountFilter{AccountID: u, Limit: transport.HistoryLimitMax}
+		for {
+			page, err := c.c.AccountTransfers(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			listed = append(listed, page...)
+			if len(page) < int(f.Limit) {
+				break
+			}
+			f.TimestampMin = page[len(page)-1].Timestamp + 1
+		}
+		seen := map[string]int{}
+		for _, tr := range listed {
+			seen[tr.ID]++
+		}
+		for id, tr := range m.transfers {
+			if (tr.DebitAccountID == u || tr.CreditAccountID == u) && seen[id] != 1 {
+				t.Errorf("%s's history lists %s %d times", u, id, seen[id])
+			}
+		}
+		rows, err := c.c.AccountBalances(ctx, transport.AccountFilter{AccountID: u, Limit: 1, Reverse: true})
+		if err != nil || len(rows) != 1 {
+			t.Fatalf("%s's balances: %v, %v", u, rows, err)
+		}
+		a := c.account(u)
+		if rows[0].DebitsPosted != a.DebitsPosted || rows[0].CreditsPosted != a.CreditsPosted || rows[0].DebitsPending != a.DebitsPending || rows[0].CreditsPending != a.CreditsPending {
+			t.Errorf("%s: newest balance row %+v, account %+v", u, rows[0], a)
+		}
+	}
 }
