@@ -80,6 +80,8 @@ type ChainRow struct {
 	Votes   []Answer   `msgpack:"v"`
 	Stage   ChainStage `msgpack:"s"`
 	Waiting int        `msgpack:"w"` // parts of this stage not answered yet
+	// Request: the client request that started it (chainsdone.go).
+	Request []byte `msgpack:"rq,omitempty"`
 }
 
 // ChainStage is where a chain is.
@@ -129,6 +131,23 @@ func (s *State) beginRemoteChain(now uint64, legs []transport.Transfer, debitSha
 		}
 		return
 	}
+	if stamps, ok := s.chainsDone.answer(legs[0].ID, len(legs), s.request); ok {
+		// Committed by this request: its first answer, ok, for the chain's
+		// first copy in the command, exists for a copy after it (which
+		// joined the first's attempt then).
+		code := transport.CodeOK
+		if s.chainsAnswered[legs[0].ID] {
+			code = transport.CodeExists
+		}
+		if s.chainsAnswered == nil {
+			s.chainsAnswered = map[string]bool{}
+		}
+		s.chainsAnswered[legs[0].ID] = true
+		for k := range legs {
+			res[k] = EventResult{Code: code, Timestamp: stamps[k]}
+		}
+		return
+	}
 	seen := make(map[string]int, len(legs))
 	for k := range legs {
 		t := &legs[k]
@@ -150,7 +169,7 @@ func (s *State) beginRemoteChain(now uint64, legs []transport.Transfer, debitSha
 	}
 	row := &ChainRow{
 		Attempt: s.tick(now), Legs: legs, DebitShards: debitShards, CreditShards: creditShards,
-		Votes: make([]Answer, 2*len(legs)), Stage: StageHolding, Waiting: 2 * len(legs),
+		Votes: make([]Answer, 2*len(legs)), Stage: StageHolding, Waiting: 2 * len(legs), Request: s.request,
 	}
 	s.chains[legs[0].ID] = row
 	for k := range legs {
@@ -233,7 +252,11 @@ func (s *State) chainAnswer(r *OutboxRow, a *Answer, out *Output) {
 		return
 	}
 	delete(s.chains, r.Part.Chain)
-	for k, code := range row.results() {
+	results := row.results()
+	if row.Stage == StageCommitDebit {
+		s.committed(&row, results, s.last)
+	}
+	for k, code := range results {
 		res := Resolved{ID: row.Legs[k].ID, Attempt: row.Attempt, Code: code.Code, Timestamp: code.Timestamp, Aborted: code.Aborted, Chain: true}
 		out.Resolved = append(out.Resolved, res)
 	}

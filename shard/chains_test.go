@@ -594,3 +594,65 @@ func crossChainProperty(t *testing.T, seed uint64) {
 	}
 	cl.quiet()
 }
+
+// A chain across shards re-sent by the request that committed it (its
+// answer lost on the way back) is answered as first: ok on each leg with
+// its timestamp, exists for a second copy in the batch; the same chain
+// sent by another request is exists; the record survives a snapshot and is
+// forgotten with the request's.
+func TestChainAcrossShardsReSentByItsRequest(t *testing.T) {
+	cl := threeShards(t)
+	legs := []transport.Transfer{linkedXfer("t1", "a", "b", 10), linkedXfer("t2", "b", "c", 4), xfer("t3", "c", "a", 1)}
+	req := make([]byte, RequestIDBytes)
+	req[0] = 9
+	send := func(request []byte, batch ...transport.Transfer) *Output {
+		ds, cs := make([]uint32, len(batch)), make([]uint32, len(batch))
+		for i := range batch {
+			ds[i], cs[i] = cl.home[batch[i].DebitAccountID], cl.home[batch[i].CreditAccountID]
+		}
+		out := cl.c.apply(cl.shard(1), Command{Kind: KindCreateTransfers, Transfers: batch, CreditShards: cs, DebitShards: ds, Request: request})
+		cl.collect(out)
+		return out
+	}
+	first := send(req, legs...).Events[0]
+	cl.settle()
+	var stamps []uint64
+	for i, id := range []string{"t1", "t2", "t3"} {
+		r := cl.result(id, first[i])
+		if r.Code != transport.CodeOK {
+			t.Fatalf("%s: %+v", id, r)
+		}
+		stamps = append(stamps, r.Timestamp)
+	}
+	for _, s := range []*State{cl.shard(1), restored(t, cl.shard(1).Clone())} {
+		out := cl.c.apply(s, Command{Kind: KindCreateTransfers, Transfers: append(slices.Clone(legs), legs...),
+			CreditShards: []uint32{2, 3, 1, 2, 3, 1}, DebitShards: []uint32{1, 2, 3, 1, 2, 3}, Request: req})
+		for i, r := range out.Events[0] {
+			want := transport.CodeOK
+			if i >= len(legs) {
+				want = transport.CodeExists
+			}
+			if r.InFlight || r.Code != want || r.Timestamp != stamps[i%len(legs)] {
+				t.Fatalf("re-send, event %d: %+v, want %v at %d", i, r, want, stamps[i%len(legs)])
+			}
+		}
+		if len(out.Reserved) != 0 {
+			t.Fatal("a re-send of a committed chain ran it again")
+		}
+	}
+	other := make([]byte, RequestIDBytes)
+	other[0] = 10
+	again := send(other, legs...).Events[0]
+	cl.settle()
+	for i, id := range []string{"t1", "t2", "t3"} {
+		if r := cl.result(id, again[i]); r.Code != transport.CodeExists {
+			t.Fatalf("another request's %s: %+v", id, r)
+		}
+	}
+	cl.c.now += requestsRetention + 1e9
+	mustTransfer(t, cl.c, cl.shard(1), xfer("later", "a", "a2", 1))
+	cl.c.apply(cl.shard(1), Command{Kind: KindCreateTransfers, Transfers: []transport.Transfer{xfer("later2", "a", "a2", 1)}, Request: other})
+	if n := len(cl.shard(1).chainsDone.live()); n != 0 {
+		t.Fatalf("%d committed chains kept past the retention", n)
+	}
+}

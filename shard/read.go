@@ -119,6 +119,7 @@ func (s *State) Clone() *State {
 		chains:         maps.Clone(s.chains),
 		heldIDs:        maps.Clone(s.heldIDs),
 		requests:       s.requests.clone(),
+		chainsDone:     s.chainsDone.clone(),
 	}
 	for id, a := range s.accounts {
 		cp := *a
@@ -136,7 +137,9 @@ func (s *State) Clone() *State {
 // transfers across shards (remote, pendingCredits). Version 4: linked
 // chains across shards (chains, heldIDs). Version 5: the recent client
 // requests (requests.go). Version 6: the slots owned and the origins of
-// remote pending transfers (slots.go). Read takes 2 to 5 as well.
+// remote pending transfers (slots.go), the chains across shards requests
+// committed (chainsdone.go); written only when there is one of them. Read
+// takes 2 to 5 as well.
 const snapshotVersion = 6
 
 // WriteTo encodes the in-memory state deterministically (every table sorted
@@ -151,7 +154,7 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	// splits reads (a snapshot sent to one of its nodes in a rolling
 	// upgrade); splits wait until every node runs this release.
 	version := uint8(5)
-	if s.slots != nil || len(s.origins) > 0 {
+	if s.slots != nil || len(s.origins) > 0 || len(s.chainsDone.live()) > 0 {
 		version = snapshotVersion
 	}
 	if err := enc.EncodeMulti(version, s.id, s.last, s.stored); err != nil {
@@ -214,6 +217,9 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 	}
 	if version == snapshotVersion {
 		if err := s.encodeSlots(enc); err != nil {
+			return fail(err)
+		}
+		if err := s.encodeChainsDone(enc); err != nil {
 			return fail(err)
 		}
 	}
@@ -338,6 +344,9 @@ func Read(r io.Reader, archive Archive) (*State, error) {
 	}
 	if err := s.decodeSlots(dec); err != nil {
 		return nil, fmt.Errorf("decode shard snapshot slots: %w", err)
+	}
+	if err := s.decodeChainsDone(dec); err != nil {
+		return nil, fmt.Errorf("decode shard snapshot chains done: %w", err)
 	}
 	return s, nil
 }

@@ -153,6 +153,7 @@ func (s *State) answerAsFirst(c *Command, from uint64, res []EventResult) {
 		return
 	}
 	s.requests.forget(s.last)
+	s.chainsDone.forget(s.last)
 	if s.requests.known(id) {
 		// An event sent twice in the request was answered ok once, then
 		// exists: only its first copy answering exists here was the one.

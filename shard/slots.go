@@ -365,7 +365,7 @@ func (s *State) splitOff(to uint32, leaving *SlotSet) *State {
 	}
 	// The recent requests are the child's too: a router's re-send of a
 	// request applied here before the split is answered as first there.
-	c.requests = s.requests.clone()
+	c.requests, c.chainsDone = s.requests.clone(), s.chainsDone.clone()
 	// stored stays 0: the parent counted every transfer stored before the split.
 	s.owned = ownedCounts{} // derived: refilled on first use
 	return c

@@ -55,6 +55,14 @@ type State struct {
 	requests requests
 	// owned: open pending transfers by provider prefix (owned.go).
 	owned ownedCounts
+	// request: the request id of the command being applied; set for one
+	// command only, like owner. chainsDone: the chains across shards
+	// requests committed (chainsdone.go).
+	request    []byte
+	chainsDone chainsDone
+	// chainsAnswered: the chains the command being applied was answered
+	// from chainsDone (chainsdone.go); for one command only.
+	chainsAnswered map[string]bool
 }
 
 // OutboxRow is a cross-shard transfer reserved on this (debit) shard.
@@ -182,9 +190,9 @@ func (s *State) Apply(e *Entry) *Output {
 				continue
 			}
 			from := s.last
-			s.owner = c.Owner
+			s.owner, s.request = c.Owner, c.Request
 			out.Events[i] = s.createTransfers(e.Timestamp, c.Transfers, c.CreditShards, c.DebitShards, out)
-			s.owner = nil
+			s.owner, s.request, s.chainsAnswered = nil, nil, nil
 			s.answerAsFirst(c, from, out.Events[i])
 		case KindCredit:
 			out.Answers[i] = s.credits(e.Timestamp, c.Credits, false)

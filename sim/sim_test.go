@@ -24,7 +24,7 @@ var (
 	flagMutation = flag.String("sim.mutation", "", "inject a known bug into the leader-side model (see Mutations)")
 	flagBase     = flag.String("sim.base", "", "base of the fresh seeds (default: from `git rev-parse HEAD`)")
 	flagWorkers  = flag.Int("sim.workers", 0, "parallel worlds (default GOMAXPROCS)")
-	flagReqIDs   = flag.Bool("sim.request-ids", false, "the router gives every try a request id; one answer per request is checked (finds open bugs in shard: docs/simulation.md)")
+	flagReqIDs   = flag.Bool("sim.request-ids", true, "the router gives every try a request id, as the router does; one answer per request is checked")
 )
 
 // budget is the flag, or the SIM_BUDGET environment variable (so that a

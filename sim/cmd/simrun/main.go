@@ -27,7 +27,7 @@ func main() {
 	workers := flag.Int("workers", 0, "parallel worlds (default GOMAXPROCS)")
 	mutation := flag.String("mutation", "", "inject a known bug into the leader-side model")
 	mutationOnly := flag.Bool("mutation-only", false, "with -mutation: count only seeds that pass without it")
-	requestIDs := flag.Bool("request-ids", false, "the router gives every try a request id; one answer per request is checked (finds open bugs in shard: docs/simulation.md)")
+	requestIDs := flag.Bool("request-ids", true, "the router gives every try a request id, as the router does; one answer per request is checked")
 	showReached := flag.Bool("reached", false, "with a sweep: print how often each two-phase outcome was reached")
 	flag.Parse()
 	mut, err := sim.ParseMutation(*mutation)
