@@ -69,7 +69,10 @@ func (n *Node) metaViewRequest(msg *nats.Msg, g *raftfsm.Group) {
 func (n *Node) metaView(ctx context.Context, g *raftfsm.Group, req nodeops.MetaRequest) nodeops.Meta {
 	st := n.metaM.State()
 	v := nodeops.Meta{Leader: n.cfg.NodeID, Epoch: st.Epoch, Replicas: st.Replicas,
-		Nodes: metaNodes(g, st), Shards: metaShards(st), Moves: []nodeops.Move{}}
+		Nodes: metaNodes(g, st), Shards: metaShards(st), Moves: []nodeops.Move{}, ShardsWanted: st.ShardsWanted}
+	if sp := st.Splitting; sp != nil {
+		v.Splitting = &nodeops.SplitView{Parent: sp.Parent, Child: sp.Child, Slots: len(sp.Slots)}
+	}
 	for _, m := range st.Moving {
 		v.Moves = append(v.Moves, nodeops.Move{Shard: m.Shard, Add: m.Add, Remove: m.Remove})
 	}

@@ -266,7 +266,8 @@ func TestStatusShowsMovesAndDrainingNodes(t *testing.T) {
 		Nodes: []nodeops.MetaNode{{ID: "n1"}, {ID: "n3", Draining: true}},
 		Shards: []nodeops.MetaShard{{ID: 1, Placement: []string{"n1", "n3"}}, {ID: 2, Placement: []string{"n3"}},
 			{ID: 3, Placement: []string{"n1"}}},
-		Moves: []nodeops.Move{{Shard: 1, Add: "n2", Remove: "n3"}, {Shard: 2, Add: "n1", Remove: "n3"}},
+		Moves:     []nodeops.Move{{Shard: 1, Add: "n2", Remove: "n3"}, {Shard: 2, Add: "n1", Remove: "n3"}},
+		Splitting: &nodeops.SplitView{Parent: 3, Child: 4, Slots: 512},
 	}
 	st := &transport.StatusReply{Shards: []transport.ShardStatus{{ID: 1, Leader: "n1"}}}
 	v := newStatusView(st).withMeta(meta, nil)
@@ -275,7 +276,7 @@ func TestStatusShowsMovesAndDrainingNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"MOVING SHARD  ADDING  REMOVING\n1             n2      n3\n2             n1      n3\n",
-		"DRAINING NODE  REPLICAS LEFT\nn3             2\n"} {
+		"DRAINING NODE  REPLICAS LEFT\nn3             2\n", "SPLITTING SHARD  NEW SHARD  SLOTS\n3                4          512\n"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -284,7 +285,8 @@ func TestStatusShowsMovesAndDrainingNodes(t *testing.T) {
 	if err := a.print(v, nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"moves": [`, `"add": "n2"`, `"remove": "n3"`, `"draining": [`, `"node": "n3"`, `"replicas": 2`} {
+	for _, want := range []string{`"moves": [`, `"add": "n2"`, `"remove": "n3"`, `"draining": [`, `"node": "n3"`, `"replicas": 2`,
+		`"splitting": {`, `"child": 4`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("JSON lacks %s:\n%s", want, out)
 		}

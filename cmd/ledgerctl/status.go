@@ -48,6 +48,8 @@ type statusView struct {
 	Moves     []nodeops.Move `json:"moves"`
 	Draining  []drainingNode `json:"draining"`
 	MetaError string         `json:"meta_error,omitempty"`
+	// Splitting: the shard split under way (ledgerctl shards add), if any.
+	Splitting *nodeops.SplitView `json:"splitting,omitempty"`
 }
 
 // drainingNode is a node that ledgerctl nodes drain marked, with the
@@ -66,7 +68,7 @@ func (v statusView) withMeta(meta *nodeops.Meta, merr error) statusView {
 		}
 		return v
 	}
-	v.Moves, v.Draining = append([]nodeops.Move{}, meta.Moves...), []drainingNode{}
+	v.Moves, v.Draining, v.Splitting = append([]nodeops.Move{}, meta.Moves...), []drainingNode{}, meta.Splitting
 	for _, n := range meta.Nodes {
 		if !n.Draining {
 			continue
@@ -213,6 +215,9 @@ func statusTable(w io.Writer, v statusView) {
 	}
 	if v.MetaError != "" {
 		fmt.Fprintf(w, "meta: %s\n", v.MetaError)
+	}
+	if sp := v.Splitting; sp != nil {
+		fmt.Fprintf(w, "\nSPLITTING SHARD\tNEW SHARD\tSLOTS\n%d\t%d\t%d\n", sp.Parent, sp.Child, sp.Slots)
 	}
 	if len(v.Moves) > 0 {
 		fmt.Fprintln(w, "\nMOVING SHARD\tADDING\tREMOVING")

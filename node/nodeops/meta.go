@@ -33,6 +33,10 @@ type Meta struct {
 	Nodes  []MetaNode  `msgpack:"nodes" json:"nodes"`
 	Shards []MetaShard `msgpack:"shards" json:"shards"` // by id
 	Moves  []Move      `msgpack:"moves" json:"moves"`   // under way, by shard
+	// Splitting is the shard split under way, if any; ShardsWanted the
+	// shards ledgerctl shards add asked for (0: never asked).
+	Splitting    *SplitView `msgpack:"splitting,omitempty" json:"splitting,omitempty"`
+	ShardsWanted uint32     `msgpack:"shards_wanted,omitempty" json:"shards_wanted,omitempty"`
 	// Error is why the request was refused.
 	Error string `msgpack:"error,omitempty" json:"error,omitempty"`
 }
