@@ -2,13 +2,14 @@ package storage
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/ledgerd/ledgerd/client"
 	"github.com/ledgerd/ledgerd/internal/testnet"
@@ -31,169 +32,82 @@ func TestDamagedReplicaHealsFromItsPeers(t *testing.T) {
 		t.Skip("runs three real ledgerd processes for 15 to 50 s: skipped in -short mode or with -storage.cluster=false")
 	}
 	c := startCluster(t)
-	nc, cl := c.nodes[0].cur.connect(t)
+	nc, cl := c.ConnectTo(0)
 	ids := &accountsAndTransfers{}
 	createWallets(t, cl, ids)
 	sendTransfers(t, cl, ids, "before", 12)
 	nc.Close()
 
 	const victim = 2
-	c.kill(victim)
+	c.Kill(victim)
 	rng := rand.New(rand.NewPCG(7, 7))
-	dir := c.nodes[victim].dataDir
+	dir := c.Nodes[victim].DataDir
 	t.Logf("damaged: %s", flipValueIn(t, rng, filepath.Join(dir, "meta", "raft.db"), "conf", "CurrentTerm"))
 	t.Logf("damaged: %s", flipValueIn(t, rng, filepath.Join(dir, "shard-1", "raft.db"), "logs", ""))
 	flipAt(t, filepath.Join(dir, "shard-2", "raft.db"), 16+40) // meta page 0's root bucket
-	nc, cl = c.nodes[0].cur.connect(t)
+	nc, cl = c.ConnectTo(0)
 	sendTransfers(t, cl, ids, "while-down", 6)
 	nc.Close()
 
-	c.launch(victim)
-	c.waitReady(victim)
-	log := c.nodes[victim].cur.log
+	c.Start(victim)
+	log := c.Nodes[victim].Cur.Log
 	if n := log.Count("moving this node's copy of the group aside"); n != 3 {
 		t.Fatalf("the damaged node moved %d groups aside, want 3:\n%s", n, log.Tail(40))
 	}
-	c.waitLogged(victim, "promoted to voter", 3)
+	c.WaitLogged(victim, "promoted to voter", 3)
 
 	// Only the healed node and node 1 hold the write made without node 0:
 	// with node 0 back and node 1 gone, the healed node leads every shard.
-	c.kill(0)
-	nc, cl = c.nodes[1].cur.connect(t)
+	c.Kill(0)
+	nc, cl = c.ConnectTo(1)
 	sendTransfers(t, cl, ids, "healed-quorum", 6)
 	nc.Close()
-	c.kill(1)
-	c.launch(0)
-	c.waitReady(0)
-	p := c.nodes[0].cur
-	nc, cl = p.connect(t)
-	defer nc.Close()
-	for _, s := range c.status(t, cl).Shards {
-		if s.Leader != c.nodes[victim].id {
-			t.Fatalf("shard %d led by %s, want the healed %s", s.ID, s.Leader, c.nodes[victim].id)
+	c.Kill(1)
+	c.Start(0)
+	_, cl = c.ConnectTo(0)
+	for _, s := range c.WaitLed(cl).Shards {
+		if s.Leader != c.Nodes[victim].ID {
+			t.Fatalf("shard %d led by %s, want the healed %s", s.ID, s.Leader, c.Nodes[victim].ID)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), reqGuard)
-	defer cancel()
-	got, err := read(ctx, t, p, ids)
-	if err != nil {
-		t.Fatalf("read from the healed node: %v", err)
-	}
-	var a answers
-	if err := json.Unmarshal([]byte(got), &a); err != nil {
-		t.Fatal(err)
-	}
-	checkAcknowledged(t, &a, ids)
-	checkRows(t, &a, ids)
+	checkServed(t, cl, ids)
 }
 
-// cluster is three nodes on loopback forming one cluster.
-type cluster struct {
-	t     *testing.T
-	bin   string
-	nodes []*clusterNode
-}
-
-type clusterNode struct {
-	id, dataDir                   string
-	natsAddr, clusterAddr, raftAd string
-	cur                           *process
+// newCluster returns n nodes of bin, not yet started, forming a cluster of
+// two shards whose groups snapshot often; a client connects to one node and
+// does not move to another.
+func newCluster(t *testing.T, bin string, n int) *testnet.Cluster {
+	c := testnet.NewCluster(t, bin, n, 2)
+	c.Args = snapshotOften
+	c.NATSOptions = []nats.Option{nats.NoReconnect(), nats.Timeout(5 * time.Second)}
+	return c
 }
 
 // startCluster builds ledgerd, starts three nodes and waits until each is
 // ready.
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T) *testnet.Cluster {
 	t.Helper()
-	c := newCluster(t, buildLedgerd(t))
-	for i := range c.nodes {
-		c.launch(i)
-	}
-	for i := range c.nodes {
-		c.waitReady(i)
-	}
+	c := newCluster(t, testnet.BuildLedgerd(t, false), 3)
+	c.StartAll()
 	return c
 }
 
-func newCluster(t *testing.T, bin string) *cluster {
-	c := &cluster{t: t, bin: bin}
-	dir := t.TempDir()
-	for i := range 3 {
-		c.nodes = append(c.nodes, &clusterNode{id: fmt.Sprintf("node-%d", i+1), dataDir: filepath.Join(dir, fmt.Sprint(i+1)),
-			natsAddr: testnet.FreePort(t), clusterAddr: testnet.FreePort(t), raftAd: testnet.FreePort(t)})
-	}
-	return c
-}
-
-func (c *cluster) launch(i int) {
-	n := c.nodes[i]
-	var routes []string
-	for _, o := range c.nodes {
-		if o != n {
-			routes = append(routes, o.clusterAddr)
-		}
-	}
-	n.cur = launch(c.t, c.bin, n.natsAddr, append([]string{"--node-id", n.id, "--data-dir", n.dataDir,
-		"--nats-listen", n.natsAddr, "--nats-cluster-listen", n.clusterAddr, "--nats-routes", strings.Join(routes, ","),
-		"--raft-listen", n.raftAd, "--shards", "2", "--bootstrap-expect", "3", "--insecure", "--log-level", "info"},
-		snapshotOften...))
-}
-
-func (c *cluster) waitReady(i int) {
-	c.t.Helper()
-	if !c.nodes[i].cur.waitReady(c.t) {
-		c.t.Fatalf("%s exited: %v\n%s", c.nodes[i].id, c.nodes[i].cur.waitErr, c.nodes[i].cur.log.Tail(40))
-	}
-}
-
-func (c *cluster) kill(i int) {
-	c.nodes[i].cur.kill()
-	c.nodes[i].cur = nil
-}
-
-// waitLogged waits until node i has logged s n times.
-func (c *cluster) waitLogged(i int, s string, n int) {
-	c.t.Helper()
-	deadline := time.Now().Add(readyGuard)
-	for c.nodes[i].cur.log.Count(s) < n {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s logged %q %d times in %v, want %d:\n%s", c.nodes[i].id, s, c.nodes[i].cur.log.Count(s), readyGuard, n, c.nodes[i].cur.log.Tail(40))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// status waits until every shard has a leader and answers.
-func (c *cluster) status(t *testing.T, cl *client.Client) *transport.StatusReply {
+// startLedgerd runs bin alone on dataDir (node-1 of a cluster of its own)
+// and waits for "ledgerd ready", or for it to exit: ready says which.
+// damaged: dataDir is a damaged copy, which the process may refuse with a
+// panic naming the damage (testnet.Cluster.PanicOK); the test judges that.
+func startLedgerd(t *testing.T, bin, dataDir string, damaged bool) (c *testnet.Cluster, p *testnet.Process, ready bool) {
 	t.Helper()
-	deadline := time.Now().Add(readyGuard)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := cl.Status(ctx)
-		cancel()
-		ok := err == nil && len(st.Shards) == 2
-		for _, s := range st.Shards {
-			ok = ok && s.Error == "" && s.Leader != ""
-		}
-		if ok {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no status with every shard led after %v: %+v %v", readyGuard, st, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c = newCluster(t, bin, 1)
+	c.PanicOK = damaged
+	c.Nodes[0].DataDir = dataDir
+	c.Launch(0)
+	return c, c.Nodes[0].Cur, c.Started(0)
 }
 
 func createWallets(t *testing.T, cl *client.Client, ids *accountsAndTransfers) {
 	t.Helper()
-	ids.accounts = append(ids.accounts, transport.Account{ID: "operator", Ledger: ledgerID, Code: 1})
-	for i := range wallets {
-		a := transport.Account{ID: fmt.Sprintf("wallet-%d", i), Ledger: ledgerID, Code: 2}
-		if i%2 == 0 {
-			a.Flags = transport.AccountHistory
-		}
-		ids.accounts = append(ids.accounts, a)
-	}
+	ids.accounts = append(ids.accounts, walletAccounts()...)
 	retryCreate(t, func(ctx context.Context) ([]transport.Result, error) { return cl.CreateAccounts(ctx, ids.accounts) }, len(ids.accounts))
 }
 
@@ -203,25 +117,46 @@ func sendTransfers(t *testing.T, cl *client.Client, ids *accountsAndTransfers, p
 	t.Helper()
 	rng := rand.New(rand.NewPCG(uint64(len(ids.transfers)), 3))
 	for b := range batches {
-		var batch []transport.Transfer
-		for k := range batchSize {
-			from, to := rng.IntN(wallets+1), rng.IntN(wallets)+1
-			if from == to {
-				from = 0
-			}
-			batch = append(batch, transport.Transfer{ID: fmt.Sprintf("%s-%d-%d", prefix, b, k), DebitAccountID: ids.accounts[from].ID,
-				CreditAccountID: ids.accounts[to].ID, Amount: uint64(1 + rng.IntN(1000)), Ledger: ledgerID, Code: 1})
-		}
+		batch := transferBatch(rng, ids.accounts, prefix, b)
 		retryCreate(t, func(ctx context.Context) ([]transport.Result, error) { return cl.CreateTransfers(ctx, batch) }, len(batch))
 		ids.transfers = append(ids.transfers, batch...)
 	}
+}
+
+// walletAccounts are the operator's account and the wallets, every other
+// one with its balance history.
+func walletAccounts() []transport.Account {
+	accounts := []transport.Account{{ID: "operator", Ledger: ledgerID, Code: 1}}
+	for i := range wallets {
+		a := transport.Account{ID: fmt.Sprintf("wallet-%d", i), Ledger: ledgerID, Code: 2}
+		if i%2 == 0 {
+			a.Flags = transport.AccountHistory
+		}
+		accounts = append(accounts, a)
+	}
+	return accounts
+}
+
+// transferBatch is batch b of transfers (ids prefix-b-k) between accounts
+// drawn by rng, the wallets paid by the operator or by each other.
+func transferBatch(rng *rand.Rand, accounts []transport.Account, prefix string, b int) []transport.Transfer {
+	var batch []transport.Transfer
+	for k := range batchSize {
+		from, to := rng.IntN(wallets+1), rng.IntN(wallets)+1
+		if from == to {
+			from = 0
+		}
+		batch = append(batch, transport.Transfer{ID: fmt.Sprintf("%s-%d-%d", prefix, b, k), DebitAccountID: accounts[from].ID,
+			CreditAccountID: accounts[to].ID, Amount: uint64(1 + rng.IntN(1000)), Ledger: ledgerID, Code: 1})
+	}
+	return batch
 }
 
 // retryCreate sends a batch until it is answered: a retry of an applied
 // event answers exists.
 func retryCreate(t *testing.T, create func(ctx context.Context) ([]transport.Result, error), n int) {
 	t.Helper()
-	deadline := time.Now().Add(2 * readyGuard)
+	deadline := time.Now().Add(createGuard)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		res, err := create(ctx)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 )
 
 // TestDamageFoundWhileRunningIsRepairedLive: three ledgerd processes; the
@@ -30,79 +31,79 @@ func TestDamageFoundWhileRunningIsRepairedLive(t *testing.T) {
 		t.Skip("runs three real ledgerd processes: skipped in -short mode or with -storage.cluster=false")
 	}
 	c := startCluster(t)
-	nc, cl := c.nodes[0].cur.connect(t)
-	defer nc.Close()
+	nc, cl := c.ConnectTo(0)
 	ids := &accountsAndTransfers{}
 	createWallets(t, cl, ids)
-	for _, n := range c.nodes { // while the balancer spreads the leaderships
-		untilDamageable(t, cl, ids, filepath.Join(n.dataDir, "shard-1", "history"))
+	for _, n := range c.Nodes { // while the balancer spreads the leaderships
+		untilDamageable(t, cl, ids, filepath.Join(n.DataDir, "shard-1", "history"))
 	}
-	victim := c.steadyLeader(t, cl, 1)
-	history := filepath.Join(c.nodes[victim].dataDir, "shard-1", "history")
-	p := c.nodes[victim].cur
+	// Once no node leads more than one of the three groups, no leadership
+	// moves while the test reads from shard 1's leader.
+	victim := c.LeaderOf(c.WaitLeadersSpread(cl), 1)
+	name := c.Nodes[victim].ID
+	history := filepath.Join(c.Nodes[victim].DataDir, "shard-1", "history")
+	p := c.Nodes[victim].Cur
 	for _, what := range flipHistoryBlocks(t, history, 0) {
-		t.Logf("damaged %s (pid %d): %s", c.nodes[victim].id, p.cmd.Process.Pid, what)
+		t.Logf("damaged %s (pid %d): %s", name, p.Cmd.Process.Pid, what)
 	}
 
 	// The read that meets the damage is answered retry, then served by
 	// the leader elected next. Should the victim have lost the leadership
 	// before the read (a slow heartbeat), the compactions that writes
 	// bring find the damage instead.
-	c.checkServed(t, cl, ids)
-	if p.log.First("storage damaged") == "" {
-		t.Logf("%s no longer led shard 1 when it was read: writes until a compaction finds the damage", c.nodes[victim].id)
+	checkServed(t, cl, ids)
+	if p.Log.First("storage damaged") == "" {
+		t.Logf("%s no longer led shard 1 when it was read: writes until a compaction finds the damage", name)
 	}
-	for p.log.First("storage damaged") == "" {
+	for p.Log.First("storage damaged") == "" {
 		if len(ids.transfers) > transfersMax {
-			t.Fatalf("%s never found the damage:\n%s", c.nodes[victim].id, p.log.Tail(40))
+			t.Fatalf("%s never found the damage:\n%s", name, p.Log.Tail(40))
 		}
 		sendTransfers(t, cl, ids, fmt.Sprintf("compacted%d", len(ids.transfers)), 4)
 	}
-	t.Logf("found: %s", shorten(p.log.First("storage damaged")))
-	c.waitLogged(victim, "repaired: the damaged group joined again", 1)
-	c.waitLogged(victim, "promoted to voter", 1)
-	c.stillRuns(victim, p)
-	moved, _ := filepath.Glob(filepath.Join(c.nodes[victim].dataDir, "*.damaged-*"))
+	t.Logf("found: %s", shorten(p.Log.First("storage damaged")))
+	c.WaitLogged(victim, "repaired: the damaged group joined again", 1)
+	c.WaitLogged(victim, "promoted to voter", 1)
+	stillRuns(t, c, victim, p)
+	moved, _ := filepath.Glob(filepath.Join(c.Nodes[victim].DataDir, "*.damaged-*"))
 	if len(moved) != 1 || !strings.Contains(moved[0], "shard-1.damaged-") {
-		t.Fatalf("copies moved aside: %v, want shard 1's alone:\n%s", moved, p.log.Tail(40))
+		t.Fatalf("copies moved aside: %v, want shard 1's alone:\n%s", moved, p.Log.Tail(40))
 	}
 	sendTransfers(t, cl, ids, "repaired", 4)
-	c.checkServed(t, cl, ids)
+	checkServed(t, cl, ids)
 	nc.Close()
 
 	// Kill the two others in turn around a write: only the repaired node
 	// and the one killed last hold it, so with the first back the
 	// repaired node leads every shard and serves from its own copy.
 	a, b := (victim+1)%3, (victim+2)%3
-	c.kill(a)
-	nc, cl = c.nodes[b].cur.connect(t)
+	c.Kill(a)
+	nc, cl = c.ConnectTo(b)
 	sendTransfers(t, cl, ids, "victim-quorum", 2)
 	nc.Close()
-	c.kill(b)
-	c.launch(a)
-	c.waitReady(a)
-	nc, cl = c.nodes[a].cur.connect(t)
-	defer nc.Close()
-	for _, s := range c.status(t, cl).Shards {
-		if s.Leader != c.nodes[victim].id {
-			t.Fatalf("shard %d led by %s, want the repaired %s", s.ID, s.Leader, c.nodes[victim].id)
+	c.Kill(b)
+	c.Start(a)
+	_, cl = c.ConnectTo(a)
+	for _, s := range c.WaitLed(cl).Shards {
+		if s.Leader != name {
+			t.Fatalf("shard %d led by %s, want the repaired %s", s.ID, s.Leader, name)
 		}
 	}
-	c.checkServed(t, cl, ids)
-	c.stillRuns(victim, p)
+	checkServed(t, cl, ids)
+	stillRuns(t, c, victim, p)
 }
 
 // stillRuns fails unless node i is process p, which never exited: the same
 // process (pid) that was damaged, never restarted.
-func (c *cluster) stillRuns(i int, p *process) {
-	c.t.Helper()
+func stillRuns(t *testing.T, c *testnet.Cluster, i int, p *testnet.Process) {
+	t.Helper()
 	select {
-	case <-p.exited:
-		c.t.Fatalf("%s (pid %d) exited (%v): the repair must not need a restart:\n%s", c.nodes[i].id, p.cmd.Process.Pid, p.waitErr, p.log.Tail(40))
+	case <-p.Exited:
+		t.Fatalf("%s (pid %d) exited (%v): the repair must not need a restart:\n%s", c.Nodes[i].ID, p.Cmd.Process.Pid, p.WaitErr, p.Log.Tail(40))
 	default:
 	}
-	if c.nodes[i].cur != p || p.log.Count("ledgerd ready") != 1 {
-		c.t.Fatalf("%s was restarted", c.nodes[i].id)
+	if c.Nodes[i].Cur != p || p.Log.Count("ledgerd ready") != 1 {
+		t.Fatalf("%s was restarted", c.Nodes[i].ID)
 	}
 }
 
@@ -115,14 +116,13 @@ func TestDamageFoundWhileRunningStopsASingleNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary; skipped in -short mode")
 	}
-	bin := buildLedgerd(t)
+	bin := testnet.BuildLedgerd(t, false)
 	dir := filepath.Join(t.TempDir(), "data")
-	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
+	c, p, ready := startLedgerd(t, bin, dir, false)
 	if !ready {
-		t.Fatalf("ledgerd exited: %v\n%s", p.waitErr, p.log.Tail(30))
+		t.Fatalf("ledgerd exited: %v\n%s", p.WaitErr, p.Log.Tail(30))
 	}
-	nc, cl := p.connect(t)
-	defer nc.Close()
+	_, cl := c.ConnectTo(0)
 	ids := &accountsAndTransfers{}
 	createWallets(t, cl, ids)
 	history := filepath.Join(dir, "shard-1", "history")
@@ -138,25 +138,25 @@ func TestDamageFoundWhileRunningStopsASingleNode(t *testing.T) {
 		_, _ = readWith(ctx, cl, ids) // finds the damage; the node then exits
 	}()
 	select {
-	case <-p.exited:
+	case <-p.Exited:
 	case <-time.After(reqGuard):
-		t.Fatalf("ledgerd still runs %v after the damage was read:\n%s", reqGuard, p.log.Tail(30))
+		t.Fatalf("ledgerd still runs %v after the damage was read:\n%s", reqGuard, p.Log.Tail(30))
 	}
 	var exit *exec.ExitError
-	if !errors.As(p.waitErr, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("ledgerd exited with %v, want status 1:\n%s", p.waitErr, p.log.Tail(30))
+	if !errors.As(p.WaitErr, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("ledgerd exited with %v, want status 1:\n%s", p.WaitErr, p.Log.Tail(30))
 	}
-	if p.log.First("a lookup met damaged storage") == "" {
-		t.Fatalf("no transfer lookup met the damage:\n%s", p.log.Tail(30))
+	if p.Log.First("a lookup met damaged storage") == "" {
+		t.Fatalf("no transfer lookup met the damage:\n%s", p.Log.Tail(30))
 	}
-	failed := p.log.First("ledgerd failed")
+	failed := p.Log.First("ledgerd failed")
 	for _, want := range []string{"group 1", filepath.Join(dir, "shard-1"), "history", "no peer to repair it from", "--salvage"} {
 		if !strings.Contains(failed, want) {
-			t.Fatalf("the failure does not say %q: %q\n%s", want, failed, p.log.Tail(30))
+			t.Fatalf("the failure does not say %q: %q\n%s", want, failed, p.Log.Tail(30))
 		}
 	}
-	if again, ready := startLedgerd(t, bin, dir, snapshotOften...); ready || damageLine(again) == "" {
-		t.Fatalf("after damage found while running, ledgerd started again (ready %v):\n%s", ready, again.log.Tail(30))
+	if _, again, ready := startLedgerd(t, bin, dir, true); ready || damageLine(again) == "" {
+		t.Fatalf("after damage found while running, ledgerd started again (ready %v):\n%s", ready, again.Log.Tail(30))
 	}
 }
 
@@ -177,43 +177,9 @@ func untilDamageable(t *testing.T, cl *client.Client, ids *accountsAndTransfers,
 	}
 }
 
-// steadyLeader returns the node that leads shard once every node leads at
-// most one group (the balancer's share of three groups on three nodes), so
-// that no leadership moves while the test reads from it.
-func (c *cluster) steadyLeader(t *testing.T, cl *client.Client, shard uint32) int {
-	t.Helper()
-	deadline := time.Now().Add(readyGuard)
-	for {
-		st := c.status(t, cl)
-		led := map[string]int{}
-		for _, n := range st.Nodes {
-			for _, g := range n.Groups {
-				if g.State == "Leader" {
-					led[n.ID]++
-				}
-			}
-		}
-		balanced := len(st.Nodes) == len(c.nodes)
-		for _, k := range led {
-			balanced = balanced && k == 1
-		}
-		for _, s := range st.Shards {
-			for i, n := range c.nodes {
-				if s.ID == shard && s.Leader == n.id && balanced {
-					return i
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leaderships not spread one per node after %v: %+v", readyGuard, st.Nodes)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // checkServed reads every account, transfer and history row through cl and
 // checks them against what was acknowledged.
-func (c *cluster) checkServed(t *testing.T, cl *client.Client, ids *accountsAndTransfers) {
+func checkServed(t *testing.T, cl *client.Client, ids *accountsAndTransfers) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), reqGuard)
 	defer cancel()

@@ -28,10 +28,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ledgerd/ledgerd/client"
+	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/transport"
 	"go.etcd.io/bbolt"
 )
@@ -51,14 +53,16 @@ const (
 	wallets   = 12
 	batches   = 30
 	batchSize = 8
-	reqGuard  = 30 * time.Second // a hang guard
+	// Hang guards: a request, and a batch retried until it is answered.
+	reqGuard    = 30 * time.Second
+	createGuard = 2 * time.Minute
 )
 
 func TestDamagedDataIsRefusedOrServedExactly(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binary; skipped in -short mode")
 	}
-	bin := buildLedgerd(t)
+	bin := testnet.BuildLedgerd(t, false)
 	template := filepath.Join(t.TempDir(), "data")
 	ids := writeData(t, bin, template)
 	want := baseline(t, bin, template, ids)
@@ -96,18 +100,18 @@ func trySeed(t *testing.T, bin, template string, seed uint64, files []string, id
 	file := files[rng.IntN(len(files))]
 	what := damageFile(t, rng, filepath.Join(dir, file))
 	desc := fmt.Sprintf("seed %d: %s: %s", seed, file, what)
-	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
+	c, p, ready := startLedgerd(t, bin, dir, true)
 	if !ready {
 		if line := damageLine(p); line != "" {
 			t.Logf("%s: refused: %s", desc, shorten(line))
 			return "refused"
 		}
-		t.Errorf("%s: ledgerd exited without naming the damage (%v):\n%s", desc, p.waitErr, p.log.Tail(30))
+		t.Errorf("%s: ledgerd exited without naming the damage (%v):\n%s", desc, p.WaitErr, p.Log.Tail(30))
 		return "refused without naming it"
 	}
-	got, err := readUntilDamage(t, p, ids)
+	got, err := readUntilDamage(t, c, ids)
 	if err == nil {
-		p.stop(t)
+		c.End(0, syscall.SIGTERM) // a damaged copy need not exit cleanly
 		if got != want {
 			t.Errorf("%s: ledgerd served wrong answers:\n%s\nwant\n%s", desc, got, want)
 			return "WRONG ANSWERS"
@@ -115,13 +119,13 @@ func trySeed(t *testing.T, bin, template string, seed uint64, files []string, id
 		t.Logf("%s: served exactly", desc)
 		return "served exactly"
 	}
-	p.kill()
+	c.End(0, syscall.SIGKILL) // unless it exited on finding the damage
 	if damageLine(p) == "" {
-		t.Errorf("%s: a read failed (%v) and ledgerd did not name damage:\n%s", desc, err, p.log.Tail(30))
+		t.Errorf("%s: a read failed (%v) and ledgerd did not name damage:\n%s", desc, err, p.Log.Tail(30))
 		return "read failed without naming damage"
 	}
-	if again, ready := startLedgerd(t, bin, dir, snapshotOften...); ready || damageLine(again) == "" {
-		t.Errorf("%s: after a read found damage, ledgerd started again (ready %v):\n%s", desc, ready, again.log.Tail(30))
+	if _, again, ready := startLedgerd(t, bin, dir, true); ready || damageLine(again) == "" {
+		t.Errorf("%s: after a read found damage, ledgerd started again (ready %v):\n%s", desc, ready, again.Log.Tail(30))
 	}
 	t.Logf("%s: a read found it: %s", desc, shorten(damageLine(p)))
 	return "a read found it, then refused"
@@ -136,10 +140,11 @@ func shorten(s string) string {
 	return s
 }
 
-// readUntilDamage reads as read does, giving up as soon as p logs damage:
-// its group stops, and the client would retry until its deadline.
-func readUntilDamage(t *testing.T, p *process, ids *accountsAndTransfers) (string, error) {
+// readUntilDamage reads as read does, giving up as soon as the node logs
+// damage: its group stops, and the client would retry until its deadline.
+func readUntilDamage(t *testing.T, c *testnet.Cluster, ids *accountsAndTransfers) (string, error) {
 	t.Helper()
+	p := c.Nodes[0].Cur
 	ctx, cancel := context.WithTimeout(context.Background(), reqGuard)
 	defer cancel()
 	go func() {
@@ -148,13 +153,13 @@ func readUntilDamage(t *testing.T, p *process, ids *accountsAndTransfers) (strin
 		}
 		cancel()
 	}()
-	return read(ctx, t, p, ids)
+	return read(ctx, t, c, ids)
 }
 
 // damageLine is the first line of p's output that names damaged storage.
-func damageLine(p *process) string {
+func damageLine(p *testnet.Process) string {
 	for _, s := range []string{"damaged storage", "storage damaged"} {
-		if l := p.log.First(s); l != "" {
+		if l := p.Log.First(s); l != "" {
 			return l
 		}
 	}
@@ -340,40 +345,24 @@ type accountsAndTransfers struct {
 // acknowledged), and kills it with SIGKILL.
 func writeData(t *testing.T, bin, dir string) *accountsAndTransfers {
 	t.Helper()
-	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
+	c, p, ready := startLedgerd(t, bin, dir, false)
 	if !ready {
-		t.Fatalf("ledgerd exited: %v\n%s", p.waitErr, p.log.Tail(30))
+		t.Fatalf("ledgerd exited: %v\n%s", p.WaitErr, p.Log.Tail(30))
 	}
-	nc, c := p.connect(t)
+	nc, cl := c.ConnectTo(0)
 	defer nc.Close()
-	ids := &accountsAndTransfers{}
-	ids.accounts = append(ids.accounts, transport.Account{ID: "operator", Ledger: ledgerID, Code: 1})
-	for i := range wallets {
-		a := transport.Account{ID: fmt.Sprintf("wallet-%d", i), Ledger: ledgerID, Code: 2}
-		if i%2 == 0 {
-			a.Flags = transport.AccountHistory
-		}
-		ids.accounts = append(ids.accounts, a)
-	}
-	mustCreate(t, func(ctx context.Context) ([]transport.Result, error) { return c.CreateAccounts(ctx, ids.accounts) }, len(ids.accounts))
+	ids := &accountsAndTransfers{accounts: walletAccounts()}
+	mustCreate(t, func(ctx context.Context) ([]transport.Result, error) { return cl.CreateAccounts(ctx, ids.accounts) }, len(ids.accounts))
 	rng := rand.New(rand.NewPCG(1, 2))
 	for b := range batches {
-		var batch []transport.Transfer
-		for k := range batchSize {
-			from, to := rng.IntN(wallets+1), rng.IntN(wallets)+1
-			if from == to {
-				from = 0
-			}
-			batch = append(batch, transport.Transfer{ID: fmt.Sprintf("t-%d-%d", b, k), DebitAccountID: ids.accounts[from].ID,
-				CreditAccountID: ids.accounts[to].ID, Amount: uint64(1 + rng.IntN(1000)), Ledger: ledgerID, Code: 1})
-		}
-		mustCreate(t, func(ctx context.Context) ([]transport.Result, error) { return c.CreateTransfers(ctx, batch) }, len(batch))
+		batch := transferBatch(rng, ids.accounts, "t", b)
+		mustCreate(t, func(ctx context.Context) ([]transport.Result, error) { return cl.CreateTransfers(ctx, batch) }, len(batch))
 		ids.transfers = append(ids.transfers, batch...)
 		if b == batches-3 {
 			time.Sleep(time.Second) // snapshots of everything so far, then the last batches after them
 		}
 	}
-	p.kill()
+	c.Kill(0)
 	return ids
 }
 
@@ -401,17 +390,17 @@ func baseline(t *testing.T, bin, template string, ids *accountsAndTransfers) str
 	if err := os.CopyFS(dir, os.DirFS(template)); err != nil {
 		t.Fatal(err)
 	}
-	p, ready := startLedgerd(t, bin, dir, snapshotOften...)
+	c, p, ready := startLedgerd(t, bin, dir, false)
 	if !ready {
-		t.Fatalf("the undamaged copy did not start: %v\n%s", p.waitErr, p.log.Tail(30))
+		t.Fatalf("the undamaged copy did not start: %v\n%s", p.WaitErr, p.Log.Tail(30))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), reqGuard)
 	defer cancel()
-	got, err := read(ctx, t, p, ids)
+	got, err := read(ctx, t, c, ids)
 	if err != nil {
 		t.Fatalf("read the undamaged copy: %v", err)
 	}
-	p.stop(t)
+	c.Stop(0)
 	var a answers
 	if err := json.Unmarshal([]byte(got), &a); err != nil {
 		t.Fatal(err)
@@ -429,12 +418,13 @@ type answers struct {
 	Balances  map[string][]transport.Balance  `json:"balances"` // each history account's balances
 }
 
-// read asks p for every account, transfer and history row, as JSON.
-func read(ctx context.Context, t *testing.T, p *process, ids *accountsAndTransfers) (string, error) {
+// read asks the one node of c for every account, transfer and history row,
+// as JSON.
+func read(ctx context.Context, t *testing.T, c *testnet.Cluster, ids *accountsAndTransfers) (string, error) {
 	t.Helper()
-	nc, c := p.connect(t)
+	nc, cl := c.ConnectTo(0)
 	defer nc.Close()
-	return readWith(ctx, c, ids)
+	return readWith(ctx, cl, ids)
 }
 
 // readWith asks c for every account, transfer and history row, as JSON.
