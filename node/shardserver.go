@@ -35,9 +35,14 @@ type shardServer struct {
 
 	mu sync.Mutex
 	// waiters: the replies waiting for in-flight transfers, for the term
-	// being served; nil or ended outside a term (saga.Waiters).
-	waiters *saga.Waiters[string]
+	// being served; nil or ended outside a term (saga.Waiters). Each is
+	// answered through its request's answer func: a NATS reply subject's,
+	// or the router's of this process (local.go).
+	waiters *saga.Waiters[answerFunc]
 	disp    *dispatcher
+	// serving is set while a term serves the shard's subject: commands
+	// handed over in-process (local.go) are taken only then.
+	serving bool
 
 	// reads bounds the lookups and status requests served at once, off the
 	// subscription's goroutine so that they never delay a command.
@@ -85,7 +90,7 @@ const waiterTTL = 10 * time.Second
 // dispatches the outbox until ctx ends.
 func (s *shardServer) serve(ctx context.Context) {
 	s.mu.Lock()
-	s.waiters = &saga.Waiters[string]{}
+	s.waiters = &saga.Waiters[answerFunc]{}
 	s.disp = newDispatcher(s)
 	s.mu.Unlock()
 	sub, err := s.n.nc.QueueSubscribe(s.n.subjects.Shard(s.id), "shard", s.handle)
@@ -94,10 +99,12 @@ func (s *shardServer) serve(ctx context.Context) {
 		return
 	}
 	_ = sub.SetPendingLimits(-1, 256<<20)
+	s.setServing(true)
 	s.log.Debug("serving shard")
 	go s.expireLoop(ctx)
 	go s.sweepWaiters(ctx)
 	s.disp.run(ctx)
+	s.setServing(false)
 	_ = sub.Unsubscribe()
 	// The term is over: tell every waiting request to retry, at the new
 	// leader, rather than let it sit out its deadline.
@@ -105,8 +112,14 @@ func (s *shardServer) serve(ctx context.Context) {
 	waiting := s.waiters.End()
 	s.mu.Unlock()
 	for _, p := range waiting {
-		s.publish(p.To, &wire.Reply{Retry: "leadership lost", Unknown: true})
+		p.To(&wire.Reply{Retry: "leadership lost", Unknown: true})
 	}
+}
+
+func (s *shardServer) setServing(on bool) {
+	s.mu.Lock()
+	s.serving = on
+	s.mu.Unlock()
 }
 
 // sweepWaiters drops replies older than waiterTTL.
@@ -125,16 +138,23 @@ func (s *shardServer) sweepWaiters(ctx context.Context) {
 	}
 }
 
-// publish sends a reply to a subject (the reply of a request answered late).
-func (s *shardServer) publish(to string, r *wire.Reply) {
-	if to == "" {
-		return
+// answerFunc answers one command, once: on the completer goroutine, or
+// later when the transfers it waits for resolve. It must not block.
+type answerFunc func(*wire.Reply)
+
+// replyTo answers on a NATS reply subject; a request without one (a
+// publish) is answered nothing.
+func (s *shardServer) replyTo(to string) answerFunc {
+	return func(r *wire.Reply) {
+		if to == "" {
+			return
+		}
+		b, err := transport.Marshal(r)
+		if err != nil {
+			b, _ = transport.Marshal(&wire.Reply{Invalid: err.Error()})
+		}
+		_ = s.n.nc.Publish(to, b)
 	}
-	b, err := transport.Marshal(r)
-	if err != nil {
-		b, _ = transport.Marshal(&wire.Reply{Invalid: err.Error()})
-	}
-	_ = s.n.nc.Publish(to, b)
 }
 
 // expireEvery is how often the leader looks for pending transfers whose
@@ -177,7 +197,7 @@ func (s *shardServer) expireLoop(ctx context.Context) {
 func (s *shardServer) handle(msg *nats.Msg) {
 	switch op := msg.Header.Get(wire.OpHeader); op {
 	case wire.OpCommand:
-		s.handleCommand(msg)
+		s.command(msg.Data, s.replyTo(msg.Reply))
 	case wire.OpLookupAccounts, wire.OpLookupTransfers, wire.OpAccountTransfers, wire.OpAccountBalances, wire.OpStatus, wire.OpPendingHeld:
 		select {
 		case s.reads <- struct{}{}:
@@ -212,91 +232,90 @@ func (s *shardServer) handle(msg *nats.Msg) {
 	}
 }
 
-// handleCommand proposes the command's bytes as they came: only its kind is
-// read here, and its bounds checked; the FSM decodes it once.
-func (s *shardServer) handleCommand(msg *nats.Msg) {
-	if err := transport.CheckBounds(msg.Data, transport.BatchEventsMax); err != nil {
-		respond(msg, &wire.Reply{Invalid: err.Error()})
+// command proposes a command's bytes as they came, from the shard's
+// subject or handed over in-process (local.go): only its kind is read here,
+// and its bounds checked; the FSM decodes it once. answer gets the reply.
+func (s *shardServer) command(data []byte, answer answerFunc) {
+	if err := transport.CheckBounds(data, transport.BatchEventsMax); err != nil {
+		answer(&wire.Reply{Invalid: err.Error()})
 		return
 	}
-	kind, err := shard.PeekKind(msg.Data)
+	kind, err := shard.PeekKind(data)
 	if err != nil {
-		respond(msg, &wire.Reply{Invalid: err.Error()})
+		answer(&wire.Reply{Invalid: err.Error()})
 		return
 	}
 	if kind == shard.KindFreeze || kind == shard.KindSplit {
-		respond(msg, &wire.Reply{Invalid: "slots are frozen and split by the shard's leader itself (OpSplit)"})
+		answer(&wire.Reply{Invalid: "slots are frozen and split by the shard's leader itself (OpSplit)"})
 		return
 	}
 	if kind == shard.KindCreateTransfers {
 		full := false
 		s.m.Read(func(st *shard.State, _ uint64) { full = st.OutboxLen() >= outboxRowsMax })
 		if full {
-			respond(msg, &wire.Reply{Retry: "outbox full"})
+			answer(&wire.Reply{Retry: "outbox full"})
 			return
 		}
 	}
-	err = s.g.Propose(msg.Data, func(res any, err error) {
+	err = s.g.Propose(data, func(res any, err error) {
 		if err != nil {
 			// ErrNotLeader comes before the entry is proposed (the actor
 			// checks); anything else may follow a proposal.
-			respond(msg, &wire.Reply{Retry: err.Error(), Unknown: !errors.Is(err, raft.ErrNotLeader)})
+			answer(&wire.Reply{Retry: err.Error(), Unknown: !errors.Is(err, raft.ErrNotLeader)})
 			return
 		}
 		out, ok := res.(*shard.Output)
 		if !ok { // the machine refused the command as a whole
-			respond(msg, &wire.Reply{Invalid: fmt.Sprint(res)})
+			answer(&wire.Reply{Invalid: fmt.Sprint(res)})
 			return
 		}
-		s.applied(msg, kind, out)
+		s.applied(data, answer, kind, out)
 	})
 	if err != nil {
-		respond(msg, &wire.Reply{Retry: err.Error()})
+		answer(&wire.Reply{Retry: err.Error()})
 	}
 }
 
 // applied runs on the group's completer goroutine, in log order.
-func (s *shardServer) applied(msg *nats.Msg, kind shard.Kind, out *shard.Output) {
-	crashPoints(kind, msg.Data, out)
+func (s *shardServer) applied(data []byte, answer answerFunc, kind shard.Kind, out *shard.Output) {
+	crashPoints(kind, data, out)
 	if m, moved := out.Moved[0]; moved {
-		respond(msg, &wire.Reply{Moved: &wire.Moved{Epoch: m.Epoch, Frozen: m.Frozen}})
+		answer(&wire.Reply{Moved: &wire.Moved{Epoch: m.Epoch, Frozen: m.Frozen}})
 		return
 	}
 	switch kind {
 	case shard.KindCreateAccounts:
-		respond(msg, &wire.Reply{Results: saga.Results(out.Events[0])})
+		answer(&wire.Reply{Results: saga.Results(out.Events[0])})
 	case shard.KindCreateTransfers:
 		if why, refused := out.Refused[0]; refused {
-			respond(msg, &wire.Reply{Refused: why})
+			answer(&wire.Reply{Refused: why})
 			return
 		}
-		s.transfersApplied(msg, out)
+		s.transfersApplied(answer, out)
 	case shard.KindCredit, shard.KindAbort:
-		respond(msg, &wire.Reply{Answers: out.Answers[0]})
+		answer(&wire.Reply{Answers: out.Answers[0]})
 	case shard.KindResolve:
 		s.resolved(out.Resolved)
-		if msg != nil {
-			respond(msg, &wire.Reply{})
-		}
+		answer(&wire.Reply{})
 	default:
-		respond(msg, &wire.Reply{})
+		answer(&wire.Reply{})
 	}
 }
 
 // transfersApplied replies at once unless some transfers are in flight to
 // other shards; those wait for their resolution. Waiters are registered here,
 // on the completer, before any later entry (a resolve) completes.
-func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
+func (s *shardServer) transfersApplied(answer answerFunc, out *shard.Output) {
 	s.mu.Lock()
-	p, waits := s.term().Wait(msg.Reply, out.Events[0], uint64(time.Now().Add(waiterTTL).UnixNano()))
+	p, waits := s.term().Wait(answer, out.Events[0], uint64(time.Now().Add(waiterTTL).UnixNano()))
 	disp := s.disp
 	s.mu.Unlock()
 	switch {
 	case p == nil: // the term ended: the router retries elsewhere
-		respond(msg, &wire.Reply{Retry: "leadership lost", Unknown: true})
+		answer(&wire.Reply{Retry: "leadership lost", Unknown: true})
 		return
 	case !waits:
-		s.publish(p.To, &p.Reply)
+		answer(&p.Reply)
 		return
 	}
 	if len(out.Reserved) > 0 && disp != nil {
@@ -306,9 +325,9 @@ func (s *shardServer) transfersApplied(msg *nats.Msg, out *shard.Output) {
 
 // term returns the waiters of the term being served; outside a term, ended
 // ones (a reply with events in flight is then told to retry). Under mu.
-func (s *shardServer) term() *saga.Waiters[string] {
+func (s *shardServer) term() *saga.Waiters[answerFunc] {
 	if s.waiters == nil {
-		s.waiters = &saga.Waiters[string]{}
+		s.waiters = &saga.Waiters[answerFunc]{}
 		s.waiters.End()
 	}
 	return s.waiters
@@ -320,7 +339,7 @@ func (s *shardServer) resolved(rs []shard.Resolved) {
 	done := s.term().Resolve(rs)
 	s.mu.Unlock()
 	for _, p := range done {
-		s.publish(p.To, &p.Reply)
+		p.To(&p.Reply)
 	}
 }
 

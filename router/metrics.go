@@ -15,7 +15,20 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	events   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// shardCalls counts the attempts sent to shards by path; its two
+	// series are resolved in NewMetrics.
+	shardCalls     *prometheus.CounterVec
+	shardCallsPath [pathCount]prometheus.Counter
 }
+
+// The paths of an attempt to a shard (Router.send).
+const (
+	pathNATS  = iota // a request on the shard's subject
+	pathLocal        // handed to this process's leader (Config.Local)
+	pathCount
+)
+
+var pathNames = [pathCount]string{pathNATS: "nats", pathLocal: "local"}
 
 // requestResults are the request-level results: ok, or the error code of
 // a request that failed as a whole (docs/protocol.md).
@@ -45,6 +58,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time from a request's arrival at the router to its answer, by endpoint.",
 			Buckets: requestSecondsBuckets,
 		}, []string{"endpoint"}),
+		shardCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "ledgerd", Subsystem: "router", Name: "shard_requests_total",
+			Help: "Requests sent to shard leaders, retries included, by path: nats, or local (handed to the leader in this process).",
+		}, []string{"path"}),
+	}
+	for p, name := range pathNames {
+		m.shardCallsPath[p] = m.shardCalls.WithLabelValues(name)
 	}
 	for _, c := range m.Collectors() {
 		if err := reg.Register(c); err != nil {
@@ -56,7 +76,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 
 // Collectors are the metrics' collectors, to unregister them.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.events, m.duration}
+	return []prometheus.Collector{m.requests, m.events, m.duration, m.shardCalls}
+}
+
+// shardCall counts one attempt sent to a shard by path.
+func (m *Metrics) shardCall(path int) {
+	if m != nil {
+		m.shardCallsPath[path].Inc()
+	}
 }
 
 // endpointMetrics are one endpoint's series; nil counts nothing.

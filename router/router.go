@@ -47,6 +47,21 @@ type Config struct {
 	Policy func() *auth.Policy
 	// Metrics, if set, counts the requests (metrics.go).
 	Metrics *Metrics
+	// Local, if set, is the shard servers of the router's own process:
+	// a command for a shard led here is handed to it without NATS.
+	Local Local
+}
+
+// Local hands commands to the shards the router's process leads (node.Node
+// is one; server wires it). The router sends everything else on NATS, and
+// everything when there is no Local.
+type Local interface {
+	// Command hands shard id a command (the body of a wire.OpCommand) if
+	// this process leads the shard now, and reports whether it took it.
+	// Taken, answer gets at most once the Reply that the shard's subject
+	// would have carried back; it runs on the shard's own goroutines and
+	// must not block.
+	Command(id uint32, body []byte, answer func(*wire.Reply)) bool
 }
 
 // Router serves the client protocol.
@@ -64,6 +79,7 @@ type Router struct {
 	slots slotMap
 
 	policy func() *auth.Policy
+	local  Local
 	// inFlight counts each provider's requests being worked on here, by
 	// name, against its Limits.RequestsInFlight.
 	inFlight sync.Map // string → *atomic.Int64
@@ -90,7 +106,7 @@ func Start(cfg Config) (*Router, error) {
 	r := &Router{
 		nc: cfg.Conn, subjects: transport.Subjects{Prefix: cfg.Prefix}, deadline: cfg.RequestDeadline,
 		log: cfg.Logger, sem: make(chan struct{}, requestsInFlightMax), ctx: ctx, cancel: cancel,
-		policy: cfg.Policy, metrics: cfg.Metrics,
+		policy: cfg.Policy, metrics: cfg.Metrics, local: cfg.Local,
 	}
 	svc, err := micro.AddService(cfg.Conn, micro.Config{
 		Name:        "ledger",
@@ -403,18 +419,17 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 		// while it waits for a cross-shard transfer to resolve, and a resend
 		// would turn the first attempt's ok into exists. A leader that loses
 		// its term answers retry at once.
-		resp, err := r.nc.RequestMsgWithContext(ctx, msg)
+		reply, err := r.send(ctx, id, msg)
 		if errors.Is(err, nats.ErrMaxPayload) {
 			return nil, fmt.Errorf("shard %d: command of %d bytes: %w", id, len(body), err)
+		}
+		if errors.Is(err, errBadReply) {
+			return nil, fmt.Errorf("shard %d: %w", id, err)
 		}
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
 			unknown = true // sent, and no answer in time
 		}
 		if err == nil {
-			var reply wire.Reply
-			if err := transport.Unmarshal(resp.Data, &reply); err != nil {
-				return nil, fmt.Errorf("shard %d: bad reply: %w", id, err)
-			}
 			if reply.Invalid != "" {
 				return nil, fmt.Errorf("shard %d refused the request: %s", id, reply.Invalid)
 			}
@@ -425,7 +440,7 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 				return nil, &movedError{shard: id, epoch: reply.Moved.Epoch}
 			}
 			if reply.Retry == "" && reply.Moved == nil {
-				return &reply, nil
+				return reply, nil
 			}
 			// Frozen for a split: nothing applied; the split takes
 			// milliseconds, so the backoff starts small.
@@ -439,6 +454,57 @@ func (r *Router) callShard(ctx context.Context, id uint32, op string, body []byt
 			return nil, errNoLeader
 		}
 		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+// errBadReply: a shard's reply did not decode.
+var errBadReply = errors.New("bad reply")
+
+// send makes one attempt: a command for a shard this process leads is
+// handed to it (Config.Local), anything else goes on NATS. Both ways give
+// the same Reply and the same errors: nats.ErrMaxPayload for a body over
+// what a message may carry, ctx's error when no answer came in time.
+func (r *Router) send(ctx context.Context, id uint32, msg *nats.Msg) (*wire.Reply, error) {
+	if r.local != nil && msg.Header.Get(wire.OpHeader) == wire.OpCommand {
+		if int64(len(msg.Data)+commandHeaderBytes) > r.nc.MaxPayload() {
+			return nil, nats.ErrMaxPayload // as NATS refuses it, whichever the leader
+		}
+		if reply, taken, err := r.sendLocal(ctx, id, msg.Data); taken {
+			r.metrics.shardCall(pathLocal)
+			return reply, err
+		}
+	}
+	r.metrics.shardCall(pathNATS)
+	resp, err := r.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return nil, err
+	}
+	var reply wire.Reply
+	if err := transport.Unmarshal(resp.Data, &reply); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadReply, err)
+	}
+	return &reply, nil
+}
+
+// commandHeaderBytes is what a command's op header adds to its message,
+// which NATS counts against the largest payload.
+const commandHeaderBytes = len("NATS/1.0\r\n" + wire.OpHeader + ": " + wire.OpCommand + "\r\n\r\n")
+
+// sendLocal hands the command to this process's leader of the shard, if it
+// leads it, and waits for the answer. The bytes and the reply are not
+// copied or encoded: the leader proposes the bytes as they are (its Raft
+// entry copies them), and neither side changes them or the reply
+// afterwards.
+func (r *Router) sendLocal(ctx context.Context, id uint32, body []byte) (reply *wire.Reply, taken bool, err error) {
+	answered := make(chan *wire.Reply, 1) // never blocks the leader
+	if !r.local.Command(id, body, func(rep *wire.Reply) { answered <- rep }) {
+		return nil, false, nil
+	}
+	select {
+	case reply = <-answered:
+		return reply, true, nil
+	case <-ctx.Done():
+		return nil, true, ctx.Err()
 	}
 }
 

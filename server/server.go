@@ -210,7 +210,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	rcfg := router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline, Metrics: rm}
+	// The router hands the commands of the shards this node leads to the
+	// node directly (node.Node.Command), and sends the rest on NATS.
+	rcfg := router.Config{Conn: s.rtNC, Prefix: cfg.Prefix, Logger: cfg.Logger, RequestDeadline: cfg.RequestDeadline, Metrics: rm, Local: s.node}
 	if cfg.Providers != "" {
 		rcfg.Policy = s.policy.Load
 	}
