@@ -462,3 +462,64 @@ func checkHistories(t *testing.T, c *cluster, m *ledgerModel, users []string) {
 		}
 	}
 }
+
+// TestSplitOnJoinedNodes: a split whose parent's voters are mostly nodes
+// that joined the cluster (--join, which makes a node join the groups it
+// opens without data) makes its new shard on them as on any node: they
+// start it from the split, not as a group to join (they would stay silent
+// in its elections, and with two of three voters silent it would elect no
+// leader). Found by the pod test, one run in three.
+func TestSplitOnJoinedNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
+	for range 5 {
+		pc.routes = append(pc.routes, testnet.FreePort(t))
+	}
+	ids := []string{"n1", "n2", "n3"}
+	var wg sync.WaitGroup
+	srvs, errs := make([]*server.Server, 3), make([]error, 3)
+	for i, id := range ids {
+		cfg := pc.config(id, i)
+		cfg.BootstrapExpect, cfg.NATSRoutes, cfg.Shards = 3, pc.routes[:3], 1
+		wg.Add(1)
+		go func() { defer wg.Done(); srvs[i], errs[i] = server.Start(ctx, cfg) }()
+	}
+	wg.Wait()
+	for i, id := range ids {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		pc.nodes[id] = srvs[i]
+		t.Cleanup(func() { _ = srvs[i].Close() })
+	}
+	for i, id := range []string{"n4", "n5"} {
+		cfg := pc.config(id, 3+i)
+		cfg.Join, cfg.NATSRoutes, cfg.Shards = true, pc.routes[:3], 1
+		srv, err := server.Start(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Close() })
+		pc.nodes[id] = srv
+	}
+	nc, err := nats.Connect(pc.nodes["n3"].ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	s := transport.Subjects{Prefix: transport.DefaultPrefix}
+	operate(ctx, t, nc, nodeops.DrainSubject(s), "n1")
+	operate(ctx, t, nc, nodeops.DrainSubject(s), "n2")
+	pc.waitSpread(ctx, map[string]int{"n1": 0, "n2": 0, "n3": 1, "n4": 1, "n5": 1})
+	actx, acancel := context.WithTimeout(ctx, time.Minute)
+	defer acancel()
+	if p := addShards(actx, t, nc, 2); p.Shards != 2 {
+		t.Fatalf("after the split: %+v", p)
+	}
+	for _, id := range []string{"n3", "n4", "n5"} {
+		if got := holds(pc.nodes[id]); !slices.Equal(got, []uint32{1, 2}) {
+			t.Errorf("%s holds %v, want both shards", id, got)
+		}
+	}
+}

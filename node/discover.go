@@ -304,13 +304,21 @@ const rejoinMarker = "joining"
 // rejoining reports whether the group in dir must join: a joining node's
 // group with no data yet, a group a replica move adds to this node (added),
 // or one whose join was cut short.
-func (n *Node) rejoining(dir string, added bool) (bool, error) {
+func (n *Node) rejoining(id uint32, dir string, added bool) (bool, error) {
 	path := filepath.Join(n.cfg.DataDir, dir)
 	marker := filepath.Join(path, rejoinMarker)
 	if _, err := os.Stat(marker); err == nil {
 		return true, nil
 	}
-	if !n.cfg.Join && !added {
+	// --join (or a node that found its peers members) joins the groups it
+	// opens, but never a split's new shard: its replicas start from the
+	// split, or are sent a snapshot by its leader, as on every node.
+	joinAll := n.cfg.Join
+	if joinAll && id != metaGroupID {
+		st := n.metaM.State()
+		joinAll = !splitChild(&st, id)
+	}
+	if !joinAll && !added {
 		return false, nil
 	}
 	if _, err := os.Stat(filepath.Join(path, "raft.db")); err == nil {

@@ -288,7 +288,7 @@ func refuseSecondCluster(nc *nats.Conn, subjects transport.Subjects) error {
 // joined before openGroup returns.
 func (n *Node) openGroup(ctx context.Context, id uint32, m raftfsm.Machine, onLeader func(context.Context)) (*raftfsm.Group, error) {
 	dir := groupDir(id)
-	rejoin, err := n.rejoining(dir, n.addedHere(id))
+	rejoin, err := n.rejoining(id, dir, n.addedHere(id))
 	if err != nil {
 		return nil, err
 	}

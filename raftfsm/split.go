@@ -60,7 +60,7 @@ func (m *ShardMachine) split(index uint64, r *shard.SplitResult) {
 // renamed into place, so that a crash leaves nothing or the whole; a dir
 // that exists already is left as it is (the split's entry replayed after a
 // restart: the group may have run since).
-func WriteGenesis(dir string, r *shard.SplitResult, parent *history.Store) error {
+func WriteGenesis(dir string, r *shard.SplitResult, parent *history.Store) (err error) {
 	if r.Child == nil {
 		return errors.New("no new shard in the split's result")
 	}
@@ -80,6 +80,11 @@ func WriteGenesis(dir string, r *shard.SplitResult, parent *history.Store) error
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil { // a directory opened meanwhile (the replica started the child empty), a full disk
+			err = errors.Join(err, os.RemoveAll(tmp))
+		}
+	}()
 	if err := parent.Checkpoint(filepath.Join(tmp, "history"), genesisIndex); err != nil {
 		return fmt.Errorf("shard %d's history: %w", r.To, err)
 	}
