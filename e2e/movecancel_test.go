@@ -240,19 +240,8 @@ func TestMoveToANodeThatNeverCatchesUpIsCancelled(t *testing.T) {
 	}
 	defer inc.Close()
 	c := client.New(nc)
-	users := []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"}
-	accounts := []transport.Account{acct("bank", 0)}
-	for _, u := range users {
-		accounts = append(accounts, acct(u, 0))
-	}
-	if _, err := c.CreateAccounts(ctx, accounts); err != nil {
-		t.Fatal(err)
-	}
-	l := &load{c: c, users: users, credit: map[string]uint64{}}
-	lctx, stopLoad := context.WithCancel(ctx)
-	loadDone := make(chan struct{})
-	go l.run(lctx, loadDone)
-	defer func() { stopLoad(); <-loadDone }()
+	l, stopLoad := startLoad(ctx, t, c)
+	defer stopLoad()
 	pushApplied(ctx, t, c, pc.nodes["n1"])
 
 	// n4 joins behind the gate, is moved 3 replicas, joins those shards as
@@ -298,25 +287,7 @@ func TestMoveToANodeThatNeverCatchesUpIsCancelled(t *testing.T) {
 		return l.sentNow() >= sentBefore+10 || l.failed() != nil, fmt.Sprintf("%d batches", l.sentNow()-sentBefore)
 	})
 	stopLoad()
-	<-loadDone
-	if l.err != nil {
-		t.Fatal(l.err)
-	}
-	got, err := c.LookupAccounts(ctx, append([]string{"bank"}, users...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total uint64
-	for _, a := range got[1:] {
-		if a.CreditsPosted != l.credit[a.ID] {
-			t.Errorf("%s: credits posted %d, acknowledged %d", a.ID, a.CreditsPosted, l.credit[a.ID])
-		}
-		total += a.CreditsPosted
-	}
-	if got[0].DebitsPosted != total {
-		t.Errorf("bank debited %d, users credited %d", got[0].DebitsPosted, total)
-	}
-	t.Logf("%d batches of 4 transfers acknowledged, %d transfers", l.sent, total)
+	l.check(ctx, t)
 }
 
 // startNode starts a node of pc and returns what stops it (once, at the

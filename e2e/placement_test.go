@@ -252,19 +252,8 @@ func TestNodesJoinAndDrainUnderLoad(t *testing.T) {
 	}
 	defer nc.Close()
 	c := client.New(nc)
-	users := []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"}
-	accounts := []transport.Account{acct("bank", 0)}
-	for _, u := range users {
-		accounts = append(accounts, acct(u, 0))
-	}
-	if _, err := c.CreateAccounts(ctx, accounts); err != nil {
-		t.Fatal(err)
-	}
-	l := &load{c: c, users: users, credit: map[string]uint64{}}
-	lctx, stopLoad := context.WithCancel(ctx)
-	loadDone := make(chan struct{})
-	go l.run(lctx, loadDone)
-	defer func() { stopLoad(); <-loadDone }()
+	l, stopLoad := startLoad(ctx, t, c)
+	defer stopLoad()
 
 	// The fourth node joins: 12 replicas over 4 nodes, 3 each.
 	cfg := pc.config("n4", 3)
@@ -303,13 +292,39 @@ func TestNodesJoinAndDrainUnderLoad(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	stopLoad()
-	<-loadDone
+	l.check(ctx, t)
+}
+
+// startLoad creates a bank and eight users and sends a light load of
+// transfers between them (load.run) until stop, which waits for it.
+func startLoad(ctx context.Context, t *testing.T, c *client.Client) (l *load, stop func()) {
+	t.Helper()
+	users := []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"}
+	accounts := []transport.Account{acct("bank", 0)}
+	for _, u := range users {
+		accounts = append(accounts, acct(u, 0))
+	}
+	if _, err := c.CreateAccounts(ctx, accounts); err != nil {
+		t.Fatal(err)
+	}
+	l = &load{c: c, users: users, credit: map[string]uint64{}}
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go l.run(lctx, done)
+	var once sync.Once
+	return l, func() { once.Do(func() { cancel(); <-done }) }
+}
+
+// check fails unless the load (stopped) ran without error, every user was
+// credited what was acknowledged to it, and the bank debited their sum.
+func (l *load) check(ctx context.Context, t *testing.T) {
+	t.Helper()
 	if l.err != nil {
 		t.Fatal(l.err)
 	}
-	got, err := c.LookupAccounts(ctx, append([]string{"bank"}, users...))
-	if err != nil {
-		t.Fatal(err)
+	got, err := l.c.LookupAccounts(ctx, append([]string{"bank"}, l.users...))
+	if err != nil || len(got) != len(l.users)+1 {
+		t.Fatalf("lookup: %d accounts, %v", len(got), err)
 	}
 	var total uint64
 	for _, a := range got[1:] {
@@ -318,7 +333,7 @@ func TestNodesJoinAndDrainUnderLoad(t *testing.T) {
 		}
 		total += a.CreditsPosted
 	}
-	if got[0].DebitsPosted != total {
+	if got[0].DebitsPosted != total || total == 0 {
 		t.Errorf("bank debited %d, users credited %d", got[0].DebitsPosted, total)
 	}
 	t.Logf("%d batches of 4 transfers acknowledged, %d transfers", l.sent, total)

@@ -247,18 +247,8 @@ func TestShardsAddedOnThreeNodes(t *testing.T) {
 	}
 	defer nc.Close()
 	c := client.New(nc)
-	users := []string{"u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"}
-	accounts := []transport.Account{acct("bank", 0)}
-	for _, u := range users {
-		accounts = append(accounts, acct(u, 0))
-	}
-	if _, err := c.CreateAccounts(ctx, accounts); err != nil {
-		t.Fatal(err)
-	}
-	l := &load{c: c, users: users, credit: map[string]uint64{}}
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go l.run(loadCtx, done)
+	l, stopLoad := startLoad(ctx, t, c)
+	defer stopLoad()
 
 	if err := pc.nodes["n3"].Close(); err != nil {
 		t.Fatal(err)
@@ -275,10 +265,6 @@ func TestShardsAddedOnThreeNodes(t *testing.T) {
 	pc.nodes["n3"] = srv
 	time.Sleep(500 * time.Millisecond)
 	stopLoad()
-	<-done
-	if l.err != nil {
-		t.Fatal(l.err)
-	}
 	// Every node holds every shard, and every replica the same state.
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		same, why := replicasAgree(pc)
@@ -289,20 +275,7 @@ func TestShardsAddedOnThreeNodes(t *testing.T) {
 			t.Fatalf("replicas never agreed: %s", why)
 		}
 	}
-	as, err := c.LookupAccounts(ctx, append([]string{"bank"}, users...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total uint64
-	for _, a := range as[1:] {
-		if a.CreditsPosted != l.credit[a.ID] {
-			t.Errorf("%s: credits %d, acknowledged %d", a.ID, a.CreditsPosted, l.credit[a.ID])
-		}
-		total += a.CreditsPosted
-	}
-	if as[0].DebitsPosted != total || total == 0 {
-		t.Fatalf("bank debits %d, users' credits %d", as[0].DebitsPosted, total)
-	}
+	l.check(ctx, t)
 }
 
 // replicasAgree reports whether every node holds shards 1 to 4 at the
