@@ -251,6 +251,7 @@ func (n *Node) openShard(ctx, bg context.Context, id uint32) (*shardServer, erro
 	s := &shardServer{n: n, id: id, m: raftfsm.NewShardMachine(id, store), log: n.log.With("shard", id), reads: make(chan struct{}, readsInFlightMax), cancel: cancel}
 	s.m.SetFetch(func(applied uint64) error { return s.fetchHistory(life, applied) })
 	s.m.SetSplits(n.writeSplit)
+	s.m.SetStale(s.askSnapshot)
 	if s.history, err = s.serveHistory(); err != nil {
 		cancel()
 		store.Close()

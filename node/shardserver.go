@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -53,6 +54,9 @@ type shardServer struct {
 	// cancel ends what the shard runs besides its group: a copy of the
 	// history that a restore waits for.
 	cancel context.CancelFunc
+	// snapshotAsked: when this replica last asked its leader for a newer
+	// snapshot (snapshotask.go), in Unix nanoseconds.
+	snapshotAsked atomic.Int64
 }
 
 // close stops the shard on this node, then closes its history store once
@@ -225,6 +229,8 @@ func (s *shardServer) handle(msg *nats.Msg) {
 		go func() { respond(msg, removeReply(s.g, msg.Data)) }()
 	case wire.OpSplit:
 		go s.handleSplit(msg)
+	case wire.OpSnapshot:
+		go s.handleSnapshot(msg)
 	case opMembers:
 		go respondMembers(msg, s.g)
 	default:

@@ -28,6 +28,19 @@ type ShardMachine struct {
 	batches ApplyBatches
 	// splits receives the shards splits make (split.go).
 	splits SplitSink
+	// stale is told when Restore refuses a snapshot older than the state
+	// (SetStale).
+	stale func()
+}
+
+// SetStale sets what Restore calls, without blocking, when it refuses a
+// snapshot older than the state applied here: the leader sends that same
+// snapshot again until it takes a newer one, which a shard without new
+// entries (all its slots split off, a quiet ledger) may never do.
+func (m *ShardMachine) SetStale(fn func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stale = fn
 }
 
 // SetFetch sets how Restore fills a history store that does not cover a
@@ -135,9 +148,12 @@ func (m *ShardMachine) Restore(r io.Reader) error {
 		return err
 	}
 	m.mu.RLock()
-	fetch, current := m.fetch, m.applied
+	fetch, current, stale := m.fetch, m.applied, m.stale
 	m.mu.RUnlock()
 	if applied < current {
+		if stale != nil {
+			stale()
+		}
 		// A leader sent a snapshot older than this replica's state (it
 		// walked back over a divergent tail past its own compacted log).
 		// Raft would rewind its applied index to it and then replay

@@ -1,8 +1,10 @@
 package raftfsm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -192,5 +194,34 @@ func TestGenesisRefusesAStoreAheadOfTheSplit(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("the child's directory exists: %v", err)
+	}
+}
+
+// TestRestoreOfAnOlderSnapshotAsksForANewer: a snapshot older than the
+// state applied is refused (it would rewind the state), and the machine
+// says so through SetStale, so that the replica can ask its leader for a
+// newer one.
+func TestRestoreOfAnOlderSnapshotAsksForANewer(t *testing.T) {
+	store, err := history.Open(t.TempDir(), history.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	m := NewShardMachine(1, store)
+	create := encode(t, &shard.Command{Kind: shard.KindCreateAccounts, Accounts: []transport.Account{{ID: "a", Ledger: 1, Code: 1}}})
+	m.Apply(1, 100, [][]byte{create})
+	snap, err := m.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	m.Apply(2, 200, [][]byte{create})
+	asked := 0
+	m.SetStale(func() { asked++ })
+	if err := m.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err == nil || asked != 1 {
+		t.Fatalf("restore of an older snapshot: %v, asked %d times", err, asked)
 	}
 }

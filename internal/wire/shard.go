@@ -34,6 +34,9 @@ const (
 	// OpRemove: the body is a Remove; the leader removes that node from
 	// its group.
 	OpRemove = "remove"
+	// OpSnapshot: no body; the leader takes a snapshot of its state now,
+	// for a replica that refused the older one it was sent (node/split.go).
+	OpSnapshot = "snapshot"
 	// OpSplit: the body is a shard.SlotCommand; the leader freezes the
 	// slots, splits them off once nothing of theirs is in flight, and
 	// answers an empty Reply (done) or Retry (node/split.go).
