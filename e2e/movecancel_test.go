@@ -312,34 +312,7 @@ func startNode(ctx context.Context, t *testing.T, pc *placedCluster, cfg server.
 // fourth node's NATS route) and waits until each holds every shard.
 func startThreePlaced(ctx context.Context, t *testing.T) *placedCluster {
 	t.Helper()
-	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
-	for range 4 {
-		pc.routes = append(pc.routes, testnet.FreePort(t))
-	}
-	ids := []string{"n1", "n2", "n3"}
-	cfgs := make([]server.Config, len(ids))
-	for i, id := range ids {
-		cfgs[i] = pc.config(id, i)
-		cfgs[i].BootstrapExpect, cfgs[i].NATSRoutes = 3, pc.routes[:3]
-	}
-	srvs := make([]*server.Server, len(ids))
-	errs := make([]error, len(ids))
-	var wg sync.WaitGroup
-	for i := range ids {
-		wg.Go(func() { srvs[i], errs[i] = server.Start(ctx, cfgs[i]) })
-	}
-	wg.Wait()
-	for i, srv := range srvs {
-		if srv != nil {
-			pc.nodes[ids[i]] = srv
-			t.Cleanup(func() { _ = srv.Close() })
-		}
-	}
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	pc, _ := startThree(ctx, t, 4, 4)
 	pc.waitSpread(ctx, map[string]int{"n1": 4, "n2": 4, "n3": 4})
 	return pc
 }

@@ -208,41 +208,8 @@ func operate(ctx context.Context, t *testing.T, nc *nats.Conn, subject, id strin
 func TestNodesJoinAndDrainUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
-	for range 4 {
-		pc.routes = append(pc.routes, testnet.FreePort(t))
-	}
+	pc, _ := startThree(ctx, t, 4, 4)
 	ids := []string{"n1", "n2", "n3"}
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	cfgs := make([]server.Config, 3)
-	for i, id := range ids {
-		cfgs[i] = pc.config(id, i)
-		cfgs[i].BootstrapExpect, cfgs[i].NATSRoutes = 3, pc.routes[:3]
-	}
-	var mu sync.Mutex
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			srv, err := server.Start(ctx, cfgs[i])
-			errs[i] = err
-			mu.Lock()
-			pc.nodes[id] = srv
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for _, srv := range pc.nodes {
-		if srv != nil {
-			t.Cleanup(func() { _ = srv.Close() })
-		}
-	}
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	pc.waitSpread(ctx, map[string]int{"n1": 4, "n2": 4, "n3": 4})
 	pc.checkHeld(ids...)
 
@@ -293,6 +260,42 @@ func TestNodesJoinAndDrainUnderLoad(t *testing.T) {
 	}
 	stopLoad()
 	l.check(ctx, t)
+}
+
+// startThree starts n1, n2 and n3 of a new cluster of shards shards, 3
+// replicas each, with NATS routes for routes nodes in all (room for nodes
+// that join later), and returns it with the three configurations.
+func startThree(ctx context.Context, t *testing.T, shards uint32, routes int) (*placedCluster, []server.Config) {
+	t.Helper()
+	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
+	for range routes {
+		pc.routes = append(pc.routes, testnet.FreePort(t))
+	}
+	ids := []string{"n1", "n2", "n3"}
+	cfgs := make([]server.Config, len(ids))
+	for i, id := range ids {
+		cfgs[i] = pc.config(id, i)
+		cfgs[i].BootstrapExpect, cfgs[i].NATSRoutes, cfgs[i].Shards = 3, pc.routes[:3], shards
+	}
+	srvs := make([]*server.Server, len(ids))
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() { srvs[i], errs[i] = server.Start(ctx, cfgs[i]) })
+	}
+	wg.Wait()
+	for i, srv := range srvs {
+		if srv != nil {
+			pc.nodes[ids[i]] = srv
+			t.Cleanup(func() { _ = srv.Close() })
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pc, cfgs
 }
 
 // startLoad creates a bank and eight users and sends a light load of

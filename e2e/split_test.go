@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ledgerd/ledgerd/client"
-	"github.com/ledgerd/ledgerd/internal/testnet"
 	"github.com/ledgerd/ledgerd/node"
 	"github.com/ledgerd/ledgerd/node/nodeops"
 	"github.com/ledgerd/ledgerd/raftfsm"
@@ -207,40 +206,7 @@ func TestShardsAddedUnderLoad(t *testing.T) {
 func TestShardsAddedOnThreeNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
-	for range 3 {
-		pc.routes = append(pc.routes, testnet.FreePort(t))
-	}
-	ids := []string{"n1", "n2", "n3"}
-	cfgs := make([]server.Config, 3)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	errs := make([]error, 3)
-	for i, id := range ids {
-		cfgs[i] = pc.config(id, i)
-		cfgs[i].BootstrapExpect, cfgs[i].Shards = 3, 2
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			srv, err := server.Start(ctx, cfgs[i])
-			mu.Lock()
-			pc.nodes[id], errs[i] = srv, err
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		for _, srv := range pc.nodes {
-			if srv != nil {
-				_ = srv.Close()
-			}
-		}
-	})
+	pc, cfgs := startThree(ctx, t, 2, 3)
 	nc, err := nats.Connect(pc.nodes["n1"].ClientURL(), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -262,6 +228,7 @@ func TestShardsAddedOnThreeNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = srv.Close() })
 	pc.nodes["n3"] = srv
 	time.Sleep(500 * time.Millisecond)
 	stopLoad()
@@ -445,27 +412,7 @@ func checkHistories(t *testing.T, c *cluster, m *ledgerModel, users []string) {
 func TestSplitOnJoinedNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	pc := &placedCluster{t: t, nodes: map[string]*server.Server{}, dirs: map[string]string{}}
-	for range 5 {
-		pc.routes = append(pc.routes, testnet.FreePort(t))
-	}
-	ids := []string{"n1", "n2", "n3"}
-	var wg sync.WaitGroup
-	srvs, errs := make([]*server.Server, 3), make([]error, 3)
-	for i, id := range ids {
-		cfg := pc.config(id, i)
-		cfg.BootstrapExpect, cfg.NATSRoutes, cfg.Shards = 3, pc.routes[:3], 1
-		wg.Add(1)
-		go func() { defer wg.Done(); srvs[i], errs[i] = server.Start(ctx, cfg) }()
-	}
-	wg.Wait()
-	for i, id := range ids {
-		if errs[i] != nil {
-			t.Fatal(errs[i])
-		}
-		pc.nodes[id] = srvs[i]
-		t.Cleanup(func() { _ = srvs[i].Close() })
-	}
+	pc, _ := startThree(ctx, t, 1, 5)
 	for i, id := range []string{"n4", "n5"} {
 		cfg := pc.config(id, 3+i)
 		cfg.Join, cfg.NATSRoutes, cfg.Shards = true, pc.routes[:3], 1

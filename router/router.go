@@ -318,13 +318,22 @@ func (r *Router) withSlots(ctx context.Context, fn func(m slotMap) error) error 
 		if !errors.As(err, &moved) {
 			return err
 		}
-		for m.Epoch < moved.epoch {
-			if m, err = r.fetchSlots(ctx); err != nil && !sleep(ctx, 10*time.Millisecond) {
-				return fmt.Errorf("fetch the slot map of epoch %d: %w", moved.epoch, err)
-			}
-			if m.Epoch < moved.epoch && !sleep(ctx, 10*time.Millisecond) {
-				return fmt.Errorf("no slot map of epoch %d yet: %w", moved.epoch, ctx.Err())
-			}
+		if err := r.awaitEpoch(ctx, moved.epoch); err != nil {
+			return err
+		}
+	}
+}
+
+// awaitEpoch fetches the slot map until the meta leader's is at least
+// epoch (it records a split done just after the parent made it).
+func (r *Router) awaitEpoch(ctx context.Context, epoch uint64) error {
+	for {
+		m, err := r.fetchSlots(ctx)
+		if err == nil && m.Epoch >= epoch {
+			return nil
+		}
+		if !sleep(ctx, 10*time.Millisecond) {
+			return fmt.Errorf("no slot map of epoch %d yet: %w", epoch, errors.Join(err, ctx.Err()))
 		}
 	}
 }
